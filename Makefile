@@ -1,0 +1,29 @@
+# Every target creates the virtual environment it needs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check smbdirect_socket tests benchmarks
+	$(PY) -m ruff format --check smbdirect_socket tests benchmarks
+	$(PY) -m mypy smbdirect_socket
+
+bench: install
+	$(PY) benchmarks/bench_protocol.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

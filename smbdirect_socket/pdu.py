@@ -1,0 +1,279 @@
+"""The SMB-Direct wire codec ([MS-SMBD] 2.2).
+
+Each PDU is a frozen attrs class whose fields are the spec's, in snake_case.
+Construction range-checks every field (:class:`ValueError`); ``unpack``
+checks the structure of a received buffer and raises :class:`PDUError`
+naming the field and the rule, never ``IndexError`` or ``struct.error``.
+Payloads are memoryviews into the received buffer: nothing is copied.
+All integers are little-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+
+from .constants import (
+    BUFFER_DESCRIPTOR_V1_SIZE,
+    DATA_TRANSFER_DATA_OFFSET,
+    DATA_TRANSFER_HEADER_SIZE,
+    NEGOTIATE_REQUEST_SIZE,
+    NEGOTIATE_RESPONSE_SIZE,
+    SMBDIRECT_VERSION,
+)
+from .errors import PDUError
+
+__all__ = [
+    "BufferDescriptorV1",
+    "DataTransferMessage",
+    "NegotiateRequest",
+    "NegotiateResponse",
+]
+
+Buffer = bytes | bytearray | memoryview
+
+_T = TypeVar("_T")
+
+
+def _unsigned(bits: int) -> Callable[[Any, attrs.Attribute[int], int], None]:
+    limit = 1 << bits
+
+    def check(_instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or not 0 <= value < limit:
+            raise ValueError(f"{attribute.name} must be a u{bits}, got {value!r}")
+
+    return check
+
+
+u16 = _unsigned(16)
+u32 = _unsigned(32)
+u64 = _unsigned(64)
+
+
+def _need(pdu: str, buffer: Buffer, size: int) -> None:
+    if len(buffer) < size:
+        raise PDUError(pdu, "length", f"{len(buffer)} bytes is shorter than the {size}-byte minimum")
+
+
+@attrs.frozen
+class NegotiateRequest:
+    """SMBDirect Negotiate Request, 20 bytes ([MS-SMBD] 2.2.1)."""
+
+    credits_requested: int = attrs.field(validator=u16)
+    preferred_send_size: int = attrs.field(validator=u32)
+    max_receive_size: int = attrs.field(validator=u32)
+    max_fragmented_size: int = attrs.field(validator=u32)
+    min_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
+    max_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
+    reserved: int = attrs.field(default=0, validator=u16)
+
+    _format: ClassVar = struct.Struct("<HHHHIII")
+
+    def pack(self) -> bytes:
+        return self._format.pack(
+            self.min_version,
+            self.max_version,
+            self.reserved,
+            self.credits_requested,
+            self.preferred_send_size,
+            self.max_receive_size,
+            self.max_fragmented_size,
+        )
+
+    @classmethod
+    def unpack(cls, buffer: Buffer) -> NegotiateRequest:
+        _need("NegotiateRequest", buffer, NEGOTIATE_REQUEST_SIZE)
+        (min_v, max_v, reserved, requested, preferred, max_recv, max_frag) = cls._format.unpack_from(buffer)
+        return cls(
+            credits_requested=requested,
+            preferred_send_size=preferred,
+            max_receive_size=max_recv,
+            max_fragmented_size=max_frag,
+            min_version=min_v,
+            max_version=max_v,
+            reserved=reserved,
+        )
+
+
+@attrs.frozen
+class NegotiateResponse:
+    """SMBDirect Negotiate Response, 32 bytes ([MS-SMBD] 2.2.2)."""
+
+    status: int = attrs.field(validator=u32)
+    credits_requested: int = attrs.field(default=0, validator=u16)
+    credits_granted: int = attrs.field(default=0, validator=u16)
+    max_read_write_size: int = attrs.field(default=0, validator=u32)
+    preferred_send_size: int = attrs.field(default=0, validator=u32)
+    max_receive_size: int = attrs.field(default=0, validator=u32)
+    max_fragmented_size: int = attrs.field(default=0, validator=u32)
+    negotiated_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
+    min_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
+    max_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
+    reserved: int = attrs.field(default=0, validator=u16)
+
+    _format: ClassVar = struct.Struct("<HHHHHHIIIII")
+
+    def pack(self) -> bytes:
+        return self._format.pack(
+            self.min_version,
+            self.max_version,
+            self.negotiated_version,
+            self.reserved,
+            self.credits_requested,
+            self.credits_granted,
+            self.status,
+            self.max_read_write_size,
+            self.preferred_send_size,
+            self.max_receive_size,
+            self.max_fragmented_size,
+        )
+
+    @classmethod
+    def unpack(cls, buffer: Buffer) -> NegotiateResponse:
+        _need("NegotiateResponse", buffer, NEGOTIATE_RESPONSE_SIZE)
+        (
+            min_v,
+            max_v,
+            negotiated,
+            reserved,
+            requested,
+            granted,
+            status,
+            max_rw,
+            preferred,
+            max_recv,
+            max_frag,
+        ) = cls._format.unpack_from(buffer)
+        return cls(
+            status=status,
+            credits_requested=requested,
+            credits_granted=granted,
+            max_read_write_size=max_rw,
+            preferred_send_size=preferred,
+            max_receive_size=max_recv,
+            max_fragmented_size=max_frag,
+            negotiated_version=negotiated,
+            min_version=min_v,
+            max_version=max_v,
+            reserved=reserved,
+        )
+
+
+def _check_data_offset(instance: DataTransferMessage, _attribute: object, value: int) -> None:
+    u32(instance, _attribute, value)  # type: ignore[arg-type]
+    if value % 8:
+        raise ValueError(f"data_offset must be 8-byte aligned, got {value}")
+    if len(instance.data) and value < DATA_TRANSFER_HEADER_SIZE:
+        raise ValueError(f"data_offset {value} overlaps the 20-byte header")
+
+
+@attrs.frozen
+class DataTransferMessage:
+    """SMBDirect Data Transfer Message ([MS-SMBD] 2.2.3).
+
+    ``data_length`` is ``len(data)``; ``data_offset`` defaults to 24 (what Linux
+    and Windows send) when there is data and to 0 when there is none.
+    """
+
+    credits_requested: int = attrs.field(validator=u16)
+    credits_granted: int = attrs.field(validator=u16)
+    flags: int = attrs.field(default=0, validator=u16)
+    remaining_data_length: int = attrs.field(default=0, validator=u32)
+    data: Buffer = attrs.field(default=b"", hash=False)
+    data_offset: int = attrs.field(validator=_check_data_offset)
+    reserved: int = attrs.field(default=0, validator=u16)
+
+    _header: ClassVar = struct.Struct("<HHHHIII")
+
+    @data_offset.default
+    def _default_data_offset(self) -> int:
+        return DATA_TRANSFER_DATA_OFFSET if len(self.data) else 0
+
+    @property
+    def data_length(self) -> int:
+        return len(self.data)
+
+    def pack(self) -> bytes:
+        length = len(self.data)
+        if length > 0xFFFFFFFF:
+            raise ValueError("data_length must be a u32")
+        header = self._header.pack(
+            self.credits_requested,
+            self.credits_granted,
+            self.flags,
+            self.reserved,
+            self.remaining_data_length,
+            self.data_offset,
+            length,
+        )
+        if not length:
+            return header
+        return b"".join((header, bytes(self.data_offset - DATA_TRANSFER_HEADER_SIZE), self.data))
+
+    @classmethod
+    def unpack(cls, buffer: Buffer) -> DataTransferMessage:
+        name = "DataTransferMessage"
+        _need(name, buffer, DATA_TRANSFER_HEADER_SIZE)
+        (requested, granted, flags, reserved, remaining, offset, length) = cls._header.unpack_from(buffer)
+        if offset % 8:
+            raise PDUError(name, "data_offset", f"{offset} is not 8-byte aligned")
+        if length:
+            if offset < DATA_TRANSFER_HEADER_SIZE:
+                raise PDUError(name, "data_offset", f"{offset} overlaps the 20-byte header")
+            if offset + length > len(buffer):
+                raise PDUError(
+                    name,
+                    "data_length",
+                    f"data_offset {offset} + data_length {length} exceeds the {len(buffer)}-byte message",
+                )
+            data: Buffer = memoryview(buffer)[offset : offset + length]
+        else:
+            data = b""
+        return cls(
+            credits_requested=requested,
+            credits_granted=granted,
+            flags=flags,
+            remaining_data_length=remaining,
+            data=data,
+            data_offset=offset,
+            reserved=reserved,
+        )
+
+
+@attrs.frozen
+class BufferDescriptorV1:
+    """One registered buffer of the peer ([MS-SMBD] 2.2.3.1), 16 bytes."""
+
+    offset: int = attrs.field(validator=u64)
+    token: int = attrs.field(validator=u32)
+    length: int = attrs.field(validator=u32)
+
+    _format: ClassVar = struct.Struct("<QII")
+
+    def pack(self) -> bytes:
+        return self._format.pack(self.offset, self.token, self.length)
+
+    @classmethod
+    def unpack(cls, buffer: Buffer) -> BufferDescriptorV1:
+        _need("BufferDescriptorV1", buffer, BUFFER_DESCRIPTOR_V1_SIZE)
+        offset, token, length = cls._format.unpack_from(buffer)
+        return cls(offset=offset, token=token, length=length)
+
+    @classmethod
+    def pack_list(cls, descriptors: list[BufferDescriptorV1]) -> bytes:
+        return b"".join(d.pack() for d in descriptors)
+
+    @classmethod
+    def unpack_list(cls, buffer: Buffer) -> list[BufferDescriptorV1]:
+        """Decode the descriptor array of an SMB2 READ/WRITE channel info."""
+        if len(buffer) % BUFFER_DESCRIPTOR_V1_SIZE:
+            raise PDUError(
+                "BufferDescriptorV1",
+                "length",
+                f"{len(buffer)} bytes is not a multiple of {BUFFER_DESCRIPTOR_V1_SIZE}",
+            )
+        view = memoryview(buffer)
+        return [cls.unpack(view[i : i + BUFFER_DESCRIPTOR_V1_SIZE]) for i in range(0, len(view), BUFFER_DESCRIPTOR_V1_SIZE)]

@@ -1,0 +1,592 @@
+"""The sans-IO SMB-Direct connection: negotiation, credits, fragments, timers.
+
+:class:`SMBDirectProtocol` is one state machine for both roles.  It does no
+I/O and never reads a clock: the caller feeds it receive completions and the
+current time, and collects
+
+* :meth:`~SMBDirectProtocol.actions`: receive buffers to post and PDUs to
+  send, in the order they must reach the queue pair (a receive is always
+  posted before the message that grants its credit is sent);
+* :meth:`~SMBDirectProtocol.next_event`: :class:`Connected` and
+  :class:`Terminated`;
+* :meth:`~SMBDirectProtocol.next_deadline`: when to call
+  :meth:`~SMBDirectProtocol.handle_timer` (negotiate, idle and keepalive).
+
+Received data waits in a :class:`~smbdirect_socket.reassembly.ReceiveQueue`
+until :meth:`~SMBDirectProtocol.read`; the receive buffers it holds are
+reposted, and their credits granted, only once read.
+
+Credits follow [MS-SMBD] 3.1.5 and Linux: a message needs a send credit; the
+last one may only go with a message that grants credits; receives are kept
+posted up to the peer's request (at most ``recv_credit_max``); grants ride on
+data messages, and a message with no data is sent only when the peer may be
+stalled (it holds at most one credit), when it has fallen to a quarter of its
+target and at least two credits can be granted, or when it asked for a
+response.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections import deque
+
+import attrs
+
+from . import constants as c
+from .errors import LocalProtocolError, PDUError, RemoteProtocolError
+from .parameters import Parameters
+from .pdu import Buffer, DataTransferMessage, NegotiateRequest, NegotiateResponse
+from .reassembly import ReceiveQueue
+
+__all__ = [
+    "Connected",
+    "Disconnect",
+    "Negotiated",
+    "PostReceives",
+    "Role",
+    "SMBDirectProtocol",
+    "SendPDU",
+    "State",
+    "Statistics",
+    "Terminated",
+]
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    """Connection states; the socket layers map them onto TCP's."""
+
+    IDLE = "idle"  # created, start() not called
+    NEGOTIATING = "negotiating"  # negotiate request/response in flight
+    CONNECTED = "connected"  # data transfer
+    CLOSED = "closed"  # terminated; error says why
+
+
+# ---- outputs ---------------------------------------------------------------
+
+
+@attrs.frozen
+class PostReceives:
+    """Post ``count`` more receive buffers of ``size`` bytes."""
+
+    count: int
+    size: int
+
+
+@attrs.frozen
+class SendPDU:
+    """Send ``data`` as one message; with ``invalidate_token`` use send with invalidate."""
+
+    data: bytes
+    invalidate_token: int | None = None
+
+
+@attrs.frozen
+class Disconnect:
+    """Tear down the queue pair once the sends before this action are out."""
+
+
+Action = PostReceives | SendPDU | Disconnect
+
+
+@attrs.frozen
+class Negotiated:
+    """What both sides agreed on ([MS-SMBD] 3.1.1.1)."""
+
+    max_send_size: int
+    max_receive_size: int
+    max_fragmented_send_size: int
+    max_fragmented_receive_size: int
+    max_read_write_size: int
+    send_credit_target: int
+
+
+@attrs.frozen
+class Connected:
+    """Negotiation succeeded; data may flow."""
+
+    negotiated: Negotiated
+
+
+@attrs.frozen
+class Terminated:
+    """The connection is over; ``error`` says why (its ``errno`` is the socket's)."""
+
+    error: Exception
+
+
+Event = Connected | Terminated
+
+
+@attrs.define
+class Statistics:
+    """Counters of one connection, for the statistics socket option."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    fragments_sent: int = 0
+    fragments_received: int = 0
+    keepalives_sent: int = 0
+    credit_messages_sent: int = 0
+
+
+class _Outgoing:
+    """A message being fragmented: payload, bytes sent, remote invalidate."""
+
+    __slots__ = ("view", "sent", "invalidate_token")
+
+    def __init__(self, view: memoryview, invalidate_token: int | None) -> None:
+        self.view = view
+        self.sent = 0
+        self.invalidate_token = invalidate_token
+
+
+class SMBDirectProtocol:
+    """One SMB-Direct connection, either role, with no I/O."""
+
+    def __init__(self, role: Role, parameters: Parameters | None = None) -> None:
+        self.role = role
+        self.parameters = parameters or Parameters()
+        self.state = State.IDLE
+        self.negotiated: Negotiated | None = None
+        #: The first error that ended the connection.
+        self.error: Exception | None = None
+        self.statistics = Statistics()
+        self._actions: list[Action] = []
+        self._events: deque[Event] = deque()
+        # receive side
+        self._posted = 0  # receive buffers posted, not yet completed
+        self._granted = 0  # credits the peer holds: <= _posted
+        self._receive_target = 1  # the peer's CreditsRequested, clamped
+        self._incoming = ReceiveQueue()
+        self._message_remaining = 0  # bytes still due for the message being reassembled
+        self._response_owed = False  # the peer set RESPONSE_REQUESTED
+        self._send_keepalive = False  # our idle timer expired
+        # send side
+        self._send_credits = 0
+        self._outgoing: deque[_Outgoing] = deque()
+        # timers
+        self._negotiate_deadline: float | None = None
+        self._idle_deadline: float | None = None
+        self._keepalive_deadline: float | None = None
+
+    # ---- inspection ----------------------------------------------------------
+
+    @property
+    def send_credits(self) -> int:
+        """Credits we hold to send to the peer."""
+        return self._send_credits
+
+    @property
+    def receive_credits(self) -> int:
+        """Credits the peer holds to send to us."""
+        return self._granted
+
+    @property
+    def receive_credit_target(self) -> int:
+        return self._receive_target
+
+    @property
+    def posted_receives(self) -> int:
+        return self._posted
+
+    @property
+    def readable(self) -> int:
+        """Bytes reassembled and waiting for :meth:`read`."""
+        return self._incoming.size
+
+    @property
+    def held_receives(self) -> int:
+        """Receive buffers held by unread data."""
+        return len(self._incoming)
+
+    @property
+    def pending_send_bytes(self) -> int:
+        """Bytes accepted by :meth:`send_message` but not yet handed out to send."""
+        return sum(len(m.view) - m.sent for m in self._outgoing)
+
+    @property
+    def can_send(self) -> bool:
+        """Whether a new message would be sent at once (the socket is writable)."""
+        return self.state is State.CONNECTED and not self._outgoing and self._credit_allows(grants=self._new_credits())
+
+    # ---- inputs -------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin negotiation once the RDMA connection is up."""
+        if self.state is not State.IDLE:
+            raise LocalProtocolError("start() called twice", errno=errno.EISCONN)
+        p = self.parameters
+        self.state = State.NEGOTIATING
+        self._negotiate_deadline = now + p.negotiate_timeout_msec / 1000
+        self._post(1)
+        if self.role is Role.CLIENT:
+            request = NegotiateRequest(
+                credits_requested=p.send_credit_target,
+                preferred_send_size=p.max_send_size,
+                max_receive_size=p.max_recv_size,
+                max_fragmented_size=p.max_fragmented_recv_size,
+            )
+            self._actions.append(SendPDU(request.pack()))
+
+    def receive(self, pdu: Buffer, now: float) -> None:
+        """Feed one completed receive (the bytes the peer sent)."""
+        if self.state is State.CLOSED:
+            return
+        if self.state is State.IDLE or self._posted == 0:
+            self._fail(RemoteProtocolError("message arrived with no receive posted"))
+            return
+        self._posted -= 1
+        try:
+            if self.state is State.NEGOTIATING:
+                if self.role is Role.SERVER:
+                    self._receive_negotiate_request(pdu, now)
+                else:
+                    self._receive_negotiate_response(pdu, now)
+            else:
+                self._receive_data(pdu, now)
+        except (PDUError, RemoteProtocolError) as exc:
+            error = exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc))
+            self._fail(error)
+            return
+        self._flush()
+
+    def send_message(self, payload: Buffer, *, invalidate_token: int | None = None) -> None:
+        """Queue one upper-layer message (no 4-byte length header) for sending.
+
+        It is split into fragments of the negotiated size as credits allow.
+        Raises :class:`LocalProtocolError` with ENOTCONN, EPIPE or EMSGSIZE.
+        """
+        self._check_connected()
+        assert self.negotiated is not None
+        length = len(payload)
+        if length > self.negotiated.max_fragmented_send_size:
+            raise LocalProtocolError(
+                f"message of {length} bytes exceeds the negotiated max fragmented send size "
+                f"{self.negotiated.max_fragmented_send_size}",
+                errno=errno.EMSGSIZE,
+            )
+        if length == 0:
+            raise LocalProtocolError("an SMB-Direct message cannot be empty", errno=errno.EINVAL)
+        if invalidate_token is not None and not 0 <= invalidate_token <= 0xFFFFFFFF:
+            raise LocalProtocolError(f"invalidate token {invalidate_token!r} is not a u32")
+        self._outgoing.append(_Outgoing(memoryview(payload).cast("B"), invalidate_token))
+        self.statistics.messages_sent += 1
+        self._flush()
+
+    def message_start(self) -> int | None:
+        """Length of the message at the head of the receive queue, if none of it was read."""
+        return self._incoming.message_start()
+
+    def consume_message_start(self) -> int:
+        """Take the head message's length (the kernel's synthesized 4-byte header)."""
+        return self._incoming.consume_message_start()
+
+    def read(self, nbytes: int) -> bytes:
+        """Take up to ``nbytes`` of received data; freed buffers are reposted."""
+        data, freed = self._incoming.read(nbytes)
+        if freed and self.state is State.CONNECTED:
+            self._flush()
+        return data
+
+    def handle_timer(self, now: float) -> None:
+        """Run the timers that are due at ``now``."""
+        if self.state is State.CLOSED:
+            return
+        if self._negotiate_deadline is not None and now >= self._negotiate_deadline:
+            self._fail(RemoteProtocolError("SMB-Direct negotiation timed out", errno=errno.ETIMEDOUT))
+            return
+        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
+            self._fail(RemoteProtocolError("peer did not answer a keepalive", errno=errno.ETIMEDOUT))
+            return
+        if self._idle_deadline is not None and now >= self._idle_deadline:
+            self._idle_deadline = None
+            self._keepalive_deadline = now + self.parameters.keepalive_timeout_msec / 1000
+            self._send_keepalive = True
+            self._flush()
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`handle_timer` must be called, if any."""
+        deadlines = [
+            d for d in (self._negotiate_deadline, self._idle_deadline, self._keepalive_deadline) if d is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def connection_lost(self, error: Exception) -> None:
+        """The transport below failed or the peer disconnected."""
+        self._fail(error, disconnect=False)
+
+    def close(self) -> None:
+        """Close locally: everything is torn down, as kernel ``shutdown`` does."""
+        if self.state is State.CLOSED:
+            return
+        self._fail(LocalProtocolError("connection closed locally", errno=errno.EPIPE))
+
+    # ---- outputs ------------------------------------------------------------
+
+    def actions(self) -> list[Action]:
+        """Receive postings and sends due now, in order; the list is handed over."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    # ---- negotiation ----------------------------------------------------------
+
+    def _receive_negotiate_request(self, pdu: Buffer, now: float) -> None:
+        request = NegotiateRequest.unpack(pdu)
+        p = self.parameters
+        if request.credits_requested == 0:
+            raise RemoteProtocolError("NegotiateRequest.credits_requested: must not be 0")
+        if request.max_receive_size < c.MIN_RECEIVE_SIZE:
+            raise RemoteProtocolError(
+                f"NegotiateRequest.max_receive_size: {request.max_receive_size} is below {c.MIN_RECEIVE_SIZE}"
+            )
+        if request.max_fragmented_size < c.MIN_FRAGMENTED_SIZE:
+            raise RemoteProtocolError(
+                f"NegotiateRequest.max_fragmented_size: {request.max_fragmented_size} is below {c.MIN_FRAGMENTED_SIZE}"
+            )
+        if not request.min_version <= c.SMBDIRECT_VERSION <= request.max_version:
+            response = NegotiateResponse(
+                status=c.NTStatus.NOT_SUPPORTED,
+                negotiated_version=0,
+                min_version=c.SMBDIRECT_VERSION,
+                max_version=c.SMBDIRECT_VERSION,
+            )
+            self._actions.append(SendPDU(response.pack()))
+            raise RemoteProtocolError(
+                f"NegotiateRequest.max_version: range 0x{request.min_version:04x}-0x{request.max_version:04x} "
+                "excludes 0x0100"
+            )
+        max_receive_size = max(min(p.max_recv_size, request.preferred_send_size), c.MIN_RECEIVE_SIZE)
+        self._receive_target = min(request.credits_requested, p.recv_credit_max)
+        negotiated = Negotiated(
+            max_send_size=min(p.max_send_size, request.max_receive_size),
+            max_receive_size=max_receive_size,
+            max_fragmented_send_size=min(request.max_fragmented_size, p.max_fragmented_send_size),
+            max_fragmented_receive_size=p.max_fragmented_recv_size,
+            max_read_write_size=p.max_read_write_size,
+            send_credit_target=p.send_credit_target,
+        )
+        self._established(negotiated, now)
+        self._refill()
+        granted = self._new_credits()
+        self._granted += granted
+        response = NegotiateResponse(
+            status=c.NTStatus.SUCCESS,
+            credits_requested=p.send_credit_target,
+            credits_granted=granted,
+            max_read_write_size=p.max_read_write_size,
+            preferred_send_size=negotiated.max_send_size,
+            max_receive_size=max_receive_size,
+            max_fragmented_size=p.max_fragmented_recv_size,
+        )
+        self._actions.append(SendPDU(response.pack()))
+
+    def _receive_negotiate_response(self, pdu: Buffer, now: float) -> None:
+        response = NegotiateResponse.unpack(pdu)
+        p = self.parameters
+
+        def require(ok: bool, field: str, rule: str) -> None:
+            if not ok:
+                raise RemoteProtocolError(f"NegotiateResponse.{field}: {rule}")
+
+        require(
+            response.status == c.NTStatus.SUCCESS,
+            "status",
+            f"0x{response.status:08x} is not STATUS_SUCCESS",
+        )
+        require(
+            response.negotiated_version == c.SMBDIRECT_VERSION,
+            "negotiated_version",
+            f"0x{response.negotiated_version:04x} is not 0x0100",
+        )
+        require(response.credits_requested > 0, "credits_requested", "must not be 0")
+        require(response.credits_granted > 0, "credits_granted", "must not be 0")
+        require(
+            response.max_receive_size >= c.MIN_RECEIVE_SIZE,
+            "max_receive_size",
+            f"{response.max_receive_size} is below {c.MIN_RECEIVE_SIZE}",
+        )
+        require(
+            response.max_fragmented_size >= c.MIN_FRAGMENTED_SIZE,
+            "max_fragmented_size",
+            f"{response.max_fragmented_size} is below {c.MIN_FRAGMENTED_SIZE}",
+        )
+        require(
+            response.preferred_send_size <= p.max_recv_size,
+            "preferred_send_size",
+            f"{response.preferred_send_size} exceeds our max receive size {p.max_recv_size}",
+        )
+        own_rw = p.max_read_write_size
+        negotiated = Negotiated(
+            max_send_size=min(p.max_send_size, response.max_receive_size),
+            max_receive_size=p.max_recv_size,
+            max_fragmented_send_size=min(response.max_fragmented_size, p.max_fragmented_send_size),
+            max_fragmented_receive_size=p.max_fragmented_recv_size,
+            max_read_write_size=min(own_rw, response.max_read_write_size) if own_rw else response.max_read_write_size,
+            send_credit_target=p.send_credit_target,
+        )
+        self._send_credits = response.credits_granted
+        self._receive_target = min(response.credits_requested, p.recv_credit_max)
+        self._established(negotiated, now)
+
+    def _established(self, negotiated: Negotiated, now: float) -> None:
+        self.negotiated = negotiated
+        self.state = State.CONNECTED
+        self._negotiate_deadline = None
+        self._arm_idle(now)
+        self._events.append(Connected(negotiated))
+
+    # ---- data transfer ----------------------------------------------------------
+
+    def _receive_data(self, pdu: Buffer, now: float) -> None:
+        message = DataTransferMessage.unpack(pdu)
+        assert self.negotiated is not None
+        if self._granted == 0:
+            raise RemoteProtocolError("peer sent a message without holding a credit")
+        self._granted -= 1
+        if message.credits_requested == 0:
+            raise RemoteProtocolError("DataTransferMessage.credits_requested: must not be 0")
+        total = message.data_length + message.remaining_data_length
+        if total > self.negotiated.max_fragmented_receive_size:
+            raise RemoteProtocolError(
+                f"DataTransferMessage.remaining_data_length: message of {total} bytes exceeds the max "
+                f"fragmented receive size {self.negotiated.max_fragmented_receive_size}"
+            )
+        if len(pdu) > self.negotiated.max_receive_size:
+            raise RemoteProtocolError(
+                f"DataTransferMessage.length: {len(pdu)}-byte message exceeds the max receive size "
+                f"{self.negotiated.max_receive_size}"
+            )
+        self._receive_target = max(1, min(message.credits_requested, self.parameters.recv_credit_max))
+        self._send_credits += message.credits_granted
+        if self._send_credits > 0xFFFF:
+            raise RemoteProtocolError(
+                f"DataTransferMessage.credits_granted: peer granted {self._send_credits} credits in all"
+            )
+        if message.flags & c.SMB_DIRECT_RESPONSE_REQUESTED:
+            self._response_owed = True
+        self._arm_idle(now)
+        self._keepalive_deadline = None
+        stats = self.statistics
+        stats.fragments_received += 1
+        if not message.data_length:
+            return
+        data = memoryview(message.data)
+        if self._message_remaining:
+            if total != self._message_remaining:
+                raise RemoteProtocolError(
+                    f"DataTransferMessage.remaining_data_length: {message.remaining_data_length} + data_length "
+                    f"{message.data_length} does not continue the message ({self._message_remaining} bytes due)"
+                )
+            self._incoming.push(data, None)
+        else:
+            self._incoming.push(data, total)
+            stats.messages_received += 1
+        self._message_remaining = message.remaining_data_length
+        stats.bytes_received += message.data_length
+
+    def _arm_idle(self, now: float) -> None:
+        interval = self.parameters.keepalive_interval_msec
+        self._idle_deadline = now + interval / 1000 if interval else None
+
+    def _new_credits(self) -> int:
+        """Credits posted but not yet granted."""
+        return self._posted - self._granted
+
+    def _credit_allows(self, grants: int) -> bool:
+        return self._send_credits > 1 or (self._send_credits == 1 and grants > 0)
+
+    def _refill(self) -> None:
+        """Keep the peer's requested number of receives posted, minus held ones."""
+        want = min(self._receive_target, self.parameters.recv_credit_max - len(self._incoming))
+        if want > self._posted:
+            self._post(want - self._posted)
+
+    def _post(self, count: int) -> None:
+        self._posted += count
+        size = self.negotiated.max_receive_size if self.negotiated else self.parameters.max_recv_size
+        self._actions.append(PostReceives(count, size))
+
+    def _flush(self) -> None:
+        """Send what credits allow: data fragments first, then a credit message if due."""
+        if self.state is not State.CONNECTED:
+            return
+        self._refill()
+        assert self.negotiated is not None
+        chunk = self.negotiated.max_send_size - c.DATA_TRANSFER_DATA_OFFSET
+        while self._outgoing and self._credit_allows(self._new_credits()):
+            message = self._outgoing[0]
+            start = message.sent
+            end = min(start + chunk, len(message.view))
+            remaining = len(message.view) - end
+            token = message.invalidate_token if remaining == 0 else None
+            self._send(message.view[start:end], remaining, invalidate_token=token)
+            message.sent = end
+            if not remaining:
+                self._outgoing.popleft()
+        if self._control_message_due() and self._credit_allows(self._new_credits()):
+            self._send(b"", 0)
+
+    def _control_message_due(self) -> bool:
+        if self._response_owed or self._send_keepalive:
+            return True
+        new = self._new_credits()
+        if not new:
+            return False
+        peer = self._granted
+        return peer <= 1 or (new >= 2 and peer <= self._receive_target // 4)
+
+    def _send(self, data: Buffer, remaining: int, *, invalidate_token: int | None = None) -> None:
+        granted = self._new_credits()
+        flags = 0
+        if self._send_keepalive and not data:
+            flags = c.SMB_DIRECT_RESPONSE_REQUESTED
+            self.statistics.keepalives_sent += 1
+        self._send_keepalive = False
+        self._response_owed = False
+        message = DataTransferMessage(
+            credits_requested=self.parameters.send_credit_target,
+            credits_granted=granted,
+            flags=flags,
+            remaining_data_length=remaining,
+            data=data,
+        )
+        self._send_credits -= 1
+        self._granted += granted
+        stats = self.statistics
+        stats.fragments_sent += 1
+        stats.bytes_sent += len(data)
+        if not data and not flags:
+            stats.credit_messages_sent += 1
+        self._actions.append(SendPDU(message.pack(), invalidate_token))
+
+    # ---- termination -----------------------------------------------------------
+
+    def _check_connected(self) -> None:
+        if self.state is State.CONNECTED:
+            return
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("connection is closed", errno=errno.EPIPE)
+        raise LocalProtocolError("connection is not established", errno=errno.ENOTCONN)
+
+    def _fail(self, error: Exception, *, disconnect: bool = True) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.error = error
+        self._negotiate_deadline = self._idle_deadline = self._keepalive_deadline = None
+        self._outgoing.clear()
+        if disconnect:
+            self._actions.append(Disconnect())
+        self._events.append(Terminated(error))
+
