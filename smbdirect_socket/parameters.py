@@ -47,11 +47,15 @@ class Parameters:
     """
 
     flags: int = attrs.field(default=0, validator=_check_flags)
-    resolve_addr_timeout_msec: int = attrs.field(default=c.DEFAULT_RESOLVE_ADDR_TIMEOUT_MSEC, validator=_between(1, _U32))
+    resolve_addr_timeout_msec: int = attrs.field(
+        default=c.DEFAULT_RESOLVE_ADDR_TIMEOUT_MSEC, validator=_between(1, _U32)
+    )
     resolve_route_timeout_msec: int = attrs.field(
         default=c.DEFAULT_RESOLVE_ROUTE_TIMEOUT_MSEC, validator=_between(1, _U32)
     )
-    rdma_connect_timeout_msec: int = attrs.field(default=c.DEFAULT_RDMA_CONNECT_TIMEOUT_MSEC, validator=_between(1, _U32))
+    rdma_connect_timeout_msec: int = attrs.field(
+        default=c.DEFAULT_RDMA_CONNECT_TIMEOUT_MSEC, validator=_between(1, _U32)
+    )
     negotiate_timeout_msec: int = attrs.field(default=c.DEFAULT_NEGOTIATE_TIMEOUT_MSEC, validator=_between(1, _U32))
     initiator_depth: int = attrs.field(default=c.DEFAULT_INITIATOR_DEPTH, validator=_between(0, 255))
     responder_resources: int = attrs.field(default=c.DEFAULT_RESPONDER_RESOURCES, validator=_between(0, 255))

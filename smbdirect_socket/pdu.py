@@ -276,4 +276,6 @@ class BufferDescriptorV1:
                 f"{len(buffer)} bytes is not a multiple of {BUFFER_DESCRIPTOR_V1_SIZE}",
             )
         view = memoryview(buffer)
-        return [cls.unpack(view[i : i + BUFFER_DESCRIPTOR_V1_SIZE]) for i in range(0, len(view), BUFFER_DESCRIPTOR_V1_SIZE)]
+        return [
+            cls.unpack(view[i : i + BUFFER_DESCRIPTOR_V1_SIZE]) for i in range(0, len(view), BUFFER_DESCRIPTOR_V1_SIZE)
+        ]

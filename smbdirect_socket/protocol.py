@@ -140,7 +140,7 @@ class Statistics:
 class _Outgoing:
     """A message being fragmented: payload, bytes sent, remote invalidate."""
 
-    __slots__ = ("view", "sent", "invalidate_token")
+    __slots__ = ("invalidate_token", "sent", "view")
 
     def __init__(self, view: memoryview, invalidate_token: int | None) -> None:
         self.view = view
@@ -589,4 +589,3 @@ class SMBDirectProtocol:
         if disconnect:
             self._actions.append(Disconnect())
         self._events.append(Terminated(error))
-

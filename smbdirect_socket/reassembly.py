@@ -15,7 +15,7 @@ __all__ = ["ReceiveQueue"]
 
 
 class _Fragment:
-    __slots__ = ("data", "position", "message_length")
+    __slots__ = ("data", "message_length", "position")
 
     def __init__(self, data: memoryview, message_length: int | None) -> None:
         self.data = data

@@ -1,0 +1,90 @@
+"""Throughput of the sans-IO protocol core alone: two objects wired in memory.
+
+This is the ceiling of every layer above: no sockets, no RDMA, no event loop.
+Each run moves messages one way and reads them on the other side; the cost is
+per fragment (packing and parsing a header, credit bookkeeping), so large
+negotiated sizes move far more bytes per second.  The baseline in the same
+run is a plain ``bytes`` copy of the same data, which bounds any pure-Python
+layer that must touch every byte once.
+
+    python benchmarks/bench_protocol.py [--seconds S] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from smbdirect_socket import Parameters
+from smbdirect_socket.testing import ProtocolPair
+
+CASES = {
+    "default (1364-byte fragments, 64 KiB messages)": (Parameters(), 65536),
+    "default, 1 KiB messages": (Parameters(), 1024),
+    "large (64 KiB fragments, 1 MiB messages)": (
+        Parameters(max_send_size=65536, max_recv_size=65536, max_fragmented_recv_size=1 << 24),
+        1 << 20,
+    ),
+}
+
+
+def run_case(parameters: Parameters, size: int, seconds: float) -> dict[str, float]:
+    pair = ProtocolPair(parameters, parameters)
+    pair.start()
+    pair.run()
+    payload = bytes(size)
+    server = pair.server
+    messages = 0
+    fragments_before = pair.client.statistics.fragments_sent
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(16):
+            pair.client.send_message(payload)
+            pair.collect(pair.client)
+            pair.run()
+            server.read(server.readable)
+            pair.collect(server)
+            pair.run()
+            messages += 1
+    elapsed = time.perf_counter() - start
+    fragments = pair.client.statistics.fragments_sent - fragments_before
+    return {
+        "messages_per_s": messages / elapsed,
+        "bytes_per_s": messages * size / elapsed,
+        "fragments_per_s": fragments / elapsed,
+    }
+
+
+def copy_baseline(seconds: float) -> float:
+    data = bytes(1 << 20)
+    moved = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        bytearray(data)
+        moved += len(data)
+    return moved / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    baseline = copy_baseline(args.seconds / 2)
+    results = {"memory_copy_bytes_per_s": baseline}
+    print(f"baseline: in-memory copy {baseline / 1e9:.2f} GB/s")
+    for name, (parameters, size) in CASES.items():
+        r = run_case(parameters, size, args.seconds)
+        results[name] = r  # type: ignore[assignment]
+        print(
+            f"{name}: {r['messages_per_s']:,.0f} msg/s, {r['bytes_per_s'] / 1e6:,.1f} MB/s, "
+            f"{r['fragments_per_s']:,.0f} fragments/s, ratio to copy {r['bytes_per_s'] / baseline:.3f}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
