@@ -36,7 +36,7 @@ import attrs
 from . import constants as c
 from .errors import LocalProtocolError, PDUError, RemoteProtocolError
 from .parameters import Parameters
-from .pdu import Buffer, DataTransferMessage, NegotiateRequest, NegotiateResponse
+from .pdu import Buffer, NegotiateRequest, NegotiateResponse, decode_data_transfer, encode_data_transfer
 from .reassembly import ReceiveQueue
 
 __all__ = [
@@ -449,14 +449,15 @@ class SMBDirectProtocol:
     # ---- data transfer ----------------------------------------------------------
 
     def _receive_data(self, pdu: Buffer, now: float) -> None:
-        message = DataTransferMessage.unpack(pdu)
+        requested, granted, flags, remaining, data = decode_data_transfer(pdu)
         assert self.negotiated is not None
         if self._granted == 0:
             raise RemoteProtocolError("peer sent a message without holding a credit")
         self._granted -= 1
-        if message.credits_requested == 0:
+        if requested == 0:
             raise RemoteProtocolError("DataTransferMessage.credits_requested: must not be 0")
-        total = message.data_length + message.remaining_data_length
+        length = len(data)
+        total = length + remaining
         if total > self.negotiated.max_fragmented_receive_size:
             raise RemoteProtocolError(
                 f"DataTransferMessage.remaining_data_length: message of {total} bytes exceeds the max "
@@ -467,33 +468,32 @@ class SMBDirectProtocol:
                 f"DataTransferMessage.length: {len(pdu)}-byte message exceeds the max receive size "
                 f"{self.negotiated.max_receive_size}"
             )
-        self._receive_target = max(1, min(message.credits_requested, self.parameters.recv_credit_max))
-        self._send_credits += message.credits_granted
+        self._receive_target = max(1, min(requested, self.parameters.recv_credit_max))
+        self._send_credits += granted
         if self._send_credits > 0xFFFF:
             raise RemoteProtocolError(
                 f"DataTransferMessage.credits_granted: peer granted {self._send_credits} credits in all"
             )
-        if message.flags & c.SMB_DIRECT_RESPONSE_REQUESTED:
+        if flags & c.SMB_DIRECT_RESPONSE_REQUESTED:
             self._response_owed = True
         self._arm_idle(now)
         self._keepalive_deadline = None
         stats = self.statistics
         stats.fragments_received += 1
-        if not message.data_length:
+        if not length:
             return
-        data = memoryview(message.data)
         if self._message_remaining:
             if total != self._message_remaining:
                 raise RemoteProtocolError(
-                    f"DataTransferMessage.remaining_data_length: {message.remaining_data_length} + data_length "
-                    f"{message.data_length} does not continue the message ({self._message_remaining} bytes due)"
+                    f"DataTransferMessage.remaining_data_length: {remaining} + data_length "
+                    f"{length} does not continue the message ({self._message_remaining} bytes due)"
                 )
             self._incoming.push(data, None)
         else:
             self._incoming.push(data, total)
             stats.messages_received += 1
-        self._message_remaining = message.remaining_data_length
-        stats.bytes_received += message.data_length
+        self._message_remaining = remaining
+        stats.bytes_received += length
 
     def _arm_idle(self, now: float) -> None:
         interval = self.parameters.keepalive_interval_msec
@@ -554,13 +554,7 @@ class SMBDirectProtocol:
             self.statistics.keepalives_sent += 1
         self._send_keepalive = False
         self._response_owed = False
-        message = DataTransferMessage(
-            credits_requested=self.parameters.send_credit_target,
-            credits_granted=granted,
-            flags=flags,
-            remaining_data_length=remaining,
-            data=data,
-        )
+        pdu = encode_data_transfer(self.parameters.send_credit_target, granted, flags, remaining, data)
         self._send_credits -= 1
         self._granted += granted
         stats = self.statistics
@@ -568,7 +562,7 @@ class SMBDirectProtocol:
         stats.bytes_sent += len(data)
         if not data and not flags:
             stats.credit_messages_sent += 1
-        self._actions.append(SendPDU(message.pack(), invalidate_token))
+        self._actions.append(SendPDU(pdu, invalidate_token))
 
     # ---- termination -----------------------------------------------------------
 
