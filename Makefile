@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint bench demo clean
 
 install: $(STAMP)
 
@@ -27,3 +27,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+demo: install
+	$(PY) -m smbdirect_socket.demo

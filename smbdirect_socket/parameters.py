@@ -59,8 +59,8 @@ class Parameters:
     negotiate_timeout_msec: int = attrs.field(default=c.DEFAULT_NEGOTIATE_TIMEOUT_MSEC, validator=_between(1, _U32))
     initiator_depth: int = attrs.field(default=c.DEFAULT_INITIATOR_DEPTH, validator=_between(0, 255))
     responder_resources: int = attrs.field(default=c.DEFAULT_RESPONDER_RESOURCES, validator=_between(0, 255))
-    recv_credit_max: int = attrs.field(default=c.DEFAULT_RECV_CREDIT_MAX, validator=_between(2, 0xFFFF))
-    send_credit_target: int = attrs.field(default=c.DEFAULT_SEND_CREDIT_TARGET, validator=_between(2, 0xFFFF))
+    recv_credit_max: int = attrs.field(default=c.DEFAULT_RECV_CREDIT_MAX, validator=_between(3, 0xFFFF))
+    send_credit_target: int = attrs.field(default=c.DEFAULT_SEND_CREDIT_TARGET, validator=_between(3, 0xFFFF))
     max_send_size: int = attrs.field(default=c.DEFAULT_MAX_SEND_SIZE, validator=_between(c.MIN_RECEIVE_SIZE, _U32))
     max_fragmented_send_size: int = attrs.field(
         default=c.DEFAULT_MAX_FRAGMENTED_SEND_SIZE, validator=_between(c.MIN_FRAGMENTED_SIZE, _U32)
