@@ -1,0 +1,56 @@
+"""The RDMA engine: one async interface, several providers.
+
+Providers by name:
+
+* ``"softiwarp"`` (:class:`~smbdirect_socket.rdma.soft.SoftIwarpProvider`):
+  software iWARP over TCP, the embedded default; runs on any machine and
+  talks to Linux siw, iWARP NICs and other instances of this library.
+* ``"verbs"``: real RDMA devices through pyverbs (planned).
+
+:func:`get_provider` with no name reads ``SMBDIRECT_PROVIDER`` from the
+environment and falls back to ``"softiwarp"``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .base import (
+    Access,
+    Completion,
+    ConnectionRequest,
+    Listener,
+    MemoryRegion,
+    Opcode,
+    Provider,
+    QueuePair,
+    RdmaError,
+    Status,
+)
+
+__all__ = [
+    "Access",
+    "Completion",
+    "ConnectionRequest",
+    "Listener",
+    "MemoryRegion",
+    "Opcode",
+    "Provider",
+    "QueuePair",
+    "RdmaError",
+    "Status",
+    "get_provider",
+]
+
+PROVIDERS = ("softiwarp",)
+
+
+def get_provider(name: str | None = None, **options: Any) -> Provider:
+    """The provider called ``name`` (default: ``$SMBDIRECT_PROVIDER`` or softiwarp)."""
+    name = name or os.environ.get("SMBDIRECT_PROVIDER") or "softiwarp"
+    if name == "softiwarp":
+        from .soft import SoftIwarpProvider
+
+        return SoftIwarpProvider(**options)
+    raise ValueError(f"unknown RDMA provider {name!r}; known: {', '.join(PROVIDERS)}")

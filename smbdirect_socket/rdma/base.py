@@ -1,0 +1,205 @@
+"""The RDMA engine interface: verbs and rdma_cm, as one async trio API.
+
+A provider makes connections; a connection is a reliable-connected
+:class:`QueuePair`.  Work requests are posted without blocking, as in verbs,
+and finish as :class:`Completion` objects read with
+:meth:`QueuePair.get_completion`.  Memory is registered per queue pair (its
+own protection domain) and addressed by the peer through a token (the iWARP
+STag, the InfiniBand rkey) and an offset.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+
+import attrs
+
+__all__ = [
+    "Access",
+    "Completion",
+    "ConnectionRequest",
+    "Listener",
+    "MemoryRegion",
+    "Opcode",
+    "Provider",
+    "QueuePair",
+    "RdmaError",
+    "Status",
+]
+
+Buffer = bytes | bytearray | memoryview
+
+
+class Access(enum.IntFlag):
+    """Access rights of a memory registration (``IBV_ACCESS_*``)."""
+
+    LOCAL_WRITE = 1
+    REMOTE_WRITE = 2
+    REMOTE_READ = 4
+
+
+class Opcode(enum.Enum):
+    """What a work completion completes (``IBV_WC_*``)."""
+
+    SEND = "send"
+    RDMA_WRITE = "rdma_write"
+    RDMA_READ = "rdma_read"
+    RECV = "recv"
+
+
+class Status(enum.Enum):
+    """Work completion status (``IBV_WC_*``)."""
+
+    SUCCESS = "success"
+    LOCAL_LENGTH_ERROR = "local_length_error"  # the message did not fit the receive buffer
+    LOCAL_PROTECTION_ERROR = "local_protection_error"
+    REMOTE_ACCESS_ERROR = "remote_access_error"  # the peer refused our RDMA read/write
+    REMOTE_INVALID_REQUEST = "remote_invalid_request"
+    REMOTE_OPERATION_ERROR = "remote_operation_error"
+    RECEIVER_NOT_READY = "receiver_not_ready"  # a Send found no posted receive
+    FLUSHED = "flushed"  # the queue pair went to the error state first
+    FATAL = "fatal"
+
+
+@attrs.frozen
+class Completion:
+    """One finished work request."""
+
+    wr_id: int
+    opcode: Opcode
+    status: Status = Status.SUCCESS
+    byte_len: int = 0
+    #: For receives of a send with invalidate: the token the peer invalidated.
+    invalidated_token: int | None = None
+    #: For receives of a send with solicited event.
+    solicited: bool = False
+    #: Why the request failed, in words.
+    reason: str = ""
+
+
+class RdmaError(OSError):
+    """An RDMA operation or connection failed; ``errno`` is the socket's."""
+
+
+class MemoryRegion(abc.ABC):
+    """A registered buffer the peer may address by ``token`` and offset."""
+
+    token: int
+    #: The tagged offset of the first byte (what buffer descriptors carry).
+    address: int
+    length: int
+    access: Access
+
+    @property
+    @abc.abstractmethod
+    def valid(self) -> bool:
+        """False once invalidated (locally, remotely) or deregistered."""
+
+
+class QueuePair(abc.ABC):
+    """One reliable connection with its queues, completions and memory."""
+
+    #: Private data the peer sent in its connect request or accept.
+    peer_private_data: bytes
+    #: RDMA reads of the peer we may have outstanding (ORD).
+    initiator_depth: int
+    #: RDMA reads of our memory the peer may have outstanding (IRD).
+    responder_resources: int
+    local_address: tuple[str, int]
+    peer_address: tuple[str, int]
+
+    @abc.abstractmethod
+    def post_recv(self, wr_id: int, buffer: memoryview) -> None:
+        """Post a receive buffer; a Send from the peer fills the oldest one."""
+
+    @abc.abstractmethod
+    def post_send(
+        self, wr_id: int, data: Buffer, *, invalidate_token: int | None = None, solicited: bool = False
+    ) -> None:
+        """Send a message; with ``invalidate_token`` the peer invalidates that token."""
+
+    @abc.abstractmethod
+    def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
+        """RDMA-write ``data`` into the peer's registration ``token`` at ``address``."""
+
+    @abc.abstractmethod
+    def post_read(self, wr_id: int, into: memoryview, token: int, address: int) -> None:
+        """RDMA-read ``len(into)`` bytes of the peer's registration ``token`` at ``address``."""
+
+    @abc.abstractmethod
+    async def get_completion(self) -> Completion:
+        """Wait for the next completion (all are delivered, in order of completion)."""
+
+    @abc.abstractmethod
+    def poll_completion(self) -> Completion | None:
+        """The next completion if one is ready."""
+
+    @abc.abstractmethod
+    def register(self, buffer: memoryview, access: Access) -> MemoryRegion:
+        """Register ``buffer`` (kept alive until deregistered) with ``access`` rights."""
+
+    @abc.abstractmethod
+    def deregister(self, region: MemoryRegion) -> None:
+        """Deregister; the token is no longer valid."""
+
+    @abc.abstractmethod
+    def invalidate(self, region: MemoryRegion) -> None:
+        """Invalidate locally: the peer's later accesses fail."""
+
+    @abc.abstractmethod
+    async def disconnect(self) -> None:
+        """Close gracefully; outstanding work requests are flushed."""
+
+    @property
+    @abc.abstractmethod
+    def error(self) -> RdmaError | None:
+        """Why the queue pair went to the error state, if it did."""
+
+
+class ConnectionRequest(abc.ABC):
+    """An incoming connection waiting to be accepted or rejected."""
+
+    private_data: bytes
+    #: The peer's IRD and ORD as announced.
+    initiator_depth: int
+    responder_resources: int
+    peer_address: tuple[str, int]
+
+    @abc.abstractmethod
+    async def accept(
+        self, private_data: bytes = b"", *, initiator_depth: int = 1, responder_resources: int = 1
+    ) -> QueuePair: ...
+
+    @abc.abstractmethod
+    async def reject(self, private_data: bytes = b"") -> None: ...
+
+
+class Listener(abc.ABC):
+    address: tuple[str, int]
+
+    @abc.abstractmethod
+    async def get_request(self) -> ConnectionRequest: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class Provider(abc.ABC):
+    """A way to make RDMA connections: software iWARP, verbs, ..."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def connect(
+        self,
+        address: tuple[str, int],
+        private_data: bytes = b"",
+        *,
+        initiator_depth: int = 1,
+        responder_resources: int = 1,
+        timeout: float = 5.0,
+    ) -> QueuePair: ...
+
+    @abc.abstractmethod
+    async def listen(self, address: tuple[str, int], backlog: int = 10) -> Listener: ...

@@ -1,0 +1,1 @@
+"""Software iWARP: MPA, DDP and RDMAP as Linux siw speaks them."""

@@ -1,0 +1,277 @@
+"""DDP (RFC 5041) and RDMAP (RFC 5040) headers, and the Terminate message.
+
+A DDP segment is what one FPDU carries: a tagged header (RDMA Write, Read
+Response) or an untagged one (the Send family, Read Request, Terminate),
+then payload.  Headers are big-endian.  :func:`parse_segment` checks what
+belongs to these layers and raises :class:`TerminateError` carrying the
+Terminate to send back, so the queue pair answers every fault the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+import attrs
+
+__all__ = [
+    "Layer",
+    "Op",
+    "ReadRequest",
+    "Segment",
+    "Terminate",
+    "TerminateError",
+    "encode_read_request",
+    "encode_tagged",
+    "encode_untagged",
+    "parse_segment",
+]
+
+TAGGED = 0x8000
+LAST = 0x4000
+DDP_VERSION = 1
+RDMAP_VERSION = 1
+VERSIONS = (DDP_VERSION << 8) | (RDMAP_VERSION << 6)  # 0x0140
+
+QN_SEND = 0
+QN_READ_REQUEST = 1
+QN_TERMINATE = 2
+
+_CONTROL = struct.Struct("!H")
+_TAGGED = struct.Struct("!HIQ")  # control, STag, TO: 14 bytes
+_UNTAGGED = struct.Struct("!HIIII")  # control, word (inv STag), QN, MSN, MO: 18 bytes
+_READ_REQUEST = struct.Struct("!IQIIQ")  # sink STag, sink TO, size, source STag, source TO: 28 bytes
+TAGGED_HEADER = _TAGGED.size
+UNTAGGED_HEADER = _UNTAGGED.size
+READ_REQUEST_SIZE = _READ_REQUEST.size
+
+
+class Op(enum.IntEnum):
+    """RDMAP opcodes."""
+
+    WRITE = 0
+    READ_REQUEST = 1
+    READ_RESPONSE = 2
+    SEND = 3
+    SEND_INVALIDATE = 4
+    SEND_SE = 5
+    SEND_SE_INVALIDATE = 6
+    TERMINATE = 7
+
+
+SEND_OPS = frozenset({Op.SEND, Op.SEND_INVALIDATE, Op.SEND_SE, Op.SEND_SE_INVALIDATE})
+TAGGED_OPS = frozenset({Op.WRITE, Op.READ_RESPONSE})
+
+
+class Layer(enum.IntEnum):
+    RDMAP = 0
+    DDP = 1
+    LLP = 2
+
+
+# Error types and codes (RFC 5040 7.1, RFC 5041 7.2, RFC 5044 8).
+RDMAP_LOCAL_CATASTROPHIC = 0
+RDMAP_REMOTE_PROTECTION = 1
+RDMAP_REMOTE_OPERATION = 2
+RDMAP_INVALID_STAG = 0x00
+RDMAP_BASE_BOUNDS = 0x01
+RDMAP_ACCESS_RIGHTS = 0x02
+RDMAP_INVALID_VERSION = 0x05
+RDMAP_UNEXPECTED_OPCODE = 0x06
+RDMAP_REMOTE_STREAM_CATASTROPHIC = 0x07
+RDMAP_CANNOT_INVALIDATE = 0x09
+RDMAP_UNSPECIFIED = 0xFF
+
+DDP_LOCAL_CATASTROPHIC = 0
+DDP_TAGGED = 1
+DDP_UNTAGGED = 2
+DDP_TAGGED_INVALID_STAG = 0x00
+DDP_TAGGED_BASE_BOUNDS = 0x01
+DDP_TAGGED_INVALID_VERSION = 0x04
+DDP_UNTAGGED_INVALID_QN = 0x01
+DDP_UNTAGGED_NO_BUFFER = 0x02
+DDP_UNTAGGED_INVALID_MSN = 0x03
+DDP_UNTAGGED_INVALID_MO = 0x04
+DDP_UNTAGGED_TOO_LONG = 0x05
+DDP_UNTAGGED_INVALID_VERSION = 0x06
+
+LLP_MPA = 0
+MPA_SHORT_ULPDU = 0x03  # siw: a ULPDU too short for its header
+
+
+@attrs.frozen
+class Terminate:
+    """An RDMAP Terminate: who found what, and the offending header."""
+
+    layer: Layer
+    error_type: int
+    error_code: int
+    #: The offending DDP header as received (its first two bytes: the segment
+    #: payload length), and for a Read Request the RDMAP header too.
+    ddp_header: bytes = b""
+    rdmap_header: bytes = b""
+
+    def describe(self) -> str:
+        return f"layer {self.layer.name} type {self.error_type} code 0x{self.error_code:02x}"
+
+    def pack(self, *, siw_layout: bool = False) -> bytes:
+        """The Terminate payload; ``siw_layout`` packs the control word as Linux siw does on x86."""
+        m = 1 if self.ddp_header else 0
+        d = 1 if self.ddp_header else 0
+        r = 1 if self.rdmap_header else 0
+        if siw_layout:
+            first = (self.error_type << 4) | self.layer
+            flags = m | (d << 1) | (r << 2)
+        else:
+            first = (self.layer << 4) | self.error_type
+            flags = (m << 7) | (d << 6) | (r << 5)
+        return bytes((first, self.error_code, flags, 0)) + self.ddp_header + self.rdmap_header
+
+    @classmethod
+    def unpack(cls, payload: bytes | memoryview) -> Terminate:
+        """Decode either layout: siw's when the flags byte uses its low bits."""
+        if len(payload) < 4:
+            raise ValueError(f"Terminate of {len(payload)} bytes is shorter than its 4-byte control field")
+        first, code, flags = payload[0], payload[1], payload[2]
+        siw = bool(flags & 0x07) and not flags & 0xE0
+        layer, error_type = (first & 0x0F, first >> 4) if siw else (first >> 4, first & 0x0F)
+        has_ddp = bool(flags & 0x02) if siw else bool(flags & 0x40)
+        has_rdmap = bool(flags & 0x04) if siw else bool(flags & 0x20)
+        rest = bytes(payload[4:])
+        ddp = b""
+        rdmap = b""
+        if has_ddp and len(rest) >= 2:
+            tagged = len(rest) >= 4 and rest[2] & 0x80
+            size = 2 + (TAGGED_HEADER if tagged else UNTAGGED_HEADER)
+            ddp, rest = rest[:size], rest[size:]
+        if has_rdmap:
+            rdmap = rest[:READ_REQUEST_SIZE]
+        try:
+            layer_enum = Layer(layer)
+        except ValueError:
+            raise ValueError(f"Terminate names layer {layer}, not RDMAP, DDP or LLP") from None
+        return cls(layer_enum, error_type, code, ddp, rdmap)
+
+
+class TerminateError(Exception):
+    """A fault found in a received segment: send ``terminate`` and close."""
+
+    def __init__(self, message: str, terminate: Terminate) -> None:
+        super().__init__(f"{message} ({terminate.describe()})")
+        self.terminate = terminate
+
+
+@attrs.frozen
+class ReadRequest:
+    sink_token: int
+    sink_offset: int
+    size: int
+    source_token: int
+    source_offset: int
+
+
+@attrs.frozen
+class Segment:
+    """A parsed DDP segment."""
+
+    op: Op
+    last: bool
+    payload: memoryview
+    # tagged
+    token: int = 0
+    offset: int = 0
+    # untagged
+    queue: int = 0
+    msn: int = 0
+    message_offset: int = 0
+    invalidate_token: int = 0
+    #: The header as received, for a Terminate that quotes it.
+    header: bytes = b""
+
+
+def encode_tagged(op: Op, last: bool, token: int, offset: int, payload: bytes | memoryview) -> bytes:
+    control = TAGGED | (LAST if last else 0) | VERSIONS | op
+    return _TAGGED.pack(control, token, offset) + bytes(payload)
+
+
+def encode_untagged(
+    op: Op, last: bool, queue: int, msn: int, message_offset: int, payload: bytes | memoryview, word: int = 0
+) -> bytes:
+    control = (LAST if last else 0) | VERSIONS | op
+    return _UNTAGGED.pack(control, word, queue, msn, message_offset) + bytes(payload)
+
+
+def encode_read_request(msn: int, request: ReadRequest) -> bytes:
+    body = _READ_REQUEST.pack(
+        request.sink_token, request.sink_offset, request.size, request.source_token, request.source_offset
+    )
+    return encode_untagged(Op.READ_REQUEST, True, QN_READ_REQUEST, msn, 0, body)
+
+
+def decode_read_request(payload: bytes | memoryview) -> ReadRequest:
+    return ReadRequest(*_READ_REQUEST.unpack_from(payload))
+
+
+def _quoted(segment: memoryview, header_size: int) -> bytes:
+    """The offending header as a Terminate quotes it: the payload length first."""
+    size = min(header_size, len(segment))
+    return struct.pack("!H", max(len(segment) - header_size, 0)) + bytes(segment[:size])
+
+
+def parse_segment(segment: memoryview) -> Segment:
+    """Decode one DDP segment, checking versions, opcode, queue and sizes."""
+    if len(segment) < 2:
+        raise TerminateError("DDP segment without a control field", Terminate(Layer.LLP, LLP_MPA, MPA_SHORT_ULPDU))
+    (control,) = _CONTROL.unpack_from(segment)
+    tagged = bool(control & TAGGED)
+    if (control >> 8) & 0x3 != DDP_VERSION:
+        code = DDP_TAGGED_INVALID_VERSION if tagged else DDP_UNTAGGED_INVALID_VERSION
+        raise TerminateError(
+            f"DDP version {(control >> 8) & 0x3} is not 1",
+            Terminate(Layer.DDP, DDP_TAGGED if tagged else DDP_UNTAGGED, code),
+        )
+    if (control >> 6) & 0x3 != RDMAP_VERSION:
+        raise TerminateError(
+            f"RDMAP version {(control >> 6) & 0x3} is not 1",
+            Terminate(Layer.RDMAP, RDMAP_REMOTE_OPERATION, RDMAP_INVALID_VERSION),
+        )
+    opcode = control & 0x0F
+    if opcode > Op.TERMINATE:
+        raise TerminateError(
+            f"RDMAP opcode {opcode} is unknown", Terminate(Layer.RDMAP, RDMAP_REMOTE_OPERATION, RDMAP_UNEXPECTED_OPCODE)
+        )
+    op = Op(opcode)
+    last = bool(control & LAST)
+    header_size = TAGGED_HEADER if tagged else UNTAGGED_HEADER
+    if len(segment) < header_size or tagged != (op in TAGGED_OPS):
+        raise TerminateError(
+            f"{op.name} segment of {len(segment)} bytes with a {'tagged' if tagged else 'untagged'} header",
+            Terminate(Layer.LLP, LLP_MPA, MPA_SHORT_ULPDU),
+        )
+    header = _quoted(segment, header_size)
+    if tagged:
+        _, token, offset = _TAGGED.unpack_from(segment)
+        return Segment(op, last, segment[header_size:], token=token, offset=offset, header=header)
+    _, word, queue, msn, message_offset = _UNTAGGED.unpack_from(segment)
+    expected_queue = {Op.READ_REQUEST: QN_READ_REQUEST, Op.TERMINATE: QN_TERMINATE}.get(op, QN_SEND)
+    if queue != expected_queue and op is not Op.READ_REQUEST:
+        raise TerminateError(
+            f"{op.name} on queue {queue}, expected {expected_queue}",
+            Terminate(Layer.DDP, DDP_UNTAGGED, DDP_UNTAGGED_INVALID_QN, header),
+        )
+    payload = segment[header_size:]
+    if op is Op.READ_REQUEST and len(payload) != READ_REQUEST_SIZE:
+        raise TerminateError(
+            f"Read Request with {len(payload)} bytes of payload, expected {READ_REQUEST_SIZE}",
+            Terminate(Layer.RDMAP, RDMAP_REMOTE_OPERATION, RDMAP_UNSPECIFIED, header),
+        )
+    return Segment(
+        op,
+        last,
+        payload,
+        queue=queue,
+        msn=msn,
+        message_offset=message_offset,
+        invalidate_token=word,
+        header=header,
+    )

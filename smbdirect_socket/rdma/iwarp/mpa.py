@@ -1,0 +1,274 @@
+"""MPA (RFC 5044) with enhanced connection setup (RFC 6581): the iWARP LLP.
+
+Two parts, both sans-IO:
+
+* the connection setup frames (:class:`MpaFrame`, request and reply) and the
+  responder's decision (:func:`answer_request`), as Linux siw makes it;
+* FPDU framing: :func:`frame_fpdu` wraps one DDP segment with its length,
+  pad and CRC32C, and :class:`FpduReader` cuts a TCP byte stream back into
+  segments, checking the CRC when it is on.
+
+The CRC is CRC32C (Castagnoli) over the FPDU up to the CRC field, stored
+little-endian, which is what siw sends and accepts.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import ClassVar
+
+import attrs
+import crc32c
+
+__all__ = [
+    "MAX_PRIVATE_DATA",
+    "FpduReader",
+    "MpaError",
+    "MpaFrame",
+    "Negotiation",
+    "answer_request",
+    "check_reply",
+    "frame_fpdu",
+    "reject_reply",
+]
+
+REQUEST_KEY = b"MPA ID Req Frame"
+REPLY_KEY = b"MPA ID Rep Frame"
+
+FLAG_MARKERS = 0x8000
+FLAG_CRC = 0x4000
+FLAG_REJECT = 0x2000
+FLAG_ENHANCED = 0x1000  # RFC 6581: IRD/ORD words follow
+REVISION_MASK = 0x00FF
+
+# RFC 6581 IRD/ORD word bits.
+IRD_P2P = 0x8000
+IRD_SEND_RTR = 0x4000
+ORD_WRITE_RTR = 0x8000
+ORD_READ_RTR = 0x4000
+DEPTH_MASK = 0x3FFF
+
+#: Private data siw and rdma_cm carry at most (RDMA_MAX_PRIVATE_DATA).
+MAX_PRIVATE_DATA = 256
+#: IRD and ORD siw allows at most.
+MAX_DEPTH = 128
+
+# MPA error codes of a Terminate (layer LLP, type 0).
+MPA_CRC_ERROR = 0x02
+MPA_MARKER_ERROR = 0x03  # siw also uses it for a too-short ULPDU
+MPA_INVALID_REQUEST_REPLY = 0x04
+MPA_INSUFFICIENT_IRD = 0x06
+MPA_NO_MATCHING_RTR = 0x07
+
+
+class MpaError(Exception):
+    """Connection setup failed; ``reply`` is what to send back, if anything."""
+
+    def __init__(self, message: str, reply: MpaFrame | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+@attrs.frozen
+class MpaFrame:
+    """An MPA request or reply frame."""
+
+    reply: bool
+    revision: int = 2
+    crc: bool = False
+    markers: bool = False
+    reject: bool = False
+    #: RFC 6581 words; None for a v1 frame (or a v2 frame without Enhanced).
+    ird: int | None = 0
+    ord: int | None = 0
+    private_data: bytes = b""
+
+    header: ClassVar = struct.Struct("!16sHH")
+    HEADER_SIZE: ClassVar = 20
+
+    @property
+    def enhanced(self) -> bool:
+        return self.ird is not None
+
+    def pack(self) -> bytes:
+        bits = self.revision & REVISION_MASK
+        bits |= FLAG_CRC if self.crc else 0
+        bits |= FLAG_MARKERS if self.markers else 0
+        bits |= FLAG_REJECT if self.reject else 0
+        extra = b""
+        if self.ird is not None:
+            bits |= FLAG_ENHANCED
+            extra = struct.pack("!HH", self.ird, self.ord or 0)
+        body = extra + self.private_data
+        if len(body) > MAX_PRIVATE_DATA + 4:
+            raise ValueError(f"private data of {len(self.private_data)} bytes is too long")
+        return self.header.pack(REPLY_KEY if self.reply else REQUEST_KEY, bits, len(body)) + body
+
+    @classmethod
+    def parse_header(cls, header: bytes, *, reply: bool) -> tuple[int, int]:
+        """Check the 20-byte header; return (bits, PD_Length)."""
+        key, bits, length = cls.header.unpack(header)
+        expected = REPLY_KEY if reply else REQUEST_KEY
+        if key != expected:
+            raise MpaError(f"MPA key {key!r} is not {expected!r}")
+        revision = bits & REVISION_MASK
+        if revision > 2:
+            raise MpaError(f"MPA revision {revision} is not supported")
+        if length > MAX_PRIVATE_DATA + 4:
+            raise MpaError(f"MPA private data length {length} exceeds {MAX_PRIVATE_DATA + 4}")
+        return bits, length
+
+    @classmethod
+    def unpack(cls, header: bytes, body: bytes, *, reply: bool) -> MpaFrame:
+        bits, length = cls.parse_header(header, reply=reply)
+        if len(body) != length:
+            raise MpaError(f"MPA frame announces {length} bytes of private data, got {len(body)}")
+        revision = bits & REVISION_MASK
+        ird: int | None = None
+        ord_: int | None = None
+        if revision == 2 and bits & FLAG_ENHANCED:
+            if length < 4:
+                raise MpaError("MPA v2 enhanced frame without IRD/ORD words")
+            ird, ord_ = struct.unpack_from("!HH", body)
+            body = body[4:]
+        return cls(
+            reply=reply,
+            revision=revision,
+            crc=bool(bits & FLAG_CRC),
+            markers=bool(bits & FLAG_MARKERS),
+            reject=bool(bits & FLAG_REJECT),
+            ird=ird,
+            ord=ord_,
+            private_data=bytes(body),
+        )
+
+
+@attrs.frozen
+class Negotiation:
+    """What connection setup settled: CRC, the depths, and the RTR to exchange."""
+
+    crc: bool
+    #: Reads we may have outstanding at the peer.
+    ord: int
+    #: Reads of ours the peer may have outstanding.
+    ird: int
+    #: "write", "read" or None: the zero-length RTR the initiator sends first.
+    rtr: str | None = None
+
+
+def reject_reply(request: MpaFrame, private_data: bytes = b"") -> MpaFrame:
+    """The reply that refuses ``request``."""
+    depth = 0 if request.enhanced else None
+    return MpaFrame(reply=True, revision=request.revision, reject=True, ird=depth, ord=depth, private_data=private_data)
+
+
+def answer_request(
+    request: MpaFrame,
+    private_data: bytes,
+    *,
+    initiator_depth: int,
+    responder_resources: int,
+    want_crc: bool = False,
+) -> tuple[MpaFrame, Negotiation]:
+    """The responder's reply to ``request``, decided as siw decides (relaxed IRD).
+
+    Raises :class:`MpaError` carrying a reject reply for markers.
+    """
+    if request.markers:
+        raise MpaError("peer asked for MPA markers", reply=reject_reply(request))
+    crc = request.crc or want_crc
+    if not request.enhanced:
+        frame = MpaFrame(reply=True, revision=request.revision, crc=crc, ird=None, ord=None, private_data=private_data)
+        return frame, Negotiation(crc=crc, ord=initiator_depth, ird=responder_resources)
+    peer_ird = (request.ird or 0) & DEPTH_MASK
+    peer_ord = (request.ord or 0) & DEPTH_MASK
+    our_ord = min(initiator_depth, peer_ird, MAX_DEPTH)
+    our_ird = min(max(responder_resources, peer_ord), MAX_DEPTH)
+    ird_word, ord_word, rtr = our_ird, our_ord, None
+    if (request.ird or 0) & IRD_P2P:
+        offered = request.ord or 0
+        rtr = "read" if offered & ORD_READ_RTR and not offered & ORD_WRITE_RTR else "write"
+        ird_word |= IRD_P2P
+        ord_word |= ORD_WRITE_RTR if rtr == "write" else ORD_READ_RTR
+    frame = MpaFrame(reply=True, revision=2, crc=crc, ird=ird_word, ord=ord_word, private_data=private_data)
+    return frame, Negotiation(crc=crc, ord=our_ord, ird=our_ird, rtr=rtr)
+
+
+def check_reply(request: MpaFrame, reply: MpaFrame) -> Negotiation:
+    """The initiator's view of ``reply``; raises :class:`MpaError` on a reject or mismatch."""
+    if reply.reject:
+        raise MpaError("connection rejected by the peer (MPA reject)")
+    if reply.markers:
+        raise MpaError("peer insists on MPA markers")
+    if request.enhanced and not reply.enhanced:
+        raise MpaError("peer's MPA reply lacks the RFC 6581 IRD/ORD words")
+    crc = request.crc or reply.crc
+    if not reply.enhanced:
+        return Negotiation(crc=crc, ord=request.ord or 0, ird=request.ird or 0)
+    reply_ird = (reply.ird or 0) & DEPTH_MASK
+    reply_ord = (reply.ord or 0) & DEPTH_MASK
+    rtr = None
+    if (request.ird or 0) & IRD_P2P:
+        offered = request.ord or 0
+        chosen = reply.ord or 0
+        if chosen & ORD_WRITE_RTR and offered & ORD_WRITE_RTR:
+            rtr = "write"
+        elif chosen & ORD_READ_RTR and offered & ORD_READ_RTR:
+            rtr = "read"
+        else:
+            raise MpaError("peer picked no RTR type we offered")
+    ours_ird = (request.ird or 0) & DEPTH_MASK
+    ours_ord = (request.ord or 0) & DEPTH_MASK
+    return Negotiation(crc=crc, ord=min(ours_ord, reply_ird), ird=max(ours_ird, reply_ord), rtr=rtr)
+
+
+# ---- FPDU framing ------------------------------------------------------------
+
+_LENGTH = struct.Struct("!H")
+_CRC = struct.Struct("<I")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def frame_fpdu(segment: bytes, crc: bool) -> bytes:
+    """Wrap one DDP segment (header and payload) as an FPDU."""
+    length = len(segment)
+    framed = b"".join((_LENGTH.pack(length), segment, _PAD[(length + 2) % 4]))
+    return framed + _CRC.pack(crc32c.crc32c(framed) if crc else 0)
+
+
+class FpduReader:
+    """Cuts a byte stream into DDP segments; raises :class:`MpaError` on a bad CRC."""
+
+    def __init__(self, crc: bool) -> None:
+        self.crc = crc
+        self._buffer = bytearray()
+        self._offset = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_segment(self) -> memoryview | None:
+        """The next complete DDP segment (without length, pad and CRC), if any."""
+        buffer = self._buffer
+        start = self._offset
+        if len(buffer) - start < 2:
+            self._compact()
+            return None
+        (length,) = _LENGTH.unpack_from(buffer, start)
+        total = (length + 2 + 3) // 4 * 4 + 4
+        if len(buffer) - start < total:
+            self._compact()
+            return None
+        self._offset = start + total
+        if self.crc:
+            expected = _CRC.unpack_from(buffer, start + total - 4)[0]
+            actual = crc32c.crc32c(memoryview(buffer)[start : start + total - 4])
+            if actual != expected:
+                raise MpaError(f"FPDU CRC 0x{expected:08x} does not match 0x{actual:08x}")
+        # A copy: the buffer is reused, and the segment may outlive this call.
+        return memoryview(bytes(memoryview(buffer)[start + 2 : start + 2 + length]))
+
+    def _compact(self) -> None:
+        if self._offset:
+            del self._buffer[: self._offset]
+            self._offset = 0

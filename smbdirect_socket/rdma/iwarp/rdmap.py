@@ -1,0 +1,497 @@
+"""A sans-IO iWARP queue pair: RDMAP over DDP over MPA FPDUs.
+
+:class:`IwarpQueuePair` takes the bytes TCP delivered and the work requests
+the application posts, and produces the bytes to write and the completions.
+It is the whole of the software provider except the sockets, so it is tested
+by wiring two of them together in memory.
+
+Reliable-connected semantics, as siw implements them:
+
+* a Send fills the oldest posted receive; with none posted the connection is
+  terminated (iWARP has no receiver-not-ready retry);
+* RDMA Write, Read and Send with Invalidate touch only memory the peer
+  registered, within its bounds, with its rights, until it is invalidated;
+  any fault sends a Terminate naming it and puts both ends in the error state;
+* outstanding RDMA reads are bounded by the negotiated ORD/IRD;
+* the responder sends nothing before the initiator's first FPDU (RFC 5044).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import secrets
+from collections import deque
+from collections.abc import Iterator
+
+from ..base import Access, Buffer, Completion, Opcode, RdmaError, Status
+from ..memory import AccessFault, MemoryAccessError, MemoryTable, SoftMemoryRegion
+from . import ddp
+from .ddp import Layer, Op, ReadRequest, Segment, Terminate, TerminateError
+from .mpa import MPA_CRC_ERROR, FpduReader, MpaError, Negotiation, frame_fpdu
+
+__all__ = ["IwarpQueuePair"]
+
+#: Largest FPDU we build: a ULPDU_Length still fits its 16 bits.
+DEFAULT_MAX_FPDU = 65536
+
+
+class _Send:
+    __slots__ = ("data", "invalidate_token", "solicited", "wr_id")
+
+    def __init__(self, wr_id: int, data: Buffer, invalidate_token: int | None, solicited: bool) -> None:
+        self.wr_id = wr_id
+        self.data = data
+        self.invalidate_token = invalidate_token
+        self.solicited = solicited
+
+
+class _Write:
+    __slots__ = ("address", "data", "token", "wr_id")
+
+    def __init__(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
+        self.wr_id = wr_id
+        self.data = data
+        self.token = token
+        self.address = address
+
+
+class _Read:
+    __slots__ = ("address", "into", "placed", "rtr", "sink_token", "token", "wr_id")
+
+    def __init__(self, wr_id: int, into: memoryview, token: int, address: int, sink_token: int) -> None:
+        self.wr_id = wr_id
+        self.into = into
+        self.token = token
+        self.address = address
+        self.sink_token = sink_token
+        self.placed = 0
+        self.rtr = False
+
+
+class _Receive:
+    __slots__ = ("buffer", "placed", "wr_id")
+
+    def __init__(self, wr_id: int, buffer: memoryview) -> None:
+        self.wr_id = wr_id
+        self.buffer = buffer
+        self.placed = 0
+
+
+_TAGGED_FAULTS = {
+    AccessFault.INVALID_TOKEN: ddp.DDP_TAGGED_INVALID_STAG,
+    AccessFault.ACCESS_RIGHTS: ddp.DDP_TAGGED_INVALID_STAG,  # as siw: no separate code in DDP
+    AccessFault.BASE_BOUNDS: ddp.DDP_TAGGED_BASE_BOUNDS,
+}
+_READ_FAULTS = {
+    AccessFault.INVALID_TOKEN: ddp.RDMAP_INVALID_STAG,
+    AccessFault.ACCESS_RIGHTS: ddp.RDMAP_ACCESS_RIGHTS,
+    AccessFault.BASE_BOUNDS: ddp.RDMAP_BASE_BOUNDS,
+}
+
+
+class IwarpQueuePair:
+    """One iWARP queue pair after MPA setup, with no I/O."""
+
+    def __init__(
+        self,
+        negotiation: Negotiation,
+        *,
+        initiator: bool,
+        max_fpdu: int = DEFAULT_MAX_FPDU,
+        siw_terminate_layout: bool = False,
+        max_send_wr: int = 4096,
+        max_recv_wr: int = 4096,
+    ) -> None:
+        if not 64 <= max_fpdu <= DEFAULT_MAX_FPDU:
+            raise ValueError(f"max_fpdu must be in [64, {DEFAULT_MAX_FPDU}], got {max_fpdu}")
+        self.negotiation = negotiation
+        self.memory = MemoryTable()
+        self.error: RdmaError | None = None
+        self.closed = False
+        self._crc = negotiation.crc
+        self._siw_layout = siw_terminate_layout
+        self._reader = FpduReader(negotiation.crc)
+        self._tagged_chunk = (max_fpdu - 2 - ddp.TAGGED_HEADER - 4) & ~3
+        self._untagged_chunk = (max_fpdu - 2 - ddp.UNTAGGED_HEADER - 4) & ~3
+        self._max_send_wr = max_send_wr
+        self._max_recv_wr = max_recv_wr
+        # May we transmit?  The responder waits for the initiator's first FPDU.
+        self._may_transmit = initiator
+        self._rtr_pending = initiator and negotiation.rtr is not None
+        # outbound
+        self._pending: deque[_Send | _Write | _Read] = deque()
+        self._outstanding_reads: deque[_Read] = deque()
+        self._send_msn = itertools.count(1)
+        self._read_msn = itertools.count(1)
+        self._sink_tokens = itertools.count(secrets.randbelow(1 << 31) | 1)
+        self._output: list[bytes] = []
+        self._after_output: list[Completion] = []
+        self._responses_queued = 0  # inbound reads answered but not yet handed out
+        # inbound
+        self._receives: deque[_Receive] = deque()
+        self._current: _Receive | None = None
+        self._expected_send_msn = 1
+        self._expected_read_msn = 1
+        self._completions: deque[Completion] = deque()
+
+    # ---- posting (verbs) --------------------------------------------------------
+
+    def post_recv(self, wr_id: int, buffer: memoryview) -> None:
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise ValueError("a receive buffer must be writable")
+        if self._dead:
+            self._completions.append(Completion(wr_id, Opcode.RECV, Status.FLUSHED))
+            return
+        if len(self._receives) >= self._max_recv_wr:
+            raise RdmaError(errno.ENOMEM, f"receive queue full ({self._max_recv_wr} work requests)")
+        self._receives.append(_Receive(wr_id, view))
+
+    def post_send(
+        self, wr_id: int, data: Buffer, *, invalidate_token: int | None = None, solicited: bool = False
+    ) -> None:
+        self._post(_Send(wr_id, data, invalidate_token, solicited), Opcode.SEND)
+
+    def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
+        self._post(_Write(wr_id, data, token, address), Opcode.RDMA_WRITE)
+
+    def post_read(self, wr_id: int, into: memoryview, token: int, address: int) -> None:
+        view = memoryview(into).cast("B")
+        if view.readonly:
+            raise ValueError("an RDMA read needs a writable buffer")
+        if self.negotiation.ord == 0:
+            raise RdmaError(errno.EINVAL, "RDMA read with an ORD of 0: the peer allows no reads")
+        self._post(_Read(wr_id, view, token, address, next(self._sink_tokens) & 0xFFFFFFFF), Opcode.RDMA_READ)
+
+    def _post(self, request: _Send | _Write | _Read, opcode: Opcode) -> None:
+        if self._dead:
+            self._completions.append(Completion(request.wr_id, opcode, Status.FLUSHED))
+            return
+        if len(self._pending) + len(self._outstanding_reads) >= self._max_send_wr:
+            raise RdmaError(errno.ENOMEM, f"send queue full ({self._max_send_wr} work requests)")
+        self._pending.append(request)
+        self._pump()
+
+    # ---- memory -------------------------------------------------------------------
+
+    def register(self, buffer: memoryview, access: Access, address: int = 0) -> SoftMemoryRegion:
+        return self.memory.register(buffer, access, address)
+
+    # ---- I/O side -----------------------------------------------------------------
+
+    def receive_bytes(self, data: bytes) -> None:
+        """Feed bytes TCP delivered."""
+        if self._dead:
+            return
+        self._reader.feed(data)
+        try:
+            while (segment := self._reader.next_segment()) is not None:
+                self._handle(segment)
+                if self._dead:
+                    return
+        except MpaError as exc:
+            self._terminate(str(exc), Terminate(Layer.LLP, ddp.LLP_MPA, MPA_CRC_ERROR))
+        except TerminateError as exc:
+            self._terminate(str(exc), exc.terminate)
+
+    def data_to_send(self) -> tuple[bytes, list[Completion]]:
+        """Bytes ready for TCP, and the completions due once they are written."""
+        data = b"".join(self._output)
+        done = self._after_output
+        self._output = []
+        self._after_output = []
+        self._responses_queued = 0
+        self._pump()
+        return data, done
+
+    @property
+    def wants_to_send(self) -> bool:
+        return bool(self._output)
+
+    def complete(self, completions: list[Completion]) -> None:
+        """Deliver completions whose bytes are now written."""
+        self._completions.extend(completions)
+
+    def poll(self) -> Completion | None:
+        return self._completions.popleft() if self._completions else None
+
+    def connection_lost(self, error: RdmaError) -> None:
+        """TCP failed or the peer closed it."""
+        if not self._dead:
+            self._enter_error(error)
+
+    def close(self) -> None:
+        """Graceful close: flush everything, send nothing more (no Terminate)."""
+        if not self._dead:
+            self.closed = True
+            self._flush_all()
+            self._output.clear()
+
+    @property
+    def _dead(self) -> bool:
+        return self.closed or self.error is not None
+
+    # ---- outbound --------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if not self._may_transmit or self._dead:
+            return
+        if self._rtr_pending:
+            self._rtr_pending = False
+            self._send_rtr()
+        while self._pending:
+            request = self._pending[0]
+            if isinstance(request, _Read):
+                if len(self._outstanding_reads) >= self.negotiation.ord:
+                    return  # ORD reached: the send queue waits, as on a real device
+                self._pending.popleft()
+                self._outstanding_reads.append(request)
+                self._output.append(
+                    frame_fpdu(
+                        ddp.encode_read_request(
+                            next(self._read_msn),
+                            ReadRequest(request.sink_token, 0, len(request.into), request.token, request.address),
+                        ),
+                        self._crc,
+                    )
+                )
+                continue
+            self._pending.popleft()
+            if isinstance(request, _Send):
+                self._emit_send(request)
+                opcode = Opcode.SEND
+            else:
+                self._emit_tagged(Op.WRITE, request.token, request.address, request.data)
+                opcode = Opcode.RDMA_WRITE
+            self._after_output.append(Completion(request.wr_id, opcode, byte_len=len(request.data)))
+
+    def _send_rtr(self) -> None:
+        """The zero-length ready-to-receive message of MPA peer-to-peer mode."""
+        if self.negotiation.rtr == "write":
+            self._output.append(frame_fpdu(ddp.encode_tagged(Op.WRITE, True, 1, 0, b""), self._crc))
+        else:
+            rtr = _Read(-1, memoryview(bytearray()), 1, 0, 0)
+            rtr.rtr = True
+            self._outstanding_reads.append(rtr)
+            self._output.append(
+                frame_fpdu(ddp.encode_read_request(next(self._read_msn), ReadRequest(0, 0, 0, 1, 0)), self._crc)
+            )
+
+    def _chunks(self, data: Buffer, size: int) -> Iterator[tuple[int, memoryview, bool]]:
+        view = memoryview(data).cast("B")
+        if not len(view):
+            yield 0, view, True
+            return
+        for start in range(0, len(view), size):
+            yield start, view[start : start + size], start + size >= len(view)
+
+    def _emit_send(self, request: _Send) -> None:
+        if request.invalidate_token is None:
+            op = Op.SEND_SE if request.solicited else Op.SEND
+        else:
+            op = Op.SEND_SE_INVALIDATE if request.solicited else Op.SEND_INVALIDATE
+        msn = next(self._send_msn)
+        word = request.invalidate_token or 0
+        for start, chunk, last in self._chunks(request.data, self._untagged_chunk):
+            segment = ddp.encode_untagged(op, last, ddp.QN_SEND, msn, start, chunk, word)
+            self._output.append(frame_fpdu(segment, self._crc))
+
+    def _emit_tagged(self, op: Op, token: int, address: int, data: Buffer) -> None:
+        for start, chunk, last in self._chunks(data, self._tagged_chunk):
+            segment = ddp.encode_tagged(op, last, token, (address + start) & 0xFFFFFFFFFFFFFFFF, chunk)
+            self._output.append(frame_fpdu(segment, self._crc))
+
+    # ---- inbound ---------------------------------------------------------------------
+
+    def _handle(self, raw: memoryview) -> None:
+        segment = ddp.parse_segment(raw)
+        if not self._may_transmit:
+            self._may_transmit = True  # the initiator spoke first: we may answer
+        handler = {
+            Op.WRITE: self._on_write,
+            Op.READ_REQUEST: self._on_read_request,
+            Op.READ_RESPONSE: self._on_read_response,
+            Op.TERMINATE: self._on_terminate,
+        }.get(segment.op, self._on_send)
+        handler(segment)
+        self._pump()
+
+    def _on_send(self, segment: Segment) -> None:
+        if segment.msn != self._expected_send_msn:
+            raise TerminateError(
+                f"Send MSN {segment.msn}, expected {self._expected_send_msn}",
+                Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_INVALID_MSN, segment.header),
+            )
+        receive = self._current
+        if receive is None:
+            if not self._receives:
+                raise TerminateError(
+                    f"Send MSN {segment.msn} arrived with no receive posted",
+                    Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_NO_BUFFER, segment.header),
+                )
+            receive = self._current = self._receives.popleft()
+        if segment.message_offset != receive.placed:
+            raise TerminateError(
+                f"Send MO {segment.message_offset}, expected {receive.placed}",
+                Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_INVALID_MO, segment.header),
+            )
+        end = receive.placed + len(segment.payload)
+        if end > len(receive.buffer):
+            self._completions.append(
+                Completion(receive.wr_id, Opcode.RECV, Status.LOCAL_LENGTH_ERROR, end, reason="message too long")
+            )
+            self._current = None
+            raise TerminateError(
+                f"Send of at least {end} bytes overflows the {len(receive.buffer)}-byte receive buffer",
+                Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_TOO_LONG, segment.header),
+            )
+        receive.buffer[receive.placed : end] = segment.payload
+        receive.placed = end
+        if not segment.last:
+            return
+        self._current = None
+        self._expected_send_msn += 1
+        invalidated = None
+        if segment.op in (Op.SEND_INVALIDATE, Op.SEND_SE_INVALIDATE):
+            try:
+                self.memory.invalidate(segment.invalidate_token)
+            except MemoryAccessError as exc:
+                self._completions.append(
+                    Completion(receive.wr_id, Opcode.RECV, Status.REMOTE_INVALID_REQUEST, end, reason=str(exc))
+                )
+                raise TerminateError(
+                    f"Send with Invalidate: {exc}",
+                    Terminate(Layer.RDMAP, ddp.RDMAP_REMOTE_OPERATION, ddp.RDMAP_CANNOT_INVALIDATE, segment.header),
+                ) from None
+            invalidated = segment.invalidate_token
+        solicited = segment.op in (Op.SEND_SE, Op.SEND_SE_INVALIDATE)
+        self._completions.append(
+            Completion(receive.wr_id, Opcode.RECV, byte_len=end, invalidated_token=invalidated, solicited=solicited)
+        )
+
+    def _on_write(self, segment: Segment) -> None:
+        if not len(segment.payload):
+            return  # a zero-length Write (the RTR of peer-to-peer mode) touches nothing
+        try:
+            target = self.memory.lookup(segment.token, segment.offset, len(segment.payload), Access.REMOTE_WRITE)
+        except MemoryAccessError as exc:
+            raise TerminateError(
+                f"RDMA Write: {exc}",
+                Terminate(Layer.DDP, ddp.DDP_TAGGED, _TAGGED_FAULTS[exc.fault], segment.header),
+            ) from None
+        target[:] = segment.payload
+
+    def _on_read_request(self, segment: Segment) -> None:
+        if segment.msn != self._expected_read_msn:
+            raise TerminateError(
+                f"Read Request MSN {segment.msn}, expected {self._expected_read_msn}",
+                Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_INVALID_MSN, segment.header),
+            )
+        self._expected_read_msn += 1
+        request = ddp.decode_read_request(segment.payload)
+        if self._responses_queued >= max(self.negotiation.ird, 1):
+            raise TerminateError(
+                f"Read Request beyond the IRD of {self.negotiation.ird}",
+                Terminate(
+                    Layer.RDMAP, ddp.RDMAP_REMOTE_OPERATION, ddp.RDMAP_REMOTE_STREAM_CATASTROPHIC, segment.header
+                ),
+            )
+        if request.size:
+            try:
+                source = self.memory.lookup(
+                    request.source_token, request.source_offset, request.size, Access.REMOTE_READ
+                )
+            except MemoryAccessError as exc:
+                raise TerminateError(
+                    f"RDMA Read: {exc}",
+                    Terminate(
+                        Layer.RDMAP,
+                        ddp.RDMAP_REMOTE_PROTECTION,
+                        _READ_FAULTS[exc.fault],
+                        segment.header,
+                        bytes(segment.payload),
+                    ),
+                ) from None
+            data: Buffer = bytes(source)  # a snapshot: the bytes as they are now
+        else:
+            data = b""
+        self._responses_queued += 1
+        self._emit_tagged(Op.READ_RESPONSE, request.sink_token, request.sink_offset, data)
+
+    def _on_read_response(self, segment: Segment) -> None:
+        if not self._outstanding_reads:
+            raise TerminateError(
+                "Read Response with no read outstanding",
+                Terminate(Layer.DDP, ddp.DDP_TAGGED, ddp.DDP_TAGGED_INVALID_STAG, segment.header),
+            )
+        read = self._outstanding_reads[0]
+        if segment.token != read.sink_token:
+            raise TerminateError(
+                f"Read Response to STag 0x{segment.token:08x}, expected 0x{read.sink_token:08x}",
+                Terminate(Layer.DDP, ddp.DDP_TAGGED, ddp.DDP_TAGGED_INVALID_STAG, segment.header),
+            )
+        end = read.placed + len(segment.payload)
+        if segment.offset != read.placed or end > len(read.into) or (segment.last and end != len(read.into)):
+            raise TerminateError(
+                f"Read Response [{segment.offset}, +{len(segment.payload)}) does not continue the "
+                f"{len(read.into)}-byte read at {read.placed}",
+                Terminate(Layer.DDP, ddp.DDP_TAGGED, ddp.DDP_TAGGED_BASE_BOUNDS, segment.header),
+            )
+        read.into[read.placed : end] = segment.payload
+        read.placed = end
+        if segment.last:
+            self._outstanding_reads.popleft()
+            if not read.rtr:
+                self._completions.append(Completion(read.wr_id, Opcode.RDMA_READ, byte_len=end))
+
+    def _on_terminate(self, segment: Segment) -> None:
+        try:
+            terminate = Terminate.unpack(segment.payload)
+        except ValueError as exc:
+            self._enter_error(RdmaError(errno.ECONNRESET, f"peer terminated the connection: {exc}"))
+            return
+        reason = f"peer terminated the connection: {terminate.describe()}"
+        refused_read = terminate.layer is Layer.RDMAP and terminate.error_type == ddp.RDMAP_REMOTE_PROTECTION
+        if refused_read and self._outstanding_reads and not self._outstanding_reads[0].rtr:
+            # The peer refused our oldest read: that request fails, the rest are flushed.
+            read = self._outstanding_reads.popleft()
+            self._completions.append(
+                Completion(read.wr_id, Opcode.RDMA_READ, Status.REMOTE_ACCESS_ERROR, reason=reason)
+            )
+        self._enter_error(RdmaError(errno.ECONNRESET, reason))
+
+    # ---- errors ------------------------------------------------------------------------
+
+    def _terminate(self, reason: str, terminate: Terminate) -> None:
+        """We found a fault: tell the peer, then enter the error state."""
+        self._enter_error(RdmaError(errno.ECONNABORTED, reason))
+        payload = terminate.pack(siw_layout=self._siw_layout)
+        segment = ddp.encode_untagged(Op.TERMINATE, True, ddp.QN_TERMINATE, 1, 0, payload)
+        self._output = [frame_fpdu(segment, self._crc)]
+
+    def _enter_error(self, error: RdmaError) -> None:
+        self.error = error
+        self._flush_all()
+        self._output.clear()
+
+    def _flush_all(self) -> None:
+        flushed = [Completion(c.wr_id, c.opcode, Status.FLUSHED) for c in self._after_output]
+        self._after_output = []
+        for request in (*self._outstanding_reads, *self._pending):
+            if isinstance(request, _Read) and request.rtr:
+                continue
+            opcode = {
+                _Send: Opcode.SEND,
+                _Write: Opcode.RDMA_WRITE,
+                _Read: Opcode.RDMA_READ,
+            }[type(request)]
+            flushed.append(Completion(request.wr_id, opcode, Status.FLUSHED))
+        self._outstanding_reads.clear()
+        self._pending.clear()
+        if self._current is not None:
+            self._receives.appendleft(self._current)
+            self._current = None
+        flushed.extend(Completion(r.wr_id, Opcode.RECV, Status.FLUSHED) for r in self._receives)
+        self._receives.clear()
+        self._completions.extend(flushed)

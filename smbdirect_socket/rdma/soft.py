@@ -1,0 +1,376 @@
+"""The software iWARP provider: RDMA over trio TCP streams.
+
+It speaks the wire of Linux siw and iWARP NICs (MPA v2 with RFC 6581 setup,
+DDP, RDMAP), so it works between any two machines and against real kernels
+(ksmbd and cifs.ko on siw).  The protocol work is
+:class:`~smbdirect_socket.rdma.iwarp.rdmap.IwarpQueuePair`; this module only
+moves bytes.
+
+Each queue pair runs two background tasks: a reader that feeds received
+bytes to the queue pair, and a writer that sends what it produced.  The
+reader never writes, so two peers both sending bulk data cannot deadlock on
+full TCP buffers.  The tasks are trio system tasks: a socket has no nursery
+of its own, and they end with the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .base import Access, Completion, ConnectionRequest, Listener, Provider, QueuePair, RdmaError
+from .iwarp.mpa import (
+    IRD_P2P,
+    MAX_PRIVATE_DATA,
+    ORD_READ_RTR,
+    ORD_WRITE_RTR,
+    MpaError,
+    MpaFrame,
+    Negotiation,
+    answer_request,
+    check_reply,
+    reject_reply,
+)
+from .iwarp.rdmap import DEFAULT_MAX_FPDU, IwarpQueuePair
+from .memory import SoftMemoryRegion
+
+__all__ = ["SoftIwarpProvider", "SoftQueuePair"]
+
+_RECEIVE_SIZE = 256 * 1024
+#: How long a responder waits for a complete MPA request (siw: 5 s).
+MPA_REQUEST_TIMEOUT = 5.0
+
+
+def _spawn(name: str, function: Callable[[], Awaitable[None]]) -> trio.CancelScope:
+    """Run ``function`` in the background until its cancel scope is cancelled."""
+    scope = trio.CancelScope()
+
+    async def task() -> None:
+        with scope:
+            await function()
+
+    trio.lowlevel.spawn_system_task(task, name=name)
+    return scope
+
+
+async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        if not chunk:
+            raise RdmaError(errno.ECONNRESET, f"connection closed after {len(data)} of {size} bytes of MPA setup")
+        data += chunk
+    return bytes(data)
+
+
+async def _read_frame(stream: trio.SocketStream, *, reply: bool) -> MpaFrame:
+    header = await _receive_exactly(stream, MpaFrame.HEADER_SIZE)
+    _, length = MpaFrame.parse_header(header, reply=reply)
+    body = await _receive_exactly(stream, length) if length else b""
+    return MpaFrame.unpack(header, body, reply=reply)
+
+
+def _address(sock: trio.socket.SocketType, peer: bool) -> tuple[str, int]:
+    name = sock.getpeername() if peer else sock.getsockname()
+    return (name[0], name[1])
+
+
+class SoftQueuePair(QueuePair):
+    """A queue pair whose wire is a TCP connection."""
+
+    def __init__(self, stream: trio.SocketStream, core: IwarpQueuePair, peer_private_data: bytes) -> None:
+        self._stream = stream
+        self.core = core
+        self.peer_private_data = peer_private_data
+        self.initiator_depth = core.negotiation.ord
+        self.responder_resources = core.negotiation.ird
+        self.local_address = _address(stream.socket, peer=False)
+        self.peer_address = _address(stream.socket, peer=True)
+        self._output = trio.lowlevel.ParkingLot()
+        self._completed = trio.lowlevel.ParkingLot()
+        self._writer_done = trio.Event()
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self._reader_scope = _spawn("smbdirect softiwarp reader", self._reader)
+        self._writer_scope = _spawn("smbdirect softiwarp writer", self._writer)
+
+    # ---- verbs -------------------------------------------------------------------
+
+    def post_recv(self, wr_id: int, buffer: memoryview) -> None:
+        self.core.post_recv(wr_id, buffer)
+        self._completed.unpark_all()
+
+    def post_send(
+        self,
+        wr_id: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        invalidate_token: int | None = None,
+        solicited: bool = False,
+    ) -> None:
+        self.core.post_send(wr_id, data, invalidate_token=invalidate_token, solicited=solicited)
+        self._kick()
+
+    def post_write(self, wr_id: int, data: bytes | bytearray | memoryview, token: int, address: int) -> None:
+        self.core.post_write(wr_id, data, token, address)
+        self._kick()
+
+    def post_read(self, wr_id: int, into: memoryview, token: int, address: int) -> None:
+        self.core.post_read(wr_id, into, token, address)
+        self._kick()
+
+    def poll_completion(self) -> Completion | None:
+        return self.core.poll()
+
+    async def get_completion(self) -> Completion:
+        while True:
+            completion = self.core.poll()
+            if completion is not None:
+                await trio.lowlevel.checkpoint()
+                return completion
+            if self.core.error is not None:
+                raise self.core.error
+            if self.core.closed:
+                raise RdmaError(errno.EPIPE, "queue pair is disconnected")
+            await self._completed.park()
+
+    def register(self, buffer: memoryview, access: Access) -> SoftMemoryRegion:
+        return self.core.register(buffer, access)
+
+    def deregister(self, region: SoftMemoryRegion) -> None:  # type: ignore[override]
+        self.core.memory.deregister(region)
+
+    def invalidate(self, region: SoftMemoryRegion) -> None:  # type: ignore[override]
+        region._valid = False
+
+    @property
+    def error(self) -> RdmaError | None:
+        return self.core.error
+
+    async def disconnect(self) -> None:
+        """Flush everything and close TCP gracefully (a FIN, no Terminate)."""
+        self.core.close()
+        self._kick()
+        self._reader_scope.cancel()
+        self._writer_scope.cancel()
+        await self._stream.aclose()
+
+    # ---- background tasks ----------------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._output.unpark_all()
+        self._completed.unpark_all()
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    raise RdmaError(errno.ECONNRESET, "peer closed the connection")
+                self.core.receive_bytes(data)
+                self._kick()
+                if self.core.error is not None:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            error = exc if isinstance(exc, RdmaError) else RdmaError(errno.ECONNRESET, f"connection lost: {exc}")
+            self.core.connection_lost(error)
+            self._kick()
+        finally:
+            if self.core.error is not None:
+                # Let the writer flush a Terminate, then close TCP.
+                self._output.unpark_all()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                data, done = self.core.data_to_send()
+                if data:
+                    await self._stream.send_all(data)
+                if done:
+                    self.core.complete(done)
+                    self._completed.unpark_all()
+                if self.core.error is not None or self.core.closed:
+                    if not self.core.wants_to_send:
+                        break
+                    continue
+                if not data and not self.core.wants_to_send:
+                    await self._output.park()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.core.connection_lost(RdmaError(errno.ECONNRESET, f"connection lost: {exc}"))
+        finally:
+            self._completed.unpark_all()
+            self._reader_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await self._stream.aclose()
+
+
+class SoftConnectionRequest(ConnectionRequest):
+    def __init__(self, provider: SoftIwarpProvider, stream: trio.SocketStream, request: MpaFrame) -> None:
+        self._provider = provider
+        self._stream = stream
+        self._request = request
+        self.private_data = request.private_data
+        self.initiator_depth = (request.ord or 0) & 0x3FFF
+        self.responder_resources = (request.ird or 0) & 0x3FFF
+        self.peer_address = _address(stream.socket, peer=True)
+        self._answered = False
+
+    async def accept(
+        self, private_data: bytes = b"", *, initiator_depth: int = 1, responder_resources: int = 1
+    ) -> SoftQueuePair:
+        self._answer()
+        reply, negotiation = answer_request(
+            self._request,
+            private_data,
+            initiator_depth=initiator_depth,
+            responder_resources=responder_resources,
+            want_crc=self._provider.crc,
+        )
+        try:
+            await self._stream.send_all(reply.pack())
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise RdmaError(errno.ECONNABORTED, f"peer went away during MPA setup: {exc}") from None
+        return SoftQueuePair(self._stream, self._provider.make_core(negotiation, initiator=False), self.private_data)
+
+    async def reject(self, private_data: bytes = b"") -> None:
+        self._answer()
+        with contextlib.suppress(trio.BrokenResourceError, OSError):
+            await self._stream.send_all(reject_reply(self._request, private_data).pack())
+        await self._stream.aclose()
+
+    def _answer(self) -> None:
+        if self._answered:
+            raise RdmaError(errno.EINVAL, "connection request already answered")
+        self._answered = True
+
+
+class SoftListener(Listener):
+    def __init__(self, provider: SoftIwarpProvider, listener: trio.SocketListener, backlog: int) -> None:
+        self._provider = provider
+        self._listener = listener
+        self.address = _address(listener.socket, peer=False)
+        self._send, self._receive = trio.open_memory_channel[SoftConnectionRequest](max(backlog, 1))
+        self._scope = _spawn("smbdirect softiwarp listener", self._accept_loop)
+        #: Why recent connection attempts failed (bad MPA requests), newest last.
+        self.rejected: list[str] = []
+
+    async def _accept_loop(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await self._listener.accept()
+                except (OSError, trio.ClosedResourceError):
+                    return
+                nursery.start_soon(self._handshake, stream)
+
+    async def _handshake(self, stream: trio.SocketStream) -> None:
+        try:
+            with trio.fail_after(MPA_REQUEST_TIMEOUT):
+                request = await _read_frame(stream, reply=False)
+            if request.markers:
+                raise MpaError("peer asked for MPA markers", reply=reject_reply(request))
+        except MpaError as exc:
+            self._note(str(exc))
+            if exc.reply is not None:
+                with contextlib.suppress(trio.BrokenResourceError, OSError):
+                    await stream.send_all(exc.reply.pack())
+            await stream.aclose()
+            return
+        except (trio.TooSlowError, RdmaError, trio.BrokenResourceError, OSError) as exc:
+            self._note(f"MPA request not received: {exc or 'timed out'}")
+            await stream.aclose()
+            return
+        try:
+            self._send.send_nowait(SoftConnectionRequest(self._provider, stream, request))
+        except trio.WouldBlock:
+            self._note("backlog full")
+            await stream.aclose()
+
+    def _note(self, reason: str) -> None:
+        self.rejected = [*self.rejected[-15:], reason]
+
+    async def get_request(self) -> SoftConnectionRequest:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise RdmaError(errno.EBADF, "listener is closed") from None
+
+    async def aclose(self) -> None:
+        self._scope.cancel()
+        await self._listener.aclose()
+        await self._receive.aclose()
+
+
+class SoftIwarpProvider(Provider):
+    """Software iWARP over TCP.
+
+    ``crc`` asks for MPA CRC32C (it is on when either side asks);
+    ``peer_to_peer`` makes the initiator offer RFC 6581 ready-to-receive;
+    ``max_fpdu`` bounds the FPDUs we build; ``siw_terminate_layout`` emits
+    Terminates with Linux siw's x86 bit layout instead of RFC 5040's.
+    """
+
+    name = "softiwarp"
+
+    def __init__(
+        self,
+        *,
+        crc: bool = False,
+        peer_to_peer: bool = False,
+        max_fpdu: int = DEFAULT_MAX_FPDU,
+        siw_terminate_layout: bool = False,
+    ) -> None:
+        self.crc = crc
+        self.peer_to_peer = peer_to_peer
+        self.max_fpdu = max_fpdu
+        self.siw_terminate_layout = siw_terminate_layout
+
+    def make_core(self, negotiation: Negotiation, *, initiator: bool) -> IwarpQueuePair:
+        return IwarpQueuePair(
+            negotiation, initiator=initiator, max_fpdu=self.max_fpdu, siw_terminate_layout=self.siw_terminate_layout
+        )
+
+    async def connect(
+        self,
+        address: tuple[str, int],
+        private_data: bytes = b"",
+        *,
+        initiator_depth: int = 1,
+        responder_resources: int = 1,
+        timeout: float = 5.0,
+    ) -> SoftQueuePair:
+        if len(private_data) > MAX_PRIVATE_DATA - 4:
+            raise RdmaError(errno.EINVAL, f"private data of {len(private_data)} bytes exceeds {MAX_PRIVATE_DATA - 4}")
+        ird, ord_ = min(responder_resources, 0x3FFF), min(initiator_depth, 0x3FFF)
+        if self.peer_to_peer:
+            ird |= IRD_P2P
+            ord_ |= ORD_WRITE_RTR | ORD_READ_RTR
+        request = MpaFrame(reply=False, revision=2, crc=self.crc, ird=ird, ord=ord_, private_data=private_data)
+        try:
+            with trio.fail_after(timeout):
+                stream = await trio.open_tcp_stream(address[0], address[1])
+                try:
+                    await stream.send_all(request.pack())
+                    reply = await _read_frame(stream, reply=True)
+                    negotiation = check_reply(request, reply)
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+        except trio.TooSlowError:
+            raise RdmaError(errno.ETIMEDOUT, f"RDMA connect to {address[0]}:{address[1]} timed out") from None
+        except MpaError as exc:
+            code = errno.ECONNREFUSED if "rejected" in str(exc) else errno.ECONNABORTED
+            raise RdmaError(code, str(exc)) from None
+        except trio.BrokenResourceError as exc:
+            raise RdmaError(errno.ECONNRESET, f"connection lost during MPA setup: {exc}") from None
+        return SoftQueuePair(stream, self.make_core(negotiation, initiator=True), reply.private_data)
+
+    async def listen(self, address: tuple[str, int], backlog: int = 10) -> SoftListener:
+        host, port = address
+        listeners = await trio.open_tcp_listeners(port, host=host or None, backlog=backlog)
+        for extra in listeners[1:]:
+            await extra.aclose()
+        return SoftListener(self, listeners[0], backlog)
