@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench demo interop clean
 
 install: $(STAMP)
 
@@ -30,3 +30,8 @@ clean:
 
 demo: install
 	$(PY) -m smbdirect_socket.demo
+
+# The kernel interop suite: one boot of a guest with siw, rxe, ksmbd and cifs.ko.
+interop: install
+	tests/interop/vm/setup.sh
+	tests/interop/vm/run.sh --smb -- $(PY) -m pytest -p no:cacheprovider -v tests/interop
