@@ -128,12 +128,13 @@ class Terminate:
         return bytes((first, self.error_code, flags, 0)) + self.ddp_header + self.rdmap_header
 
     @classmethod
-    def unpack(cls, payload: bytes | memoryview) -> Terminate:
-        """Decode either layout: siw's when the flags byte uses its low bits."""
+    def unpack(cls, payload: bytes | memoryview, *, siw_layout: bool = False) -> Terminate:
+        """Decode either layout: the flags byte tells which when a header is quoted;
+        without one the layouts look alike, and ``siw_layout`` decides."""
         if len(payload) < 4:
             raise ValueError(f"Terminate of {len(payload)} bytes is shorter than its 4-byte control field")
         first, code, flags = payload[0], payload[1], payload[2]
-        siw = bool(flags & 0x07) and not flags & 0xE0
+        siw = bool(flags & 0x07) and not flags & 0xE0 if flags else siw_layout
         layer, error_type = (first & 0x0F, first >> 4) if siw else (first >> 4, first & 0x0F)
         has_ddp = bool(flags & 0x02) if siw else bool(flags & 0x40)
         has_rdmap = bool(flags & 0x04) if siw else bool(flags & 0x20)

@@ -447,7 +447,7 @@ class IwarpQueuePair:
 
     def _on_terminate(self, segment: Segment) -> None:
         try:
-            terminate = Terminate.unpack(segment.payload)
+            terminate = Terminate.unpack(segment.payload, siw_layout=self._siw_layout)
         except ValueError as exc:
             self._enter_error(RdmaError(errno.ECONNRESET, f"peer terminated the connection: {exc}"))
             return

@@ -1,0 +1,296 @@
+"""The sans-IO iWARP queue pair: two of them wired together in memory."""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pytest
+
+from smbdirect_socket.rdma import Access, Completion, Opcode, RdmaError, Status
+from smbdirect_socket.rdma.iwarp import ddp
+from smbdirect_socket.rdma.iwarp.ddp import Layer, Op, Terminate
+from smbdirect_socket.rdma.iwarp.mpa import FpduReader, Negotiation, frame_fpdu
+from smbdirect_socket.rdma.iwarp.rdmap import IwarpQueuePair
+
+
+class Wire:
+    """An initiator and a responder; ``run`` carries bytes until both are idle."""
+
+    def __init__(self, crc: bool = False, max_fpdu: int = 65536, ord_: int = 8, ird: int = 8) -> None:
+        self.a = IwarpQueuePair(Negotiation(crc=crc, ord=ord_, ird=ird), initiator=True, max_fpdu=max_fpdu)
+        self.b = IwarpQueuePair(Negotiation(crc=crc, ord=ord_, ird=ird), initiator=False, max_fpdu=max_fpdu)
+        self.sent_by = {id(self.a): bytearray(), id(self.b): bytearray()}
+
+    def run(self) -> None:
+        while True:
+            moved = False
+            for src, dst in ((self.a, self.b), (self.b, self.a)):
+                data, done = src.data_to_send()
+                src.complete(done)
+                if data:
+                    moved = True
+                    self.sent_by[id(src)] += data
+                    dst.receive_bytes(data)
+            if not moved:
+                return
+
+
+def completions(qp: IwarpQueuePair) -> list[Completion]:
+    found = []
+    while (c := qp.poll()) is not None:
+        found.append(c)
+    return found
+
+
+def terminates_sent(wire: Wire, qp: IwarpQueuePair) -> list[Terminate]:
+    reader = FpduReader(qp.negotiation.crc)
+    reader.feed(bytes(wire.sent_by[id(qp)]))
+    found = []
+    while (raw := reader.next_segment()) is not None:
+        segment = ddp.parse_segment(raw)
+        if segment.op is Op.TERMINATE:
+            found.append(Terminate.unpack(segment.payload))
+    return found
+
+
+@pytest.mark.parametrize("crc", [False, True])
+@pytest.mark.parametrize("max_fpdu", [64, 1500, 65536])
+def test_sends_of_random_sizes_cross_fpdus(crc: bool, max_fpdu: int) -> None:
+    rng = random.Random(max_fpdu)
+    wire = Wire(crc, max_fpdu)
+    messages = [rng.randbytes(rng.choice([0, 1, 3, 100, 5000, 70000])) for _ in range(20)]
+    buffers = [bytearray(70000) for _ in messages]
+    for i, buffer in enumerate(buffers):
+        wire.b.post_recv(i, memoryview(buffer))
+    for i, message in enumerate(messages):
+        wire.a.post_send(100 + i, message, solicited=i % 2 == 1)
+    wire.run()
+    received = completions(wire.b)
+    assert [c.wr_id for c in received] == list(range(20))
+    for c, message, buffer in zip(received, messages, buffers, strict=True):
+        assert c.status is Status.SUCCESS and c.opcode is Opcode.RECV
+        assert bytes(buffer[: c.byte_len]) == message
+        assert c.solicited == (c.wr_id % 2 == 1)
+    assert [c.wr_id for c in completions(wire.a)] == [100 + i for i in range(20)]
+
+
+def test_write_read_and_remote_invalidate() -> None:
+    wire = Wire()
+    memory = bytearray(b"." * 4096)
+    region = wire.b.register(memoryview(memory), Access.REMOTE_WRITE | Access.REMOTE_READ)
+    wire.a.post_write(1, b"hello", region.token, region.address + 100)
+    into = bytearray(10)
+    wire.a.post_read(2, memoryview(into), region.token, region.address + 98)
+    wire.run()
+    assert memory[100:105] == b"hello"
+    assert into == b"..hello..."
+    assert [(c.wr_id, c.status) for c in completions(wire.a)] == [(1, Status.SUCCESS), (2, Status.SUCCESS)]
+    receive = bytearray(16)
+    wire.b.post_recv(7, memoryview(receive))
+    wire.a.post_send(3, b"done", invalidate_token=region.token)
+    wire.run()
+    [received] = completions(wire.b)
+    assert received.invalidated_token == region.token and not region.valid
+
+
+def test_reads_wait_for_ord() -> None:
+    wire = Wire(ord_=1)
+    memory = bytearray(range(256))
+    region = wire.b.register(memoryview(memory), Access.REMOTE_READ)
+    outs = [bytearray(16) for _ in range(3)]
+    for i, out in enumerate(outs):
+        wire.a.post_read(i, memoryview(out), region.token, 16 * i)
+    data, _ = wire.a.data_to_send()
+    assert data.count(bytes.fromhex("4141")) == 1  # one Read Request until its response
+    wire.b.receive_bytes(data)
+    wire.run()
+    assert [bytes(o) for o in outs] == [bytes(range(16 * i, 16 * i + 16)) for i in range(3)]
+
+
+def test_read_with_ord_zero_is_refused_locally() -> None:
+    wire = Wire(ord_=0)
+    with pytest.raises(RdmaError) as info:
+        wire.a.post_read(1, memoryview(bytearray(4)), 0x100, 0)
+    assert info.value.errno == errno.EINVAL
+
+
+def hostile(victim_region_access: Access = Access.REMOTE_READ | Access.REMOTE_WRITE) -> tuple[Wire, int, bytearray]:
+    wire = Wire()
+    memory = bytearray(64)
+    region = wire.b.register(memoryview(memory), victim_region_access)
+    return wire, region.token, memory
+
+
+def assert_victim(wire: Wire, message: str, terminate: Terminate) -> None:
+    assert wire.b.error is not None
+    assert wire.b.error.errno == errno.ECONNABORTED
+    assert str(wire.b.error).startswith(f"[Errno {errno.ECONNABORTED}] {message}")
+    assert terminates_sent(wire, wire.b) == [terminate]
+    # The initiator learns why and fails too.
+    assert wire.a.error is not None and wire.a.error.errno == errno.ECONNRESET
+    assert terminate.describe() in str(wire.a.error)
+
+
+def test_forged_token() -> None:
+    wire, token, memory = hostile()
+    wire.a.post_write(1, b"evil", token ^ 0x01, 0)
+    wire.run()
+    quoted = bytes.fromhex("0004 c140") + (token ^ 1).to_bytes(4, "big") + bytes(8)
+    assert_victim(
+        wire,
+        f"RDMA Write: invalid token: 0x{token ^ 1:08x} is not registered",
+        Terminate(Layer.DDP, ddp.DDP_TAGGED, ddp.DDP_TAGGED_INVALID_STAG, quoted),
+    )
+    assert memory == bytes(64)
+
+
+def test_out_of_bounds_write() -> None:
+    wire, token, memory = hostile()
+    wire.a.post_write(1, b"evil", token, 62)
+    wire.run()
+    quoted = bytes.fromhex("0004 c140") + token.to_bytes(4, "big") + (62).to_bytes(8, "big")
+    assert_victim(
+        wire,
+        f"RDMA Write: outside the registration: [0x3e, +4) is outside [0x0, +64) of 0x{token:08x}",
+        Terminate(Layer.DDP, ddp.DDP_TAGGED, ddp.DDP_TAGGED_BASE_BOUNDS, quoted),
+    )
+    assert memory == bytes(64)
+
+
+def test_write_without_access() -> None:
+    wire, token, memory = hostile(Access.REMOTE_READ)
+    wire.a.post_write(1, b"evil", token, 0)
+    wire.run()
+    assert wire.b.error is not None
+    assert f"0x{token:08x} does not allow remote_write" in str(wire.b.error)
+    assert memory == bytes(64)
+
+
+def test_read_larger_than_region() -> None:
+    wire, token, _ = hostile()
+    wire.a.post_read(1, memoryview(bytearray(65)), token, 0)
+    wire.run()
+    assert wire.b.error is not None
+    assert f"RDMA Read: outside the registration: [0x0, +65) is outside [0x0, +64) of 0x{token:08x}" in str(
+        wire.b.error
+    )
+    [terminate] = terminates_sent(wire, wire.b)
+    assert (terminate.layer, terminate.error_type, terminate.error_code) == (Layer.RDMAP, 1, ddp.RDMAP_BASE_BOUNDS)
+    assert len(terminate.rdmap_header) == 28
+    [failed] = completions(wire.a)
+    assert (failed.wr_id, failed.status) == (1, Status.REMOTE_ACCESS_ERROR)
+
+
+def test_use_after_local_invalidate() -> None:
+    wire = Wire()
+    memory = bytearray(64)
+    region = wire.b.register(memoryview(memory), Access.REMOTE_WRITE)
+    wire.b.memory.deregister(region)
+    wire.a.post_write(1, b"late", region.token, 0)
+    wire.run()
+    assert wire.b.error is not None and "is not registered" in str(wire.b.error)
+    assert memory == bytes(64)
+
+
+def test_use_after_remote_invalidate() -> None:
+    wire, token, memory = hostile()
+    wire.b.post_recv(1, memoryview(bytearray(8)))
+    wire.a.post_send(2, b"inv", invalidate_token=token)
+    wire.a.post_write(3, b"late", token, 0)
+    wire.run()
+    assert wire.b.error is not None and f"0x{token:08x} was invalidated" in str(wire.b.error)
+    assert memory == bytes(64)
+
+
+def test_send_with_no_posted_receive() -> None:
+    wire = Wire()
+    wire.a.post_send(1, b"nobody listens")
+    wire.run()
+    quoted = bytes.fromhex("000e 4143 00000000 00000000 00000001 00000000")
+    assert_victim(
+        wire,
+        "Send MSN 1 arrived with no receive posted",
+        Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_NO_BUFFER, quoted),
+    )
+
+
+def test_send_longer_than_receive_buffer() -> None:
+    wire = Wire()
+    wire.b.post_recv(9, memoryview(bytearray(4)))
+    wire.a.post_send(1, b"too long")
+    wire.run()
+    assert wire.b.error is not None
+    assert "Send of at least 8 bytes overflows the 4-byte receive buffer" in str(wire.b.error)
+    [failed] = completions(wire.b)
+    assert (failed.wr_id, failed.status) == (9, Status.LOCAL_LENGTH_ERROR)
+
+
+def inject(wire: Wire, segment: bytes) -> None:
+    wire.b.receive_bytes(frame_fpdu(segment, wire.b.negotiation.crc))
+    wire.run()
+
+
+def test_wrong_msn_and_mo() -> None:
+    wire = Wire()
+    wire.b.post_recv(1, memoryview(bytearray(64)))
+    inject(wire, ddp.encode_untagged(Op.SEND, True, 0, 2, 0, b"x"))
+    assert wire.b.error is not None and "Send MSN 2, expected 1" in str(wire.b.error)
+    wire = Wire()
+    wire.b.post_recv(1, memoryview(bytearray(64)))
+    inject(wire, ddp.encode_untagged(Op.SEND, True, 0, 1, 4, b"x"))
+    assert wire.b.error is not None and "Send MO 4, expected 0" in str(wire.b.error)
+
+
+def test_bad_crc() -> None:
+    wire = Wire(crc=True)
+    fpdu = bytearray(frame_fpdu(ddp.encode_untagged(Op.SEND, True, 0, 1, 0, b"x"), crc=True))
+    fpdu[-2] ^= 0xFF
+    wire.b.receive_bytes(bytes(fpdu))
+    wire.run()
+    assert wire.b.error is not None and "FPDU CRC" in str(wire.b.error)
+    assert terminates_sent(wire, wire.b) == [Terminate(Layer.LLP, 0, 0x02)]
+
+
+def test_unknown_opcode() -> None:
+    wire = Wire()
+    inject(wire, bytes.fromhex("4148") + bytes(16))
+    assert wire.b.error is not None and "RDMAP opcode 8 is unknown" in str(wire.b.error)
+    assert terminates_sent(wire, wire.b) == [Terminate(Layer.RDMAP, 2, ddp.RDMAP_UNEXPECTED_OPCODE)]
+
+
+def test_unsolicited_read_response() -> None:
+    wire = Wire()
+    inject(wire, ddp.encode_tagged(Op.READ_RESPONSE, True, 5, 0, b"x"))
+    assert wire.b.error is not None and "Read Response with no read outstanding" in str(wire.b.error)
+
+
+def test_read_requests_beyond_ird() -> None:
+    wire = Wire(ird=1)
+    memory = bytearray(8)
+    region = wire.b.register(memoryview(memory), Access.REMOTE_READ)
+    for msn in (1, 2):
+        request = ddp.ReadRequest(7, 0, 8, region.token, 0)
+        wire.b.receive_bytes(frame_fpdu(ddp.encode_read_request(msn, request), False))
+    assert wire.b.error is not None and "Read Request beyond the IRD of 1" in str(wire.b.error)
+
+
+def test_error_flushes_posted_work() -> None:
+    wire = Wire()
+    wire.b.post_recv(1, memoryview(bytearray(8)))
+    wire.b.post_recv(2, memoryview(bytearray(8)))
+    wire.b.connection_lost(RdmaError(errno.ECONNRESET, "gone"))
+    assert [(c.wr_id, c.status) for c in completions(wire.b)] == [(1, Status.FLUSHED), (2, Status.FLUSHED)]
+    wire.b.post_send(3, b"late")
+    assert completions(wire.b) == [Completion(3, Opcode.SEND, Status.FLUSHED)]
+
+
+def test_responder_waits_for_initiator() -> None:
+    wire = Wire()
+    wire.b.post_send(1, b"too early")
+    assert wire.b.data_to_send() == (b"", [])
+    wire.a.post_recv(1, memoryview(bytearray(16)))
+    wire.b.post_recv(1, memoryview(bytearray(16)))
+    wire.a.post_send(2, b"first")
+    wire.run()
+    assert [c.opcode for c in completions(wire.a)] == [Opcode.SEND, Opcode.RECV]
