@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import abc
 import enum
-
-import attrs
+from typing import NamedTuple
 
 __all__ = [
     "Access",
@@ -62,9 +61,8 @@ class Status(enum.Enum):
     FATAL = "fatal"
 
 
-@attrs.frozen
-class Completion:
-    """One finished work request."""
+class Completion(NamedTuple):
+    """One finished work request (a tuple: completions are made per message)."""
 
     wr_id: int
     opcode: Opcode
@@ -128,12 +126,21 @@ class QueuePair(abc.ABC):
         """RDMA-read ``len(into)`` bytes of the peer's registration ``token`` at ``address``."""
 
     @abc.abstractmethod
-    async def get_completion(self) -> Completion:
-        """Wait for the next completion (all are delivered, in order of completion)."""
+    async def get_completions(self, max_count: int = 64) -> list[Completion]:
+        """Wait until completions are ready and take up to ``max_count`` of them.
+
+        Every work request completes exactly once, in the order it completed.
+        When none will come any more (the queue pair failed or disconnected and
+        everything was flushed) this raises the queue pair's error.
+        """
 
     @abc.abstractmethod
-    def poll_completion(self) -> Completion | None:
-        """The next completion if one is ready."""
+    def poll_completions(self, max_count: int = 64) -> list[Completion]:
+        """The completions ready now, without waiting (``ibv_poll_cq``)."""
+
+    async def get_completion(self) -> Completion:
+        """Wait for the next completion."""
+        return (await self.get_completions(1))[0]
 
     @abc.abstractmethod
     def register(self, buffer: memoryview, access: Access) -> MemoryRegion:

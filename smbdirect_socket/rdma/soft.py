@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -41,6 +42,8 @@ from .memory import SoftMemoryRegion
 __all__ = ["SoftIwarpProvider", "SoftQueuePair"]
 
 _RECEIVE_SIZE = 256 * 1024
+#: How long the reader task leaves the socket to a task that just took completions.
+_HANDOVER_GRACE = 0.05
 #: How long a responder waits for a complete MPA request (siw: 5 s).
 MPA_REQUEST_TIMEOUT = 5.0
 
@@ -80,20 +83,35 @@ def _address(sock: trio.socket.SocketType, peer: bool) -> tuple[str, int]:
 
 
 class SoftQueuePair(QueuePair):
-    """A queue pair whose wire is a TCP connection."""
+    """A queue pair whose wire is a TCP connection.
+
+    Posting writes to the socket at once when it can (no task switch on the
+    send path); a writer task finishes what the socket did not take, and a
+    reader task feeds what arrives to the queue pair.
+    """
 
     def __init__(self, stream: trio.SocketStream, core: IwarpQueuePair, peer_private_data: bytes) -> None:
-        self._stream = stream
         self.core = core
         self.peer_private_data = peer_private_data
         self.initiator_depth = core.negotiation.ord
         self.responder_resources = core.negotiation.ird
         self.local_address = _address(stream.socket, peer=False)
         self.peer_address = _address(stream.socket, peer=True)
-        self._output = trio.lowlevel.ParkingLot()
+        # Take the descriptor over from trio: we drive it with wait_readable/writable.
+        self._sock = socket.socket(fileno=stream.socket.detach())
+        self._sock.setblocking(False)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self._writable = trio.lowlevel.ParkingLot()
         self._completed = trio.lowlevel.ParkingLot()
-        self._writer_done = trio.Event()
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self._closed = False
+        # Who reads the socket: a task waiting for completions, else the reader task.
+        self._consumers = 0
+        self._consumer_reading = False
+        self._last_consumer = -math.inf
+        self._reader_wait: trio.CancelScope | None = None
+        self._consumer_wait: trio.CancelScope | None = None
+        self._reader_idle = trio.lowlevel.ParkingLot()
+        self._socket_free = trio.lowlevel.ParkingLot()
         self._reader_scope = _spawn("smbdirect softiwarp reader", self._reader)
         self._writer_scope = _spawn("smbdirect softiwarp writer", self._writer)
 
@@ -101,7 +119,7 @@ class SoftQueuePair(QueuePair):
 
     def post_recv(self, wr_id: int, buffer: memoryview) -> None:
         self.core.post_recv(wr_id, buffer)
-        self._completed.unpark_all()
+        self._notify()
 
     def post_send(
         self,
@@ -112,30 +130,61 @@ class SoftQueuePair(QueuePair):
         solicited: bool = False,
     ) -> None:
         self.core.post_send(wr_id, data, invalidate_token=invalidate_token, solicited=solicited)
-        self._kick()
+        self._transmit()
 
     def post_write(self, wr_id: int, data: bytes | bytearray | memoryview, token: int, address: int) -> None:
         self.core.post_write(wr_id, data, token, address)
-        self._kick()
+        self._transmit()
 
     def post_read(self, wr_id: int, into: memoryview, token: int, address: int) -> None:
         self.core.post_read(wr_id, into, token, address)
-        self._kick()
+        self._transmit()
 
-    def poll_completion(self) -> Completion | None:
-        return self.core.poll()
+    def poll_completions(self, max_count: int = 64) -> list[Completion]:
+        return self.core.poll_many(max_count)
 
-    async def get_completion(self) -> Completion:
-        while True:
-            completion = self.core.poll()
-            if completion is not None:
-                await trio.lowlevel.checkpoint()
-                return completion
-            if self.core.error is not None:
-                raise self.core.error
-            if self.core.closed:
-                raise RdmaError(errno.EPIPE, "queue pair is disconnected")
-            await self._completed.park()
+    async def get_completions(self, max_count: int = 64) -> list[Completion]:
+        """Wait for completions; a waiting task reads the socket itself.
+
+        Reading in the waiting task saves the hop through the reader task,
+        which only reads while nobody waits here (it must answer RDMA reads
+        and notice a Terminate even then).
+        """
+        self._consumers += 1
+        try:
+            blocked = False
+            while True:
+                completions = self.core.poll_many(max_count)
+                if completions:
+                    if not blocked:
+                        await trio.lowlevel.checkpoint()
+                    return completions
+                if self.core.error is not None:
+                    raise self.core.error
+                if self.core.closed or self._closed:
+                    raise RdmaError(errno.EPIPE, "queue pair is disconnected")
+                blocked = True
+                if self._reader_wait is not None:
+                    self._reader_wait.cancel()  # take the socket over from the reader task
+                    await self._socket_free.park()
+                elif self._consumer_reading:
+                    await self._completed.park()
+                else:
+                    self._consumer_reading = True
+                    try:
+                        with trio.CancelScope() as self._consumer_wait:
+                            await trio.lowlevel.wait_readable(self._sock)
+                    except trio.ClosedResourceError:
+                        continue
+                    finally:
+                        self._consumer_wait = None
+                        self._consumer_reading = False
+                        self._completed.unpark_all()  # another waiter may read now
+                    self._read_once()
+        finally:
+            self._consumers -= 1
+            if not self._consumers:
+                self._last_consumer = trio.current_time()
 
     def register(self, buffer: memoryview, access: Access) -> SoftMemoryRegion:
         return self.core.register(buffer, access)
@@ -153,58 +202,89 @@ class SoftQueuePair(QueuePair):
     async def disconnect(self) -> None:
         """Flush everything and close TCP gracefully (a FIN, no Terminate)."""
         self.core.close()
-        self._kick()
-        self._reader_scope.cancel()
-        self._writer_scope.cancel()
-        await self._stream.aclose()
+        self._close_socket()
+        self._notify()
+        await trio.lowlevel.checkpoint()
 
-    # ---- background tasks ----------------------------------------------------------------
+    # ---- I/O ---------------------------------------------------------------------
 
-    def _kick(self) -> None:
-        self._output.unpark_all()
+    def _transmit(self) -> None:
+        """Write what the socket takes now; the writer task waits for the rest."""
+        core = self.core
+        while core.wants_to_send and not self._closed:
+            try:
+                sent = self._sock.sendmsg(core.output())
+            except BlockingIOError:
+                self._writable.unpark_all()
+                return
+            except OSError as exc:
+                self._lost(RdmaError(errno.ECONNRESET, f"connection lost: {exc}"))
+                return
+            core.written(sent)
+            self._notify()
+        if core.error is not None and not core.wants_to_send:
+            self._close_socket()  # the Terminate is out: close, as siw does
+
+    def _notify(self) -> None:
+        """Wake the tasks waiting for completions, the one reading the socket too."""
         self._completed.unpark_all()
+        if self._consumer_wait is not None:
+            self._consumer_wait.cancel()
+
+    def _lost(self, error: RdmaError) -> None:
+        self.core.connection_lost(error)
+        self._close_socket()
+        self._notify()
+
+    def _close_socket(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._reader_scope.cancel()
+            self._writer_scope.cancel()
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+            self._reader_idle.unpark_all()
+            self._socket_free.unpark_all()
+
+    def _read_once(self) -> None:
+        """Read what the socket has and feed it to the queue pair."""
+        try:
+            data = self._sock.recv(_RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lost(RdmaError(errno.ECONNRESET, f"connection lost: {exc}"))
+            return
+        if not data:
+            if not self.core.closed:
+                self._lost(RdmaError(errno.ECONNRESET, "peer closed the connection"))
+            return
+        self.core.receive_bytes(data)
+        self._notify()
+        self._transmit()
 
     async def _reader(self) -> None:
-        try:
-            while True:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-                if not data:
-                    raise RdmaError(errno.ECONNRESET, "peer closed the connection")
-                self.core.receive_bytes(data)
-                self._kick()
-                if self.core.error is not None:
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            error = exc if isinstance(exc, RdmaError) else RdmaError(errno.ECONNRESET, f"connection lost: {exc}")
-            self.core.connection_lost(error)
-            self._kick()
-        finally:
-            if self.core.error is not None:
-                # Let the writer flush a Terminate, then close TCP.
-                self._output.unpark_all()
+        """Read while no task waits for completions."""
+        while not self._closed:
+            # A task that just took completions usually comes straight back:
+            # leave the socket to it, and look again now and then.
+            if self._consumers or trio.current_time() - self._last_consumer < _HANDOVER_GRACE:
+                with trio.move_on_after(_HANDOVER_GRACE):
+                    await self._reader_idle.park()
+                continue
+            with trio.CancelScope() as self._reader_wait:
+                await trio.lowlevel.wait_readable(self._sock)
+            self._reader_wait = None
+            self._socket_free.unpark_all()
+            if not self._consumers:
+                self._read_once()
 
     async def _writer(self) -> None:
-        try:
-            while True:
-                data, done = self.core.data_to_send()
-                if data:
-                    await self._stream.send_all(data)
-                if done:
-                    self.core.complete(done)
-                    self._completed.unpark_all()
-                if self.core.error is not None or self.core.closed:
-                    if not self.core.wants_to_send:
-                        break
-                    continue
-                if not data and not self.core.wants_to_send:
-                    await self._output.park()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self.core.connection_lost(RdmaError(errno.ECONNRESET, f"connection lost: {exc}"))
-        finally:
-            self._completed.unpark_all()
-            self._reader_scope.cancel()
-            with trio.CancelScope(shield=True):
-                await self._stream.aclose()
+        while True:
+            await self._writable.park()
+            while self.core.wants_to_send and not self._closed:
+                await trio.lowlevel.wait_writable(self._sock)
+                self._transmit()
 
 
 class SoftConnectionRequest(ConnectionRequest):

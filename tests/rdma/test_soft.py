@@ -86,7 +86,7 @@ async def test_random_traffic_of_every_kind(crc: bool, peer_to_peer: bool) -> No
     with trio.fail_after(30):
         for _ in range(60):  # every work request completes
             completion = await client.get_completion()
-            assert completion.status is Status.SUCCESS, completion
+            assert completion.status is Status.SUCCESS, (completion, client.error, server.error)
         got = [await server.get_completion() for _ in sent]
     for completion, message in zip(got, sent, strict=True):
         assert completion.opcode is Opcode.RECV

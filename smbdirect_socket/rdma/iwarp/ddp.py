@@ -171,35 +171,54 @@ class ReadRequest:
     source_offset: int
 
 
-@attrs.frozen
 class Segment:
-    """A parsed DDP segment."""
+    """A parsed DDP segment: a few fields and a view of the payload."""
 
-    op: Op
-    last: bool
-    payload: memoryview
-    # tagged
-    token: int = 0
-    offset: int = 0
-    # untagged
-    queue: int = 0
-    msn: int = 0
-    message_offset: int = 0
-    invalidate_token: int = 0
-    #: The header as received, for a Terminate that quotes it.
-    header: bytes = b""
+    __slots__ = (
+        "op",
+        "last",
+        "payload",
+        "token",
+        "offset",
+        "queue",
+        "msn",
+        "message_offset",
+        "invalidate_token",
+        "_raw",
+        "_header_size",
+    )
+
+    def __init__(self, op: Op, last: bool, raw: memoryview, header_size: int) -> None:
+        self.op = op
+        self.last = last
+        self.payload = raw[header_size:]
+        self._raw = raw
+        self._header_size = header_size
+        self.token = self.offset = 0  # tagged
+        self.queue = self.msn = self.message_offset = self.invalidate_token = 0  # untagged
+
+    @property
+    def header(self) -> bytes:
+        """The header as a Terminate quotes it: the payload length first."""
+        return _quoted(self._raw, self._header_size)
+
+
+def tagged_header(op: Op, last: bool, token: int, offset: int) -> bytes:
+    return _TAGGED.pack(TAGGED | (LAST if last else 0) | VERSIONS | op, token, offset)
+
+
+def untagged_header(op: Op, last: bool, queue: int, msn: int, message_offset: int, word: int = 0) -> bytes:
+    return _UNTAGGED.pack((LAST if last else 0) | VERSIONS | op, word, queue, msn, message_offset)
 
 
 def encode_tagged(op: Op, last: bool, token: int, offset: int, payload: bytes | memoryview) -> bytes:
-    control = TAGGED | (LAST if last else 0) | VERSIONS | op
-    return _TAGGED.pack(control, token, offset) + bytes(payload)
+    return tagged_header(op, last, token, offset) + bytes(payload)
 
 
 def encode_untagged(
     op: Op, last: bool, queue: int, msn: int, message_offset: int, payload: bytes | memoryview, word: int = 0
 ) -> bytes:
-    control = (LAST if last else 0) | VERSIONS | op
-    return _UNTAGGED.pack(control, word, queue, msn, message_offset) + bytes(payload)
+    return untagged_header(op, last, queue, msn, message_offset, word) + bytes(payload)
 
 
 def encode_read_request(msn: int, request: ReadRequest) -> bytes:
@@ -211,6 +230,10 @@ def encode_read_request(msn: int, request: ReadRequest) -> bytes:
 
 def decode_read_request(payload: bytes | memoryview) -> ReadRequest:
     return ReadRequest(*_READ_REQUEST.unpack_from(payload))
+
+
+_OPS = tuple(Op)
+_QUEUES = {Op.READ_REQUEST: QN_READ_REQUEST, Op.TERMINATE: QN_TERMINATE}
 
 
 def _quoted(segment: memoryview, header_size: int) -> bytes:
@@ -241,7 +264,7 @@ def parse_segment(segment: memoryview) -> Segment:
         raise TerminateError(
             f"RDMAP opcode {opcode} is unknown", Terminate(Layer.RDMAP, RDMAP_REMOTE_OPERATION, RDMAP_UNEXPECTED_OPCODE)
         )
-    op = Op(opcode)
+    op = _OPS[opcode]
     last = bool(control & LAST)
     header_size = TAGGED_HEADER if tagged else UNTAGGED_HEADER
     if len(segment) < header_size or tagged != (op in TAGGED_OPS):
@@ -249,30 +272,20 @@ def parse_segment(segment: memoryview) -> Segment:
             f"{op.name} segment of {len(segment)} bytes with a {'tagged' if tagged else 'untagged'} header",
             Terminate(Layer.LLP, LLP_MPA, MPA_SHORT_ULPDU),
         )
-    header = _quoted(segment, header_size)
+    parsed = Segment(op, last, segment, header_size)
     if tagged:
-        _, token, offset = _TAGGED.unpack_from(segment)
-        return Segment(op, last, segment[header_size:], token=token, offset=offset, header=header)
-    _, word, queue, msn, message_offset = _UNTAGGED.unpack_from(segment)
-    expected_queue = {Op.READ_REQUEST: QN_READ_REQUEST, Op.TERMINATE: QN_TERMINATE}.get(op, QN_SEND)
-    if queue != expected_queue and op is not Op.READ_REQUEST:
+        _, parsed.token, parsed.offset = _TAGGED.unpack_from(segment)
+        return parsed
+    _, parsed.invalidate_token, parsed.queue, parsed.msn, parsed.message_offset = _UNTAGGED.unpack_from(segment)
+    expected_queue = _QUEUES.get(op, QN_SEND)
+    if parsed.queue != expected_queue and op is not Op.READ_REQUEST:
         raise TerminateError(
-            f"{op.name} on queue {queue}, expected {expected_queue}",
-            Terminate(Layer.DDP, DDP_UNTAGGED, DDP_UNTAGGED_INVALID_QN, header),
+            f"{op.name} on queue {parsed.queue}, expected {expected_queue}",
+            Terminate(Layer.DDP, DDP_UNTAGGED, DDP_UNTAGGED_INVALID_QN, parsed.header),
         )
-    payload = segment[header_size:]
-    if op is Op.READ_REQUEST and len(payload) != READ_REQUEST_SIZE:
+    if op is Op.READ_REQUEST and len(parsed.payload) != READ_REQUEST_SIZE:
         raise TerminateError(
-            f"Read Request with {len(payload)} bytes of payload, expected {READ_REQUEST_SIZE}",
-            Terminate(Layer.RDMAP, RDMAP_REMOTE_OPERATION, RDMAP_UNSPECIFIED, header),
+            f"Read Request with {len(parsed.payload)} bytes of payload, expected {READ_REQUEST_SIZE}",
+            Terminate(Layer.RDMAP, RDMAP_REMOTE_OPERATION, RDMAP_UNSPECIFIED, parsed.header),
         )
-    return Segment(
-        op,
-        last,
-        payload,
-        queue=queue,
-        msn=msn,
-        message_offset=message_offset,
-        invalidate_token=word,
-        header=header,
-    )
+    return parsed

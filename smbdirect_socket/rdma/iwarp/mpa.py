@@ -20,6 +20,8 @@ from typing import ClassVar
 import attrs
 import crc32c
 
+from ..base import Buffer
+
 __all__ = [
     "MAX_PRIVATE_DATA",
     "FpduReader",
@@ -227,48 +229,67 @@ def check_reply(request: MpaFrame, reply: MpaFrame) -> Negotiation:
 _LENGTH = struct.Struct("!H")
 _CRC = struct.Struct("<I")
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_NO_CRC = bytes(4)  # the field is there with CRC off, as zero
+_MERGE = 2048  # payloads up to this size are copied into one buffer
+
+
+def fpdu_pieces(header: bytes, payload: Buffer, crc: bool) -> list[Buffer]:
+    """One FPDU as buffers to write in order: length and header, payload, pad and CRC.
+
+    The payload is not copied; small ones are merged into one buffer.
+    """
+    length = len(header) + len(payload)
+    if length > 0xFFFF:
+        raise ValueError(f"a ULPDU of {length} bytes does not fit an FPDU")
+    head = _LENGTH.pack(length) + header
+    pad = _PAD[(length + 2) % 4]
+    if crc:
+        value = crc32c.crc32c(pad, crc32c.crc32c(payload, crc32c.crc32c(head)))
+        trailer = pad + _CRC.pack(value)
+    else:
+        trailer = pad + _NO_CRC
+    if len(payload) <= _MERGE:
+        return [b"".join((head, payload, trailer))]
+    return [head, payload, trailer]
 
 
 def frame_fpdu(segment: bytes, crc: bool) -> bytes:
-    """Wrap one DDP segment (header and payload) as an FPDU."""
-    length = len(segment)
-    framed = b"".join((_LENGTH.pack(length), segment, _PAD[(length + 2) % 4]))
-    return framed + _CRC.pack(crc32c.crc32c(framed) if crc else 0)
+    """One DDP segment (header and payload) as a single FPDU."""
+    return b"".join(fpdu_pieces(segment, b"", crc))
 
 
 class FpduReader:
-    """Cuts a byte stream into DDP segments; raises :class:`MpaError` on a bad CRC."""
+    """Cuts a byte stream into DDP segments; raises :class:`MpaError` on a bad CRC.
+
+    Segments are views of the immutable bytes fed in: never copied, and
+    valid for as long as the caller keeps them.
+    """
 
     def __init__(self, crc: bool) -> None:
         self.crc = crc
-        self._buffer = bytearray()
+        self._data = b""
         self._offset = 0
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        rest = len(self._data) - self._offset
+        self._data = self._data[self._offset :] + data if rest else data
+        self._offset = 0
 
     def next_segment(self) -> memoryview | None:
         """The next complete DDP segment (without length, pad and CRC), if any."""
-        buffer = self._buffer
+        data = self._data
         start = self._offset
-        if len(buffer) - start < 2:
-            self._compact()
+        if len(data) - start < 2:
             return None
-        (length,) = _LENGTH.unpack_from(buffer, start)
-        total = (length + 2 + 3) // 4 * 4 + 4
-        if len(buffer) - start < total:
-            self._compact()
+        (length,) = _LENGTH.unpack_from(data, start)
+        total = (length + 5) // 4 * 4 + 4
+        if len(data) - start < total:
             return None
         self._offset = start + total
+        view = memoryview(data)
         if self.crc:
-            expected = _CRC.unpack_from(buffer, start + total - 4)[0]
-            actual = crc32c.crc32c(memoryview(buffer)[start : start + total - 4])
+            (expected,) = _CRC.unpack_from(data, start + total - 4)
+            actual = crc32c.crc32c(view[start : start + total - 4])
             if actual != expected:
                 raise MpaError(f"FPDU CRC 0x{expected:08x} does not match 0x{actual:08x}")
-        # A copy: the buffer is reused, and the segment may outlive this call.
-        return memoryview(bytes(memoryview(buffer)[start + 2 : start + 2 + length]))
-
-    def _compact(self) -> None:
-        if self._offset:
-            del self._buffer[: self._offset]
-            self._offset = 0
+        return view[start + 2 : start + 2 + length]

@@ -28,7 +28,7 @@ from ..base import Access, Buffer, Completion, Opcode, RdmaError, Status
 from ..memory import AccessFault, MemoryAccessError, MemoryTable, SoftMemoryRegion
 from . import ddp
 from .ddp import Layer, Op, ReadRequest, Segment, Terminate, TerminateError
-from .mpa import MPA_CRC_ERROR, FpduReader, MpaError, Negotiation, frame_fpdu
+from .mpa import MPA_CRC_ERROR, FpduReader, MpaError, Negotiation, fpdu_pieces
 
 __all__ = ["IwarpQueuePair"]
 
@@ -125,15 +125,26 @@ class IwarpQueuePair:
         self._send_msn = itertools.count(1)
         self._read_msn = itertools.count(1)
         self._sink_tokens = itertools.count(secrets.randbelow(1 << 31) | 1)
-        self._output: list[bytes] = []
-        self._after_output: list[Completion] = []
-        self._responses_queued = 0  # inbound reads answered but not yet handed out
+        # Output: buffers to write in order, and completions due once the
+        # byte count written reaches their mark.
+        self._output: deque[Buffer] = deque()
+        # A mark without a completion is the end of a Read Response (IRD accounting).
+        self._marks: deque[tuple[int, Completion | None]] = deque()
+        self._queued = 0  # bytes ever queued
+        self._written = 0  # bytes ever written
+        self._responses_queued = 0  # inbound reads answered but not yet written
         # inbound
         self._receives: deque[_Receive] = deque()
         self._current: _Receive | None = None
         self._expected_send_msn = 1
         self._expected_read_msn = 1
         self._completions: deque[Completion] = deque()
+        self._handlers = {
+            Op.WRITE: self._on_write,
+            Op.READ_REQUEST: self._on_read_request,
+            Op.READ_RESPONSE: self._on_read_response,
+            Op.TERMINATE: self._on_terminate,
+        }
 
     # ---- posting (verbs) --------------------------------------------------------
 
@@ -195,26 +206,47 @@ class IwarpQueuePair:
         except TerminateError as exc:
             self._terminate(str(exc), exc.terminate)
 
-    def data_to_send(self) -> tuple[bytes, list[Completion]]:
-        """Bytes ready for TCP, and the completions due once they are written."""
+    def output(self, max_buffers: int = 512) -> list[Buffer]:
+        """The next buffers to write, in order (they stay queued until :meth:`written`)."""
+        return list(itertools.islice(self._output, max_buffers))
+
+    def written(self, count: int) -> None:
+        """``count`` bytes of :meth:`output` reached TCP: drop them, complete what they finish."""
+        self._written += count
+        while count:
+            head = self._output[0]
+            if len(head) <= count:
+                count -= len(head)
+                self._output.popleft()
+            else:
+                self._output[0] = memoryview(head)[count:]
+                count = 0
+        while self._marks and self._marks[0][0] <= self._written:
+            completion = self._marks.popleft()[1]
+            if completion is None:
+                self._responses_queued -= 1  # a Read Response is out
+            else:
+                self._completions.append(completion)
+
+    def data_to_send(self) -> bytes:
+        """Everything queued, as one buffer, taken as written (for tests and tools)."""
         data = b"".join(self._output)
-        done = self._after_output
-        self._output = []
-        self._after_output = []
-        self._responses_queued = 0
-        self._pump()
-        return data, done
+        self.written(len(data))
+        return data
 
     @property
     def wants_to_send(self) -> bool:
         return bool(self._output)
 
-    def complete(self, completions: list[Completion]) -> None:
-        """Deliver completions whose bytes are now written."""
-        self._completions.extend(completions)
-
     def poll(self) -> Completion | None:
         return self._completions.popleft() if self._completions else None
+
+    def poll_many(self, max_count: int) -> list[Completion]:
+        completions = self._completions
+        if len(completions) <= max_count:
+            self._completions = deque()
+            return list(completions)
+        return [completions.popleft() for _ in range(max_count)]
 
     def connection_lost(self, error: RdmaError) -> None:
         """TCP failed or the peer closed it."""
@@ -227,6 +259,7 @@ class IwarpQueuePair:
             self.closed = True
             self._flush_all()
             self._output.clear()
+            self._queued = self._written
 
     @property
     def _dead(self) -> bool:
@@ -247,15 +280,8 @@ class IwarpQueuePair:
                     return  # ORD reached: the send queue waits, as on a real device
                 self._pending.popleft()
                 self._outstanding_reads.append(request)
-                self._output.append(
-                    frame_fpdu(
-                        ddp.encode_read_request(
-                            next(self._read_msn),
-                            ReadRequest(request.sink_token, 0, len(request.into), request.token, request.address),
-                        ),
-                        self._crc,
-                    )
-                )
+                read = ReadRequest(request.sink_token, 0, len(request.into), request.token, request.address)
+                self._queue(ddp.encode_read_request(next(self._read_msn), read), b"")
                 continue
             self._pending.popleft()
             if isinstance(request, _Send):
@@ -264,19 +290,23 @@ class IwarpQueuePair:
             else:
                 self._emit_tagged(Op.WRITE, request.token, request.address, request.data)
                 opcode = Opcode.RDMA_WRITE
-            self._after_output.append(Completion(request.wr_id, opcode, byte_len=len(request.data)))
+            self._marks.append((self._queued, Completion(request.wr_id, opcode, byte_len=len(request.data))))
+
+    def _queue(self, header: bytes, payload: Buffer) -> None:
+        """Queue one FPDU."""
+        for piece in fpdu_pieces(header, payload, self._crc):
+            self._output.append(piece)
+            self._queued += len(piece)
 
     def _send_rtr(self) -> None:
         """The zero-length ready-to-receive message of MPA peer-to-peer mode."""
         if self.negotiation.rtr == "write":
-            self._output.append(frame_fpdu(ddp.encode_tagged(Op.WRITE, True, 1, 0, b""), self._crc))
+            self._queue(ddp.tagged_header(Op.WRITE, True, 1, 0), b"")
         else:
             rtr = _Read(-1, memoryview(bytearray()), 1, 0, 0)
             rtr.rtr = True
             self._outstanding_reads.append(rtr)
-            self._output.append(
-                frame_fpdu(ddp.encode_read_request(next(self._read_msn), ReadRequest(0, 0, 0, 1, 0)), self._crc)
-            )
+            self._queue(ddp.encode_read_request(next(self._read_msn), ReadRequest(0, 0, 0, 1, 0)), b"")
 
     def _chunks(self, data: Buffer, size: int) -> Iterator[tuple[int, memoryview, bool]]:
         view = memoryview(data).cast("B")
@@ -294,13 +324,11 @@ class IwarpQueuePair:
         msn = next(self._send_msn)
         word = request.invalidate_token or 0
         for start, chunk, last in self._chunks(request.data, self._untagged_chunk):
-            segment = ddp.encode_untagged(op, last, ddp.QN_SEND, msn, start, chunk, word)
-            self._output.append(frame_fpdu(segment, self._crc))
+            self._queue(ddp.untagged_header(op, last, ddp.QN_SEND, msn, start, word), chunk)
 
     def _emit_tagged(self, op: Op, token: int, address: int, data: Buffer) -> None:
         for start, chunk, last in self._chunks(data, self._tagged_chunk):
-            segment = ddp.encode_tagged(op, last, token, (address + start) & 0xFFFFFFFFFFFFFFFF, chunk)
-            self._output.append(frame_fpdu(segment, self._crc))
+            self._queue(ddp.tagged_header(op, last, token, (address + start) & 0xFFFFFFFFFFFFFFFF), chunk)
 
     # ---- inbound ---------------------------------------------------------------------
 
@@ -308,13 +336,7 @@ class IwarpQueuePair:
         segment = ddp.parse_segment(raw)
         if not self._may_transmit:
             self._may_transmit = True  # the initiator spoke first: we may answer
-        handler = {
-            Op.WRITE: self._on_write,
-            Op.READ_REQUEST: self._on_read_request,
-            Op.READ_RESPONSE: self._on_read_response,
-            Op.TERMINATE: self._on_terminate,
-        }.get(segment.op, self._on_send)
-        handler(segment)
+        self._handlers.get(segment.op, self._on_send)(segment)
         self._pump()
 
     def _on_send(self, segment: Segment) -> None:
@@ -413,11 +435,14 @@ class IwarpQueuePair:
                         bytes(segment.payload),
                     ),
                 ) from None
-            data: Buffer = bytes(source)  # a snapshot: the bytes as they are now
+            # A snapshot: requests execute in order, so a later Write must not
+            # show through (and a CRC must match the bytes written).
+            data: Buffer = bytes(source)
         else:
             data = b""
         self._responses_queued += 1
         self._emit_tagged(Op.READ_RESPONSE, request.sink_token, request.sink_offset, data)
+        self._marks.append((self._queued, None))
 
     def _on_read_response(self, segment: Segment) -> None:
         if not self._outstanding_reads:
@@ -466,18 +491,18 @@ class IwarpQueuePair:
     def _terminate(self, reason: str, terminate: Terminate) -> None:
         """We found a fault: tell the peer, then enter the error state."""
         self._enter_error(RdmaError(errno.ECONNABORTED, reason))
-        payload = terminate.pack(siw_layout=self._siw_layout)
-        segment = ddp.encode_untagged(Op.TERMINATE, True, ddp.QN_TERMINATE, 1, 0, payload)
-        self._output = [frame_fpdu(segment, self._crc)]
+        header = ddp.untagged_header(Op.TERMINATE, True, ddp.QN_TERMINATE, 1, 0)
+        self._queue(header, terminate.pack(siw_layout=self._siw_layout))
 
     def _enter_error(self, error: RdmaError) -> None:
         self.error = error
         self._flush_all()
         self._output.clear()
+        self._queued = self._written
 
     def _flush_all(self) -> None:
-        flushed = [Completion(c.wr_id, c.opcode, Status.FLUSHED) for c in self._after_output]
-        self._after_output = []
+        flushed = [Completion(c.wr_id, c.opcode, Status.FLUSHED) for _, c in self._marks if c is not None]
+        self._marks.clear()
         for request in (*self._outstanding_reads, *self._pending):
             if isinstance(request, _Read) and request.rtr:
                 continue

@@ -1,0 +1,239 @@
+"""The software iWARP engine against plain TCP moving the same bytes.
+
+Both ends run in one trio event loop (one core, as a Python process has),
+over loopback TCP, and so does the baseline: trio TCP streams carrying the
+same bytes with no RDMA framing.  Printed per case: the engine's figure, the
+baseline's, and their ratio.
+
+* sends of 1364 bytes and of 64 KiB (the receiver reposts and grants 64
+  buffers at a time with a small Send, as an upper layer's credits would);
+* RDMA write and RDMA read of 1 MiB, four in flight;
+* the round trip of a 64-byte Send answered by a 64-byte Send.
+
+    python benchmarks/bench_engine.py [--seconds S] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from smbdirect_socket.rdma import Access, Opcode, QueuePair, Status, get_provider
+
+WINDOW = 64
+
+
+async def queue_pairs() -> tuple[QueuePair, QueuePair]:
+    provider = get_provider("softiwarp")
+    listener = await provider.listen(("127.0.0.1", 0))
+    result: list[QueuePair] = []
+
+    async def accept() -> None:
+        request = await listener.get_request()
+        result.append(await request.accept(initiator_depth=16, responder_resources=16))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        client = await provider.connect(listener.address, initiator_depth=16, responder_resources=16)
+    await listener.aclose()
+    return client, result[0]
+
+
+async def tcp_streams() -> tuple[trio.SocketStream, trio.SocketStream]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    result: list[trio.SocketStream] = []
+
+    async def accept() -> None:
+        result.append(await listeners[0].accept())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+    await listeners[0].aclose()
+    return client, result[0]
+
+
+async def timed(seconds: float, step: Callable[[], Awaitable[int]]) -> float:
+    """Run ``step`` (returning bytes moved) for ``seconds``; bytes per second."""
+    moved = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        moved += await step()
+    return moved / (time.perf_counter() - start)
+
+
+async def expect(qp: QueuePair, opcode: Opcode, count: int = 1) -> None:
+    """Wait for ``count`` completions of ``opcode``, passing over the others."""
+    while count:
+        for completion in await qp.get_completions():
+            assert completion.status is Status.SUCCESS, completion
+            count -= completion.opcode is opcode
+
+
+async def engine_sends(size: int, seconds: float) -> float:
+    client, server = await queue_pairs()
+    buffers = [bytearray(size) for _ in range(WINDOW)]
+    grant = bytearray(8)
+    payload = bytes(size)
+    client.post_recv(0, memoryview(grant))
+    for i, b in enumerate(buffers):
+        server.post_recv(i, memoryview(b))
+
+    async def step() -> int:
+        for i in range(WINDOW):
+            client.post_send(i, payload)
+        received = 0
+        while received < WINDOW:
+            for completion in await server.get_completions():
+                server.post_recv(completion.wr_id, memoryview(buffers[completion.wr_id]))
+                received += 1
+        server.post_send(0, b"grant")  # the window is open again
+        await expect(client, Opcode.RECV)
+        client.post_recv(0, memoryview(grant))
+        return WINDOW * size
+
+    rate = await timed(seconds, step)
+    await client.disconnect()
+    await server.disconnect()
+    return rate
+
+
+async def tcp_sends(size: int, seconds: float) -> float:
+    client, server = await tcp_streams()
+    payload = bytes(size) * WINDOW
+
+    async def drain() -> None:
+        while await server.receive_some(1 << 20):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+
+        async def step() -> int:
+            await client.send_all(payload)
+            return len(payload)
+
+        rate = await timed(seconds, step)
+        await client.aclose()
+    return rate
+
+
+async def engine_rdma(read: bool, seconds: float) -> float:
+    client, server = await queue_pairs()
+    size = 1 << 20
+    exposed = bytearray(size * 4)
+    region = server.register(memoryview(exposed), Access.REMOTE_READ | Access.REMOTE_WRITE)
+    local = bytearray(size * 4)
+    payload = bytes(size)
+    opcode = Opcode.RDMA_READ if read else Opcode.RDMA_WRITE
+
+    async def step() -> int:
+        for i in range(4):
+            if read:
+                client.post_read(
+                    i, memoryview(local)[i * size : (i + 1) * size], region.token, region.address + i * size
+                )
+            else:
+                client.post_write(i, payload, region.token, region.address + i * size)
+        await expect(client, opcode, 4)
+        return 4 * size
+
+    rate = await timed(seconds, step)
+    await client.disconnect()
+    await server.disconnect()
+    return rate
+
+
+async def engine_round_trip(count: int) -> float:
+    client, server = await queue_pairs()
+    a, b = bytearray(64), bytearray(64)
+    message = bytes(64)
+
+    async def echo() -> None:
+        for _ in range(count):
+            await expect(server, Opcode.RECV)
+            server.post_recv(1, memoryview(b))  # before the answer, so the next message finds it
+            server.post_send(2, message)
+
+    server.post_recv(1, memoryview(b))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        start = time.perf_counter()
+        for _ in range(count):
+            client.post_recv(1, memoryview(a))
+            client.post_send(2, message)
+            await expect(client, Opcode.RECV)
+        elapsed = time.perf_counter() - start
+    await client.disconnect()
+    await server.disconnect()
+    return elapsed / count
+
+
+async def tcp_round_trip(count: int) -> float:
+    client, server = await tcp_streams()
+    message = bytes(64)
+
+    async def receive_exactly(stream: trio.SocketStream, n: int) -> None:
+        got = 0
+        while got < n:
+            got += len(await stream.receive_some(n - got))
+
+    async def echo() -> None:
+        for _ in range(count):
+            await receive_exactly(server, 64)
+            await server.send_all(message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        start = time.perf_counter()
+        for _ in range(count):
+            await client.send_all(message)
+            await receive_exactly(client, 64)
+        elapsed = time.perf_counter() - start
+    await client.aclose()
+    await server.aclose()
+    return elapsed / count
+
+
+async def main(seconds: float) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+
+    def report(name: str, ours: float, baseline: float, unit: str, scale: float, target: str) -> None:
+        ratio = ours / baseline
+        results[name] = {"engine": ours, "tcp": baseline, "ratio": ratio}
+        print(
+            f"{name:28} engine {ours * scale:10.1f} {unit}  tcp {baseline * scale:10.1f} {unit}  "
+            f"ratio {ratio:5.2f}  (target {target})"
+        )
+
+    for size in (1364, 65536):
+        report(
+            f"send {size} B",
+            await engine_sends(size, seconds),
+            await tcp_sends(size, seconds),
+            "MB/s",
+            1e-6,
+            ">= 0.5" if size == 1364 else "-",
+        )
+    tcp_bulk = await tcp_sends(1 << 20, seconds)
+    report("RDMA write 1 MiB", await engine_rdma(False, seconds), tcp_bulk, "MB/s", 1e-6, ">= 0.8")
+    report("RDMA read 1 MiB", await engine_rdma(True, seconds), tcp_bulk, "MB/s", 1e-6, ">= 0.8")
+    count = max(200, int(seconds * 2000))
+    report("64 B round trip", await engine_round_trip(count), await tcp_round_trip(count), "us", 1e6, "<= 1.5")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    results = trio.run(main, args.seconds)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
