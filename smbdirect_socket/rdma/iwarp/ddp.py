@@ -175,17 +175,17 @@ class Segment:
     """A parsed DDP segment: a few fields and a view of the payload."""
 
     __slots__ = (
-        "op",
-        "last",
-        "payload",
-        "token",
-        "offset",
-        "queue",
-        "msn",
-        "message_offset",
-        "invalidate_token",
-        "_raw",
         "_header_size",
+        "_raw",
+        "invalidate_token",
+        "last",
+        "message_offset",
+        "msn",
+        "offset",
+        "op",
+        "payload",
+        "queue",
+        "token",
     )
 
     def __init__(self, op: Op, last: bool, raw: memoryview, header_size: int) -> None:
