@@ -280,11 +280,13 @@ class SoftQueuePair(QueuePair):
                 self._read_once()
 
     async def _writer(self) -> None:
-        while True:
-            await self._writable.park()
-            while self.core.wants_to_send and not self._closed:
+        """Finish writes the socket could not take at once."""
+        while not self._closed:
+            if self.core.wants_to_send:
                 await trio.lowlevel.wait_writable(self._sock)
                 self._transmit()
+            else:
+                await self._writable.park()
 
 
 class SoftConnectionRequest(ConnectionRequest):
