@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo interop clean
+.PHONY: install system-deps test lint bench demo interop clean
 
 install: $(STAMP)
 
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Debian packages some tests use (tshark for the wire check); needs root.
+system-deps:
+	command -v tshark >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null; }
 
 test: install
 	$(PY) -m pytest
@@ -24,6 +29,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_protocol.py
+	$(PY) benchmarks/bench_engine.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
