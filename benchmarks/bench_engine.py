@@ -29,7 +29,7 @@ WINDOW = 64
 
 async def queue_pairs() -> tuple[QueuePair, QueuePair]:
     provider = get_provider("softiwarp")
-    listener = await provider.listen(("127.0.0.1", 0))
+    listener = provider.listen(("127.0.0.1", 0))
     result: list[QueuePair] = []
 
     async def accept() -> None:

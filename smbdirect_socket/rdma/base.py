@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import abc
 import enum
+import socket
 from typing import NamedTuple
 
 __all__ = [
     "Access",
     "Completion",
     "ConnectionRequest",
+    "Disconnected",
     "Listener",
     "MemoryRegion",
     "Opcode",
@@ -78,6 +80,10 @@ class Completion(NamedTuple):
 
 class RdmaError(OSError):
     """An RDMA operation or connection failed; ``errno`` is the socket's."""
+
+
+class Disconnected(RdmaError):
+    """The peer disconnected in good order (no Terminate, no protocol error)."""
 
 
 class MemoryRegion(abc.ABC):
@@ -209,4 +215,9 @@ class Provider(abc.ABC):
     ) -> QueuePair: ...
 
     @abc.abstractmethod
-    async def listen(self, address: tuple[str, int], backlog: int = 10) -> Listener: ...
+    def listen(self, address: tuple[str, int], backlog: int = 10, *, sock: socket.socket | None = None) -> Listener:
+        """Bind and listen at once (``rdma_bind_addr`` and ``rdma_listen``).
+
+        ``sock`` is a TCP socket already bound to ``address``, for providers
+        whose wire is TCP (so that ``bind()`` reports EADDRINUSE itself).
+        """

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .base import Access, Completion, ConnectionRequest, Listener, Provider, QueuePair, RdmaError
+from .base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
 from .iwarp.mpa import (
     IRD_P2P,
     MAX_PRIVATE_DATA,
@@ -68,6 +68,23 @@ async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
             raise RdmaError(errno.ECONNRESET, f"connection closed after {len(data)} of {size} bytes of MPA setup")
         data += chunk
     return bytes(data)
+
+
+async def _open_tcp(address: tuple[str, int]) -> trio.SocketStream:
+    """A TCP connection made directly, never through trio's custom socket factory
+    (which may be routing TCP to SMB-Direct, that is, back to us)."""
+    infos = await trio.socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
+    error: OSError = OSError(errno.EHOSTUNREACH, f"no address for {address[0]!r}")
+    for family, kind, proto, _, sockaddr in infos:
+        sock = trio.socket.from_stdlib_socket(socket.socket(family, kind, proto))
+        try:
+            await sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return trio.SocketStream(sock)
+    raise error
 
 
 async def _read_frame(stream: trio.SocketStream, *, reply: bool) -> MpaFrame:
@@ -185,6 +202,7 @@ class SoftQueuePair(QueuePair):
             self._consumers -= 1
             if not self._consumers:
                 self._last_consumer = trio.current_time()
+                self._reader_idle.unpark_all()
 
     def register(self, buffer: memoryview, access: Access) -> SoftMemoryRegion:
         return self.core.register(buffer, access)
@@ -257,7 +275,7 @@ class SoftQueuePair(QueuePair):
             return
         if not data:
             if not self.core.closed:
-                self._lost(RdmaError(errno.ECONNRESET, "peer closed the connection"))
+                self._lost(Disconnected(errno.ECONNRESET, "peer closed the connection"))
             return
         self.core.receive_bytes(data)
         self._notify()
@@ -268,9 +286,12 @@ class SoftQueuePair(QueuePair):
         while not self._closed:
             # A task that just took completions usually comes straight back:
             # leave the socket to it, and look again now and then.
-            if self._consumers or trio.current_time() - self._last_consumer < _HANDOVER_GRACE:
-                with trio.move_on_after(_HANDOVER_GRACE):
-                    await self._reader_idle.park()
+            if self._consumers:
+                await self._reader_idle.park()  # woken when the last waiting task leaves
+                continue
+            idle = trio.current_time() - self._last_consumer
+            if idle < _HANDOVER_GRACE:
+                await trio.sleep(_HANDOVER_GRACE - idle)
                 continue
             with trio.CancelScope() as self._reader_wait:
                 await trio.lowlevel.wait_readable(self._sock)
@@ -366,9 +387,9 @@ class SoftListener(Listener):
             await stream.aclose()
             return
         try:
-            self._send.send_nowait(SoftConnectionRequest(self._provider, stream, request))
-        except trio.WouldBlock:
-            self._note("backlog full")
+            # A full backlog holds the initiator in MPA setup until accept() catches up.
+            await self._send.send(SoftConnectionRequest(self._provider, stream, request))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.aclose()
 
     def _note(self, reason: str) -> None:
@@ -433,7 +454,7 @@ class SoftIwarpProvider(Provider):
         request = MpaFrame(reply=False, revision=2, crc=self.crc, ird=ird, ord=ord_, private_data=private_data)
         try:
             with trio.fail_after(timeout):
-                stream = await trio.open_tcp_stream(address[0], address[1])
+                stream = await _open_tcp(address)
                 try:
                     await stream.send_all(request.pack())
                     reply = await _read_frame(stream, reply=True)
@@ -450,9 +471,20 @@ class SoftIwarpProvider(Provider):
             raise RdmaError(errno.ECONNRESET, f"connection lost during MPA setup: {exc}") from None
         return SoftQueuePair(stream, self.make_core(negotiation, initiator=True), reply.private_data)
 
-    async def listen(self, address: tuple[str, int], backlog: int = 10) -> SoftListener:
-        host, port = address
-        listeners = await trio.open_tcp_listeners(port, host=host or None, backlog=backlog)
-        for extra in listeners[1:]:
-            await extra.aclose()
-        return SoftListener(self, listeners[0], backlog)
+    def listen(self, address: tuple[str, int], backlog: int = 10, *, sock: socket.socket | None = None) -> SoftListener:
+        """Listen on ``address`` (or on ``sock``, a TCP socket already bound there)."""
+        if sock is None:
+            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+            except OSError:
+                sock.close()
+                raise
+        # The TCP queue is kept long: a dropped SYN costs the initiator a second's
+        # retransmission; the backlog that counts is the one of connection requests.
+        sock.listen(max(backlog, socket.SOMAXCONN))
+        return SoftListener(self, trio.SocketListener(trio.socket.from_stdlib_socket(sock)), backlog)

@@ -55,7 +55,7 @@ async def test_our_client_against_rping_server(crc: bool) -> None:
 async def test_rping_client_against_our_server(crc: bool) -> None:
     port = 7184 + crc
     provider = get_provider("softiwarp", crc=crc)
-    listener = await provider.listen((SIW, port))
+    listener = provider.listen((SIW, port))
     process = await trio.lowlevel.open_process(
         ["rping", "-c", "-a", SIW, "-p", str(port), "-C", "5", "-V", "-v"],
         stdout=subprocess.PIPE,

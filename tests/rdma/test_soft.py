@@ -23,7 +23,7 @@ async def pair(
     provider = get_provider("softiwarp", crc=crc, peer_to_peer=peer_to_peer)
     own = listener is None
     if listener is None:
-        listener = await provider.listen(("127.0.0.1", 0))  # type: ignore[assignment]
+        listener = provider.listen(("127.0.0.1", 0))  # type: ignore[assignment]
     assert listener is not None
     async with trio.open_nursery() as nursery:
         result: dict[str, SoftQueuePair] = {}
@@ -172,7 +172,7 @@ def good_request(crc: bool = False) -> bytes:
 async def server_side() -> tuple[SoftListener, trio.MemoryReceiveChannel[SoftQueuePair]]:  # type: ignore[misc]
     """A listener whose accepted queue pairs arrive on a channel."""
     provider = get_provider("softiwarp")
-    listener = await provider.listen(("127.0.0.1", 0))
+    listener = provider.listen(("127.0.0.1", 0))
     send, receive = trio.open_memory_channel[SoftQueuePair](10)
 
     async def accept_forever() -> None:
@@ -239,7 +239,7 @@ async def test_markers_get_a_reject(server_side: tuple[SoftListener, trio.Memory
 
 async def test_reject_reaches_the_initiator() -> None:
     provider = get_provider("softiwarp")
-    listener = await provider.listen(("127.0.0.1", 0))
+    listener = provider.listen(("127.0.0.1", 0))
 
     async def refuse() -> None:
         request = await listener.get_request()

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark i
 
 async def traffic(port: int, crc: bool) -> None:
     provider = get_provider("softiwarp", crc=crc)
-    listener = await provider.listen(("127.0.0.1", port))
+    listener = provider.listen(("127.0.0.1", port))
     accepted = []
 
     async def accept() -> None:

@@ -1,0 +1,650 @@
+"""SMB-Direct sockets for trio.
+
+:func:`socket` returns an :class:`SMBDirectSocket`, a subclass of
+``trio.socket.SocketType``, so ``trio.SocketStream`` and
+``trio.SocketListener`` wrap it as they wrap a TCP socket.  It follows the
+kernel's ``IPPROTO_SMBDIRECT`` socket: each send is one message led by a
+4-byte big-endian length (checked, limited, stripped on the wire), a 4-byte
+read at the start of a message returns that length again, reads return
+exactly the bytes asked for, and ``shutdown`` ends the whole connection.
+``setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)`` makes it a plain byte
+stream instead, for programs that are not length-framed.
+
+:func:`open_smbdirect_stream`, :func:`open_smbdirect_listeners` and
+:func:`serve_smbdirect` mirror trio's TCP helpers, and
+:class:`SMBDirectSocketFactory` routes chosen ports of ``trio.open_tcp_stream``
+and ``trio.open_tcp_listeners`` to SMB-Direct.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import socket as _stdlib_socket
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import Any, NoReturn
+
+import attrs
+import trio
+
+from . import options as opt
+from .connection import Connection
+from .constants import (
+    IPPROTO_SMBDIRECT,
+    SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE,
+    SMBDIRECT_IWARP_PORT,
+    SOL_SMBDIRECT,
+)
+from .parameters import Parameters
+from .protocol import State
+from .rdma import ConnectionRequest, Listener, Provider, get_provider
+from .readiness import ReadinessFd
+
+__all__ = [
+    "SMBDirectSocket",
+    "SMBDirectSocketFactory",
+    "open_smbdirect_listeners",
+    "open_smbdirect_stream",
+    "serve_smbdirect",
+    "socket",
+]
+
+_ALLOWED_FLAGS = _stdlib_socket.MSG_DONTWAIT | _stdlib_socket.MSG_WAITALL | _stdlib_socket.MSG_NOSIGNAL
+_LENGTH = struct.Struct(">I")
+_INVALIDATE = struct.Struct("=I")
+Address = tuple[Any, ...]
+
+
+def _spawn_system(function: Callable[[], Awaitable[None]]) -> trio.CancelScope:
+    scope = trio.CancelScope()
+
+    async def task() -> None:
+        with scope:
+            await function()
+
+    trio.lowlevel.spawn_system_task(task, name="smbdirect listener")
+    return scope
+
+
+def _error(code: int, message: str) -> NoReturn:
+    if code == errno.EAGAIN:
+        raise BlockingIOError(code, message)
+    raise OSError(code, message)
+
+
+class SMBDirectSocket(trio.socket.SocketType):
+    """An ``IPPROTO_SMBDIRECT`` stream socket on an RDMA engine provider."""
+
+    def __init__(
+        self,
+        family: int = _stdlib_socket.AF_INET,
+        type: int = _stdlib_socket.SOCK_STREAM,
+        proto: int = IPPROTO_SMBDIRECT,
+        *,
+        provider: Provider | None = None,
+        parameters: Parameters | None = None,
+    ) -> None:
+        if family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+            _error(errno.EAFNOSUPPORT, "SMB-Direct sockets are AF_INET or AF_INET6")
+        if type & ~(_stdlib_socket.SOCK_NONBLOCK | _stdlib_socket.SOCK_CLOEXEC) != _stdlib_socket.SOCK_STREAM:
+            _error(errno.EPROTONOSUPPORT, "SMB-Direct sockets are SOCK_STREAM")
+        self._family = family
+        self._proto = IPPROTO_SMBDIRECT if proto in (0, _stdlib_socket.IPPROTO_TCP) else proto
+        if self._proto != IPPROTO_SMBDIRECT:
+            _error(errno.EPROTONOSUPPORT, f"protocol {proto} is not IPPROTO_SMBDIRECT")
+        self._provider = provider or get_provider()
+        self.parameters = parameters or Parameters()
+        self.bytestream = False
+        self._bound: Address | None = None
+        self._bound_socket: _stdlib_socket.socket | None = None
+        self._listener: Listener | None = None
+        self._connection: Connection | None = None
+        self._connecting = False
+        self._closed = False
+        self._shut_down = False
+        self._pending_error: OSError | None = None
+        self._readiness: ReadinessFd | None = None
+        self._receiving = False
+        self._ready: trio.MemoryReceiveChannel[Connection] | None = None
+        self._listen_scope: trio.CancelScope | None = None
+
+    # ---- identity --------------------------------------------------------------------
+
+    @property
+    def family(self) -> _stdlib_socket.AddressFamily:
+        return _stdlib_socket.AddressFamily(self._family)
+
+    @property
+    def type(self) -> _stdlib_socket.SocketKind:
+        return _stdlib_socket.SOCK_STREAM
+
+    @property
+    def proto(self) -> int:
+        return self._proto
+
+    @property
+    def did_shutdown_SHUT_WR(self) -> bool:
+        return self._shut_down
+
+    def fileno(self) -> int:
+        """A real descriptor, readable exactly while :meth:`is_readable`; -1 once closed."""
+        if self._closed:
+            return -1
+        if self._readiness is None:
+            self._readiness = ReadinessFd()
+            self._update_readiness()
+        return self._readiness.fileno()
+
+    def _update_readiness(self) -> None:
+        if self._readiness is not None:
+            self._readiness.update(self.is_readable())
+
+    def _attach(self, connection: Connection) -> None:
+        self._connection = connection
+        connection.on_change.append(self._update_readiness)
+        self._update_readiness()
+
+    def __repr__(self) -> str:
+        return f"<SMBDirectSocket family={self.family.name} state={self._state_name()}>"
+
+    def _state_name(self) -> str:
+        if self._closed:
+            return "closed"
+        if self._listener is not None:
+            return "listening"
+        if self._connection is not None:
+            return "established" if self._connection.protocol.state is State.CONNECTED else "closed"
+        return "connecting" if self._connecting else "new"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            _error(errno.EBADF, "socket is closed")
+
+    def _connected(self) -> Connection:
+        self._check_open()
+        if self._connection is None:
+            _error(errno.ENOTCONN, "socket is not connected")
+        return self._connection
+
+    # ---- addresses ---------------------------------------------------------------------
+
+    async def _resolve(self, address: Address) -> Address:
+        if not isinstance(address, tuple) or len(address) < 2:
+            _error(errno.EINVAL, f"address must be (host, port), got {address!r}")
+        host, port = address[0], address[1]
+        infos = await trio.socket.getaddrinfo(host, port, self._family, _stdlib_socket.SOCK_STREAM)
+        if not infos:
+            _error(errno.EAFNOSUPPORT, f"no {self.family.name} address for {host!r}")
+        return tuple(infos[0][4])
+
+    async def bind(self, address: Address) -> None:
+        """Bind the listening address (the privileged-port check treats 5445 like 445)."""
+        self._check_open()
+        if self._bound is not None or self._connection is not None:
+            _error(errno.EINVAL, "socket is already bound")
+        resolved = await self._resolve(address)
+        sock = _stdlib_socket.socket(self._family, _stdlib_socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+            if self._family == _stdlib_socket.AF_INET6:
+                sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
+            sock.bind(resolved)
+        except OSError:
+            sock.close()
+            raise
+        self._bound_socket = sock
+        self._bound = tuple(sock.getsockname())
+
+    def listen(self, backlog: int = 10) -> None:
+        self._check_open()
+        if self._connection is not None or self._connecting:
+            _error(errno.EINVAL, "a connected socket cannot listen")
+        if self._listener is not None:
+            return
+        if self._bound_socket is None:
+            _error(errno.EDESTADDRREQ, "bind() before listen()")
+        assert self._bound is not None
+        self._listener = self._provider.listen((self._bound[0], self._bound[1]), backlog, sock=self._bound_socket)
+        self._bound_socket = None
+        send, self._ready = trio.open_memory_channel[Connection](max(backlog, 1))
+        self._listen_scope = _spawn_system(partial(self._negotiate_incoming, self._listener, send))
+
+    def getsockname(self) -> Address:
+        self._check_open()
+        if self._connection is not None:
+            return self._connection.qp.local_address
+        if self._listener is not None:
+            return self._listener.address
+        if self._bound is not None:
+            return self._bound
+        return ("0.0.0.0", 0) if self._family == _stdlib_socket.AF_INET else ("::", 0, 0, 0)
+
+    def getpeername(self) -> Address:
+        return self._connected().qp.peer_address
+
+    # ---- connect / accept -----------------------------------------------------------------
+
+    async def connect(self, address: Address) -> None:
+        self._check_open()
+        if self._connection is not None:
+            _error(errno.EISCONN, "socket is already connected")
+        if self._connecting:
+            _error(errno.EALREADY, "a connect is already in progress")
+        if self._listener is not None:
+            _error(errno.EINVAL, "a listening socket cannot connect")
+        resolved = await self._resolve(address)
+        self._connecting = True
+        try:
+            connection = await Connection.connect(self._provider, (resolved[0], resolved[1]), self.parameters)
+        except OSError as exc:
+            self._pending_error = exc
+            raise
+        finally:
+            self._connecting = False
+        if self._closed:
+            await connection.aclose()
+            _error(errno.EBADF, "socket was closed during connect")
+        self._attach(connection)
+
+    async def accept(self) -> tuple[SMBDirectSocket, Address]:
+        """The next connection that completed SMB-Direct negotiation."""
+        self._check_open()
+        if self._ready is None:
+            _error(errno.EINVAL, "socket is not listening")
+        try:
+            connection = await self._ready.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            _error(errno.EBADF, "socket is closed")
+        self._update_readiness()
+        child = SMBDirectSocket(self._family, provider=self._provider, parameters=self.parameters)
+        child.bytestream = self.bytestream
+        child._attach(connection)
+        return child, connection.qp.peer_address
+
+    async def _negotiate_incoming(self, listener: Listener, ready: trio.MemorySendChannel[Connection]) -> None:
+        """Negotiate each connection request in the background, like the kernel's
+        SYN_RECV queue: accept() only ever sees established connections."""
+
+        async def negotiate(request: ConnectionRequest) -> None:
+            try:
+                connection = await Connection.accept(request, self.parameters)
+            except OSError:
+                return  # that peer failed negotiation; the listener carries on
+            try:
+                await ready.send(connection)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await connection.aclose()
+                return
+            self._update_readiness()
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    request = await listener.get_request()
+                except OSError:
+                    return
+                nursery.start_soon(negotiate, request)
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    async def send(self, data: Any, flags: int = 0) -> int:
+        return await self._send(memoryview(data).cast("B"), flags, None)
+
+    async def sendmsg(
+        self,
+        buffers: Iterable[Any],
+        ancdata: Iterable[tuple[int, int, Any]] = (),
+        flags: int = 0,
+        address: Address | None = None,
+    ) -> int:
+        if address is not None:
+            _error(errno.EISCONN, "sendmsg on a connected stream takes no address")
+        data = b"".join(memoryview(b).cast("B") for b in buffers)
+        token = None
+        ancillary = list(ancdata)
+        if len(ancillary) > 1:
+            _error(errno.EINVAL, "at most one control message")
+        for level, kind, payload in ancillary:
+            if level != SOL_SMBDIRECT or kind != SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE:
+                _error(errno.EINVAL, f"control message ({level}, {kind:#x}) is not SMB-Direct remote invalidate")
+            if len(payload) != _INVALIDATE.size:
+                _error(errno.EMSGSIZE, f"remote invalidate takes a 4-byte token, got {len(payload)} bytes")
+            (token,) = _INVALIDATE.unpack(payload)
+        return await self._send(memoryview(data), flags, token)
+
+    async def _send(self, data: memoryview, flags: int, token: int | None) -> int:
+        if flags & ~_ALLOWED_FLAGS:
+            _error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
+        connection = self._connected()
+        if self._shut_down:
+            _error(errno.EPIPE, "socket was shut down")
+        if self.bytestream:
+            payload = data[: connection.negotiated.max_fragmented_send_size]
+            sent = len(payload)
+        else:
+            if len(data) < _LENGTH.size:
+                _error(errno.EINVAL, f"a message starts with a 4-byte length; got {len(data)} bytes")
+            (declared,) = _LENGTH.unpack_from(data)
+            payload = data[_LENGTH.size :]
+            if declared != len(payload):
+                _error(errno.EINVAL, f"length header says {declared} bytes, {len(payload)} follow")
+            sent = len(data)
+        if not len(payload):
+            await trio.lowlevel.checkpoint()
+            return 0
+        if flags & _stdlib_socket.MSG_DONTWAIT and not connection.protocol.can_send:
+            _error(errno.EAGAIN, "no send credits")
+        await connection.send_message(payload, token)
+        return sent
+
+    async def wait_writable(self) -> None:
+        connection = self._connected()
+        await connection.wait_writable()
+        await trio.lowlevel.checkpoint()
+
+    # ---- receiving ---------------------------------------------------------------------------
+
+    async def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return await self._recv(bufsize, flags)
+
+    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        view = memoryview(buffer).cast("B")
+        data = await self._recv(nbytes or len(view), flags)
+        view[: len(data)] = data
+        return len(data)
+
+    async def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
+        data = await self._recv(bufsize, flags)
+        return data, [], 0, None
+
+    async def _recv(self, size: int, flags: int) -> bytes:
+        # Like trio's own sockets: one task waits to receive at a time.
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this socket")
+        self._receiving = True
+        try:
+            return await self._receive(size, flags)
+        finally:
+            self._receiving = False
+
+    async def _receive(self, size: int, flags: int) -> bytes:
+        if flags & ~_ALLOWED_FLAGS:
+            _error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
+        size = operator.index(size)  # TypeError for anything but an int, as the stdlib
+        if size < 0:
+            _error(errno.EINVAL, "negative buffer size")
+        connection = self._connected()
+        protocol = connection.protocol
+        while True:
+            self._check_open()
+            if size == 0:
+                break
+            if not self.bytestream and size == _LENGTH.size and protocol.message_start() is not None:
+                await trio.lowlevel.checkpoint()
+                return _LENGTH.pack(connection.consume_message_start())
+            if protocol.readable >= (1 if self.bytestream else size) or protocol.state is State.CLOSED:
+                break
+            if flags & _stdlib_socket.MSG_DONTWAIT:
+                _error(errno.EAGAIN, "not enough data reassembled")
+            await connection.wait_changed()
+        if protocol.readable and size:
+            data = connection.read(min(size, protocol.readable))
+            await trio.lowlevel.checkpoint()
+            return data
+        if not size or connection.at_eof or self._shut_down:
+            await trio.lowlevel.checkpoint()
+            return b""
+        error = connection.error
+        raise error if error is not None else OSError(errno.ENOTCONN, "not connected")
+
+    def is_readable(self) -> bool:
+        """Data, a message start or the end of the connection waits (or the socket is closed)."""
+        connection = self._connection
+        if self._closed:
+            return True
+        if self._ready is not None:
+            return self._ready.statistics().current_buffer_used > 0
+        if connection is None:
+            return False
+        protocol = connection.protocol
+        return bool(protocol.readable) or protocol.state is State.CLOSED
+
+    # ---- options ------------------------------------------------------------------------------
+
+    def setsockopt(  # type: ignore[override]
+        self, level: int, optname: int, value: int | bytes | None, optlen: int | None = None
+    ) -> None:
+        self._check_open()
+        if level == _stdlib_socket.SOL_SOCKET and optname == _stdlib_socket.SO_REUSEADDR:
+            return  # always on for the listening TCP socket of the software provider
+        if level != SOL_SMBDIRECT:
+            _error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
+        if optname == opt.SMBDIRECT_BYTESTREAM:
+            self.bytestream = bool(value)
+            return
+        if optname == opt.SMBDIRECT_INFO:
+            _error(errno.EINVAL, "SMBDIRECT_INFO is read-only")
+        if self._connection is not None or self._connecting:
+            _error(errno.EISCONN, "parameters are fixed once connected")
+        if self._listener is not None:
+            _error(errno.EINVAL, "parameters are fixed once listening")
+        try:
+            if optname == opt.SMBDIRECT_PARAMETERS:
+                if not isinstance(value, bytes | bytearray | memoryview):
+                    _error(errno.EINVAL, "SMBDIRECT_PARAMETERS takes the packed structure")
+                self.parameters = Parameters.unpack(bytes(value))
+            elif optname in opt.PARAMETER_OPTIONS:
+                if not isinstance(value, int):
+                    _error(errno.EINVAL, f"option {optname} takes an int")
+                self.parameters = self.parameters.replace(**{opt.PARAMETER_OPTIONS[optname]: value})
+            else:
+                _error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
+        except ValueError as exc:
+            raise OSError(errno.EINVAL, str(exc)) from None
+
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:  # type: ignore[override]
+        self._check_open()
+        if level == _stdlib_socket.SOL_SOCKET:
+            return self._socket_option(optname)
+        if level != SOL_SMBDIRECT:
+            _error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
+        if optname == opt.SMBDIRECT_BYTESTREAM:
+            return int(self.bytestream)
+        if optname == opt.SMBDIRECT_PARAMETERS:
+            return self.parameters.pack()
+        if optname == opt.SMBDIRECT_INFO:
+            return self.info().pack()[: buflen or opt.SocketInfo.size]
+        if optname in opt.PARAMETER_OPTIONS:
+            value: int = getattr(self.parameters, opt.PARAMETER_OPTIONS[optname])
+            return value
+        _error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
+
+    def _socket_option(self, optname: int) -> int:
+        s = _stdlib_socket
+        if optname == s.SO_ERROR:
+            error = self._pending_error or (self._connection.error if self._connection else None)
+            self._pending_error = None
+            return 0 if error is None or error.errno is None else error.errno
+        values = {
+            s.SO_TYPE: s.SOCK_STREAM,
+            s.SO_PROTOCOL: self._proto,
+            s.SO_DOMAIN: self._family,
+            s.SO_ACCEPTCONN: int(self._listener is not None),
+            s.SO_REUSEADDR: 1,
+        }
+        if optname not in values:
+            _error(errno.ENOPROTOOPT, f"SOL_SOCKET option {optname} is not supported")
+        return values[optname]
+
+    def info(self) -> opt.SocketInfo:
+        """The statistics of ``SMBDIRECT_INFO``, decoded."""
+        state = opt.STATE_CODES[self._state_name()]
+        if self._connection is None:
+            return opt.SocketInfo(state, *([0] * 19))
+        protocol = self._connection.protocol
+        negotiated = protocol.negotiated
+        sizes = attrs.astuple(negotiated)[:5] if negotiated is not None else (0, 0, 0, 0, 0)
+        stats = protocol.statistics
+        values: list[int] = [
+            state,
+            protocol.send_credits,
+            protocol.receive_credits,
+            protocol.receive_credit_target,
+            *sizes,
+            stats.bytes_sent,
+            stats.bytes_received,
+            stats.messages_sent,
+            stats.messages_received,
+            stats.fragments_sent,
+            stats.fragments_received,
+            stats.keepalives_sent,
+            stats.credit_messages_sent,
+            0,
+            0,
+            int(protocol.error is not None and not isinstance(protocol.error, OSError)),
+        ]
+        return opt.SocketInfo(*values)
+
+    # ---- teardown -------------------------------------------------------------------------------
+
+    def shutdown(self, flag: int) -> None:
+        """Any ``how`` ends the whole connection, as the kernel socket does."""
+        connection = self._connected()
+        self._shut_down = True
+        connection.protocol.close()
+        connection._carry_out()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._connection is not None:
+            self._connection.protocol.close()
+            self._connection._carry_out()
+        if self._listener is not None:
+            assert self._listen_scope is not None
+            self._listen_scope.cancel()
+            trio.lowlevel.spawn_system_task(self._listener.aclose, name="smbdirect listener close")
+        if self._bound_socket is not None:
+            self._bound_socket.close()
+        if self._readiness is not None:
+            self._readiness.close()
+
+    def __enter__(self) -> SMBDirectSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def detach(self) -> int:
+        _error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
+
+    def dup(self) -> SMBDirectSocket:
+        _error(errno.EOPNOTSUPP, "SMB-Direct sockets cannot be duplicated")
+
+
+def socket(
+    family: int = _stdlib_socket.AF_INET,
+    type: int = _stdlib_socket.SOCK_STREAM,
+    proto: int = IPPROTO_SMBDIRECT,
+    *,
+    provider: Provider | None = None,
+    parameters: Parameters | None = None,
+) -> SMBDirectSocket:
+    """An SMB-Direct trio socket (the kernel's ``socket(family, SOCK_STREAM, IPPROTO_SMBDIRECT)``)."""
+    return SMBDirectSocket(family, type, proto, provider=provider, parameters=parameters)
+
+
+def _configure(sock: SMBDirectSocket, bytestream: bool, parameters: Parameters | None) -> None:
+    sock.bytestream = bytestream
+    if parameters is not None:
+        sock.parameters = parameters
+
+
+async def open_smbdirect_stream(
+    host: str,
+    port: int = SMBDIRECT_IWARP_PORT,
+    *,
+    bytestream: bool = False,
+    parameters: Parameters | None = None,
+    provider: Provider | None = None,
+) -> trio.SocketStream:
+    """Connect and return a ``trio.SocketStream`` over SMB-Direct."""
+    infos = await trio.socket.getaddrinfo(host, port, type=_stdlib_socket.SOCK_STREAM)
+    error: OSError | None = None
+    for family, _, _, _, address in infos:
+        sock = socket(family, provider=provider)
+        _configure(sock, bytestream, parameters)
+        try:
+            await sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return trio.SocketStream(sock)
+    raise error or OSError(errno.EHOSTUNREACH, f"no address for {host!r}")
+
+
+async def open_smbdirect_listeners(
+    port: int = SMBDIRECT_IWARP_PORT,
+    *,
+    host: str | None = None,
+    backlog: int = 10,
+    bytestream: bool = False,
+    parameters: Parameters | None = None,
+    provider: Provider | None = None,
+) -> list[trio.SocketListener]:
+    """Listen for SMB-Direct on ``port`` (all IPv4 addresses unless ``host``)."""
+    infos = await trio.socket.getaddrinfo(host or "0.0.0.0", port, type=_stdlib_socket.SOCK_STREAM)
+    listeners = []
+    for family, _, _, _, address in infos[:1]:
+        sock = socket(family, provider=provider)
+        _configure(sock, bytestream, parameters)
+        await sock.bind(address)
+        sock.listen(backlog)
+        listeners.append(trio.SocketListener(sock))
+    return listeners
+
+
+async def serve_smbdirect(
+    handler: Callable[[trio.SocketStream], Awaitable[object]],
+    port: int = SMBDIRECT_IWARP_PORT,
+    *,
+    host: str | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> NoReturn:
+    """Serve ``handler`` on SMB-Direct connections, like ``trio.serve_tcp``."""
+    listeners = await open_smbdirect_listeners(port, host=host, **options)
+    await trio.serve_listeners(handler, listeners, task_status=task_status)
+    raise AssertionError("serve_listeners returned")  # pragma: no cover
+
+
+@attrs.define
+class SMBDirectSocketFactory(trio.abc.SocketFactory):
+    """For ``trio.socket.set_custom_socket_factory``: stream sockets become SMB-Direct.
+
+    Every ``AF_INET``/``AF_INET6`` stream socket trio creates (so
+    ``open_tcp_stream``, ``open_tcp_listeners`` and ``serve_tcp``) is an
+    SMB-Direct socket in byte-stream mode; other sockets stay ordinary.
+    """
+
+    bytestream: bool = True
+    parameters: Parameters | None = None
+    provider: Provider | None = None
+
+    def socket(
+        self,
+        family: int | None = None,
+        type: int | None = None,
+        proto: int | None = None,
+    ) -> trio.socket.SocketType:
+        family = _stdlib_socket.AF_INET if family is None else family
+        kind = _stdlib_socket.SOCK_STREAM if type is None else type
+        if kind != _stdlib_socket.SOCK_STREAM or family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+            return trio.socket.from_stdlib_socket(_stdlib_socket.socket(family, kind, proto or 0))
+        sock = SMBDirectSocket(family, provider=self.provider)
+        _configure(sock, self.bytestream, self.parameters)
+        return sock
