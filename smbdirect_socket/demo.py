@@ -30,13 +30,10 @@ RUNS = [
 ]
 
 
-async def _receive_exactly(receive: trio.abc.ReceiveStream | sdtrio.SMBDirectSocket, size: int) -> bytes:
+async def _receive_exactly(receive: trio.abc.ReceiveStream, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
-        if isinstance(receive, sdtrio.SMBDirectSocket):
-            chunk = await receive.recv(size - len(data))
-        else:
-            chunk = await receive.receive_some(size - len(data))
+        chunk = await receive.receive_some(size - len(data))
         if not chunk:
             raise EOFError("peer closed")
         data += chunk
