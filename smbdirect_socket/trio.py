@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from . import options as opt
+from ._tasks import spawn_background
 from .connection import Connection
 from .constants import (
     IPPROTO_SMBDIRECT,
@@ -55,17 +56,6 @@ _ALLOWED_FLAGS = _stdlib_socket.MSG_DONTWAIT | _stdlib_socket.MSG_WAITALL | _std
 _LENGTH = struct.Struct(">I")
 _INVALIDATE = struct.Struct("=I")
 Address = tuple[Any, ...]
-
-
-def _spawn_system(function: Callable[[], Awaitable[None]]) -> trio.CancelScope:
-    scope = trio.CancelScope()
-
-    async def task() -> None:
-        with scope:
-            await function()
-
-    trio.lowlevel.spawn_system_task(task, name="smbdirect listener")
-    return scope
 
 
 def _error(code: int, message: str) -> NoReturn:
@@ -209,7 +199,9 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._listener = self._provider.listen((self._bound[0], self._bound[1]), backlog, sock=self._bound_socket)
         self._bound_socket = None
         send, self._ready = trio.open_memory_channel[Connection](max(backlog, 1))
-        self._listen_scope = _spawn_system(partial(self._negotiate_incoming, self._listener, send))
+        self._listen_scope = spawn_background(
+            "smbdirect listener", partial(self._negotiate_incoming, self._listener, send)
+        )
 
     def getsockname(self) -> Address:
         self._check_open()

@@ -19,10 +19,10 @@ import contextlib
 import errno
 import math
 import socket
-from collections.abc import Awaitable, Callable
 
 import trio
 
+from .._tasks import spawn_background
 from .base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
 from .iwarp.mpa import (
     IRD_P2P,
@@ -46,18 +46,6 @@ _RECEIVE_SIZE = 256 * 1024
 _HANDOVER_GRACE = 0.05
 #: How long a responder waits for a complete MPA request (siw: 5 s).
 MPA_REQUEST_TIMEOUT = 5.0
-
-
-def _spawn(name: str, function: Callable[[], Awaitable[None]]) -> trio.CancelScope:
-    """Run ``function`` in the background until its cancel scope is cancelled."""
-    scope = trio.CancelScope()
-
-    async def task() -> None:
-        with scope:
-            await function()
-
-    trio.lowlevel.spawn_system_task(task, name=name)
-    return scope
 
 
 async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
@@ -129,8 +117,8 @@ class SoftQueuePair(QueuePair):
         self._consumer_wait: trio.CancelScope | None = None
         self._reader_idle = trio.lowlevel.ParkingLot()
         self._socket_free = trio.lowlevel.ParkingLot()
-        self._reader_scope = _spawn("smbdirect softiwarp reader", self._reader)
-        self._writer_scope = _spawn("smbdirect softiwarp writer", self._writer)
+        self._reader_scope = spawn_background("smbdirect softiwarp reader", self._reader)
+        self._writer_scope = spawn_background("smbdirect softiwarp writer", self._writer)
 
     # ---- verbs -------------------------------------------------------------------
 
@@ -356,7 +344,7 @@ class SoftListener(Listener):
         self._listener = listener
         self.address = _address(listener.socket, peer=False)
         self._send, self._receive = trio.open_memory_channel[SoftConnectionRequest](max(backlog, 1))
-        self._scope = _spawn("smbdirect softiwarp listener", self._accept_loop)
+        self._scope = spawn_background("smbdirect softiwarp listener", self._accept_loop)
         #: Why recent connection attempts failed (bad MPA requests), newest last.
         self.rejected: list[str] = []
 
