@@ -30,6 +30,8 @@ lint: install
 bench: install
 	$(PY) benchmarks/bench_protocol.py
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_trio.py
+	$(PY) benchmarks/bench_trio.py --large
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

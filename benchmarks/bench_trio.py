@@ -1,0 +1,204 @@
+"""SMB-Direct trio streams against trio TCP streams, in one run.
+
+Both ends in one trio loop over loopback; the SMB-Direct side runs on the
+software iWARP engine with default (Linux) parameters unless ``--large``.
+Printed per case: SMB-Direct, TCP and the ratio.
+
+* throughput of 64 KiB writes in byte-stream mode;
+* throughput of framed 128 KiB messages (4-byte length + message, read back
+  as the kernel socket returns them);
+* the round trip of a 64-byte message;
+* connection set-up time.
+
+    python benchmarks/bench_trio.py [--seconds S] [--large] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from smbdirect_socket import Parameters
+from smbdirect_socket import trio as sdtrio
+
+Pair = tuple[trio.SocketStream, trio.SocketStream]
+
+
+async def smbdirect_pair(bytestream: bool, parameters: Parameters | None) -> Pair:
+    listeners = await sdtrio.open_smbdirect_listeners(0, host="127.0.0.1", bytestream=bytestream, parameters=parameters)
+    port = listeners[0].socket.getsockname()[1]
+    accepted: list[trio.SocketStream] = []
+
+    async def accept() -> None:
+        accepted.append(await listeners[0].accept())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        client = await sdtrio.open_smbdirect_stream("127.0.0.1", port, bytestream=bytestream, parameters=parameters)
+    await listeners[0].aclose()
+    return client, accepted[0]
+
+
+async def tcp_pair() -> Pair:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted: list[trio.SocketStream] = []
+
+    async def accept() -> None:
+        accepted.append(await listeners[0].accept())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+    await listeners[0].aclose()
+    return client, accepted[0]
+
+
+async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        data += await stream.receive_some(size - len(data))
+    return bytes(data)
+
+
+async def stream_throughput(pair: Pair, seconds: float) -> float:
+    client, server = pair
+    chunk = bytes(65536)
+    moved = 0
+
+    async def drain() -> None:
+        try:
+            while await server.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass  # the sender closed with credit grants unread: TCP resets
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            await client.send_all(chunk)
+            moved += len(chunk)
+        rate = moved / (time.perf_counter() - start)
+        await client.aclose()
+    await server.aclose()
+    return rate
+
+
+async def framed_throughput(pair: Pair, seconds: float) -> float:
+    client, server = pair
+    size = 128 * 1024
+    message = struct.pack(">I", size) + bytes(size)
+    moved = 0
+
+    async def drain() -> None:
+        while True:
+            header = await receive_exactly(server, 4)
+            await receive_exactly(server, struct.unpack(">I", header)[0])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            await client.send_all(message)
+            moved += size
+        rate = moved / (time.perf_counter() - start)
+        nursery.cancel_scope.cancel()
+    await client.aclose()
+    await server.aclose()
+    return rate
+
+
+async def round_trip(pair: Pair, count: int) -> float:
+    client, server = pair
+    message = struct.pack(">I", 60) + bytes(60)
+
+    async def echo() -> None:
+        for _ in range(count):
+            await server.send_all(await receive_exactly(server, 64))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        start = time.perf_counter()
+        for _ in range(count):
+            await client.send_all(message)
+            await receive_exactly(client, 64)
+        elapsed = time.perf_counter() - start
+    await client.aclose()
+    await server.aclose()
+    return elapsed / count
+
+
+async def set_up_time(make: Callable[[], Awaitable[Pair]], count: int) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        client, server = await make()
+        await client.aclose()
+        await server.aclose()
+    return (time.perf_counter() - start) / count
+
+
+async def main(seconds: float, large: bool) -> dict[str, dict[str, float]]:
+    parameters = (
+        Parameters(max_send_size=65536, max_recv_size=65536, max_fragmented_recv_size=1 << 20) if large else None
+    )
+    results: dict[str, dict[str, float]] = {}
+
+    def report(name: str, ours: float, tcp: float, unit: str, scale: float, target: str) -> None:
+        results[name] = {"smbdirect": ours, "tcp": tcp, "ratio": ours / tcp}
+        print(
+            f"{name:30} smbdirect {ours * scale:9.1f} {unit}  tcp {tcp * scale:9.1f} {unit}  "
+            f"ratio {ours / tcp:5.2f}  (target {target})"
+        )
+
+    report(
+        "64 KiB writes, byte stream",
+        await stream_throughput(await smbdirect_pair(True, parameters), seconds),
+        await stream_throughput(await tcp_pair(), seconds),
+        "MB/s",
+        1e-6,
+        ">= 0.7",
+    )
+    report(
+        "framed 128 KiB messages",
+        await framed_throughput(await smbdirect_pair(True, parameters), seconds),
+        await framed_throughput(await tcp_pair(), seconds),
+        "MB/s",
+        1e-6,
+        ">= 0.7",
+    )
+    count = max(100, int(seconds * 1000))
+    report(
+        "64-byte round trip",
+        await round_trip(await smbdirect_pair(True, parameters), count),
+        await round_trip(await tcp_pair(), count),
+        "us",
+        1e6,
+        "<= 1.5",
+    )
+    report(
+        "connection set-up",
+        await set_up_time(lambda: smbdirect_pair(True, parameters), 20),
+        await set_up_time(tcp_pair, 20),
+        "ms",
+        1e3,
+        "-",
+    )
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--large", action="store_true", help="negotiate 64 KiB messages instead of Linux's 1364 B")
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    results = trio.run(main, args.seconds, args.large)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
