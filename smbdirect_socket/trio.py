@@ -31,7 +31,7 @@ import trio
 
 from . import options as opt
 from ._tasks import spawn_background
-from .connection import Connection
+from .connection import Connection, Registration
 from .constants import (
     IPPROTO_SMBDIRECT,
     SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE,
@@ -39,6 +39,7 @@ from .constants import (
     SOL_SMBDIRECT,
 )
 from .parameters import Parameters
+from .pdu import BufferDescriptorV1
 from .protocol import State
 from .rdma import ConnectionRequest, Listener, Provider, get_provider
 from .readiness import ReadinessFd
@@ -403,6 +404,29 @@ class SMBDirectSocket(trio.socket.SocketType):
         protocol = connection.protocol
         return bool(protocol.readable) or protocol.state is State.CLOSED
 
+    # ---- RDMA read and write -----------------------------------------------------------
+
+    def register_buffer(self, buffer: Any, *, writable: bool = False) -> Registration:
+        """Let the peer RDMA-read ``buffer`` (and write it, if ``writable``).
+
+        Send ``registration.pack()`` (a Buffer Descriptor V1 list, as SMB2
+        READ/WRITE carry) to the peer; it may touch exactly that buffer until
+        :meth:`deregister_buffer` or a send with remote invalidate of its token.
+        """
+        return self._connected().register(memoryview(buffer), writable=writable)
+
+    def deregister_buffer(self, registration: Registration) -> None:
+        self._connected().deregister(registration)
+
+    async def rdma_read(self, into: Any, descriptors: list[BufferDescriptorV1]) -> None:
+        """Fill ``into`` from the peer's registered buffers (bounded by the negotiated
+        max read/write size; ``EINVAL`` when the descriptors do not cover ``into``)."""
+        await self._connected().rdma_read(memoryview(into), descriptors)
+
+    async def rdma_write(self, data: Any, descriptors: list[BufferDescriptorV1]) -> None:
+        """Write ``data`` into the peer's registered buffers."""
+        await self._connected().rdma_write(memoryview(data), descriptors)
+
     # ---- options ------------------------------------------------------------------------------
 
     def setsockopt(  # type: ignore[override]
@@ -493,8 +517,8 @@ class SMBDirectSocket(trio.socket.SocketType):
             stats.fragments_received,
             stats.keepalives_sent,
             stats.credit_messages_sent,
-            0,
-            0,
+            self._connection.rdma_reads,
+            self._connection.rdma_writes,
             int(protocol.error is not None and not isinstance(protocol.error, OSError)),
         ]
         return opt.SocketInfo(*values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import random
 import socket as stdlib_socket
 import struct
@@ -327,3 +328,49 @@ async def test_garbage_peer_does_not_disturb_the_listener() -> None:
         client.close()
         await raw.aclose()
     listener.close()
+
+
+async def test_rdma_write_and_read_sixteen_mib() -> None:
+    from smbdirect_socket import BufferDescriptorV1
+
+    client, server = await connected_pair(
+        parameters=Parameters(initiator_depth=8, responder_resources=8, max_read_write_size=32 << 20)
+    )
+    exposed = bytearray(16 << 20)
+    registration = server.register_buffer(exposed, writable=True)
+    await server.send(framed(registration.pack()))
+    descriptors = BufferDescriptorV1.unpack_list(await receive_message(client))
+    data = random.Random(16).randbytes(16 << 20)
+    with trio.fail_after(60):
+        await client.rdma_write(data, descriptors)
+        back = bytearray(16 << 20)
+        await client.rdma_read(back, descriptors)
+    assert hashlib.sha256(exposed).digest() == hashlib.sha256(data).digest() == hashlib.sha256(back).digest()
+    assert (client.info().rdma_writes, client.info().rdma_reads) == (1, 1)
+    # Misuse: the descriptors must cover the buffer exactly.
+    with pytest.raises(OSError) as info:
+        await client.rdma_read(bytearray(10), descriptors)
+    assert (info.value.errno, info.value.strerror) == (
+        errno.EINVAL,
+        f"descriptors cover {16 << 20} bytes, the buffer has 10",
+    )
+    # A read-only registration refuses writes: the peer's engine terminates the connection.
+    readonly = server.register_buffer(b"x" * 64)
+    await server.send(framed(readonly.pack()))
+    bad = BufferDescriptorV1.unpack_list(await receive_message(client))
+    with pytest.raises(OSError), trio.fail_after(10):
+        await client.rdma_write(b"y" * 64, bad)
+        await client.recv(4)  # the write "completes"; the Terminate ends the connection
+    assert exposed[:4] == data[:4]
+    client.close()
+    server.close()
+
+
+async def test_rdma_bounded_by_negotiated_size() -> None:
+    client, server = await connected_pair(parameters=Parameters(max_read_write_size=1 << 20))
+    registration = server.register_buffer(bytearray(2 << 20), writable=True)
+    with pytest.raises(OSError) as info:
+        await client.rdma_write(bytes(2 << 20), registration.descriptors)
+    assert info.value.errno == errno.EMSGSIZE
+    client.close()
+    server.close()
