@@ -18,7 +18,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
 from .protocol import (
@@ -318,26 +318,30 @@ class Connection:
                 or RemoteProtocolError(f"{completion.opcode.value} failed: {reason}", errno=errno.ECONNRESET)
             )
 
+    def _open(self) -> bool:
+        return self.protocol.state is not State.CLOSED
+
     async def _run(self) -> None:
         """Poll completions and run the timers until the connection ends."""
         with trio.CancelScope() as self._scope:
             try:
-                while self.protocol.state is not State.CLOSED:
-                    deadline = self.protocol.next_deadline()
-                    completions: list[Completion] = []
-                    with trio.move_on_at(math.inf if deadline is None else deadline):
-                        completions = await self.qp.get_completions()
-                    now = trio.current_time()
-                    for completion in completions:
-                        self._complete(completion, now)
-                    if deadline is not None and now >= deadline:
-                        self.protocol.handle_timer(now)
-                    self._carry_out()
+                while self._open():
+                    # One timer scope for many polls: its deadline follows the protocol's.
+                    with trio.CancelScope() as timer:
+                        while self._open():
+                            deadline = self.protocol.next_deadline()
+                            timer.deadline = math.inf if deadline is None else deadline
+                            completions = await self.qp.get_completions()
+                            now = trio.current_time()
+                            for completion in completions:
+                                self._complete(completion, now)
+                            self._carry_out()
+                    if timer.cancelled_caught:
+                        self.protocol.handle_timer(trio.current_time())
+                        self._carry_out()
             except (RdmaError, OSError) as exc:
                 self.protocol.connection_lost(exc)
                 self._carry_out()
-            except ProtocolError as exc:  # pragma: no cover - the protocol does not raise here
-                self.protocol.connection_lost(exc)
         with trio.CancelScope(shield=True), contextlib.suppress(RdmaError, OSError):
             await self.qp.disconnect()
         self._changed.unpark_all()
