@@ -321,6 +321,12 @@ class SMBDirectProtocol:
 
     def connection_lost(self, error: Exception) -> None:
         """The transport below failed or the peer disconnected."""
+        if self._message_remaining and self.state is not State.CLOSED:
+            # Even an orderly disconnect cannot complete a message: that is an error.
+            error = RemoteProtocolError(
+                f"connection lost with {self._message_remaining} bytes of a message still due: {error}",
+                errno=errno.ECONNRESET,
+            )
         self._fail(error, disconnect=False)
 
     def close(self) -> None:

@@ -382,15 +382,15 @@ class SMBDirectSocket(trio.socket.SocketType):
             if flags & _stdlib_socket.MSG_DONTWAIT:
                 _error(errno.EAGAIN, "not enough data reassembled")
             await connection.wait_changed()
-        if protocol.readable and size:
+        if size and protocol.readable >= (1 if self.bytestream else size):
             data = connection.read(min(size, protocol.readable))
             await trio.lowlevel.checkpoint()
             return data
-        if not size or connection.at_eof or self._shut_down:
+        if not size or (not protocol.readable and (connection.at_eof or self._shut_down)):
             await trio.lowlevel.checkpoint()
             return b""
-        error = connection.error
-        raise error if error is not None else OSError(errno.ENOTCONN, "not connected")
+        # The connection ended before the bytes asked for could arrive.
+        raise connection.error or OSError(errno.ECONNRESET, "connection ended")
 
     def is_readable(self) -> bool:
         """Data, a message start or the end of the connection waits (or the socket is closed)."""

@@ -450,8 +450,10 @@ def test_random_traffic_arrives_intact_in_order_once(client_p: Parameters, serve
                 assert protocol.send_credits >= 0
                 assert 0 <= protocol.receive_credits <= protocol.posted_receives
                 assert protocol.posted_receives + protocol.held_receives <= protocol.parameters.recv_credit_max
-    # Drain: keep delivering and reading until nothing moves (no deadlock).
-    for _ in range(10_000):
+    # Drain: keep delivering and reading until nothing moves (no deadlock).  Each
+    # round moves at least one fragment, so the bound is the most fragments that
+    # can be queued (60 messages of at most 1 MiB in fragments of at least 104 bytes).
+    for _ in range(60 * (1 << 20) // 104 + 1):
         moved = pair.run()
         for protocol in (pair.client, pair.server):
             if protocol.readable:

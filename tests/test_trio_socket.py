@@ -374,3 +374,94 @@ async def test_rdma_bounded_by_negotiated_size() -> None:
     assert info.value.errno == errno.EMSGSIZE
     client.close()
     server.close()
+
+
+class ManualServer:
+    """A peer that negotiates with the protocol core by hand, then does as told."""
+
+    def __init__(self, qp: object, protocol: object) -> None:
+        self.qp = qp
+        self.protocol = protocol
+
+    @classmethod
+    async def accept(cls, listener: object) -> ManualServer:
+        from smbdirect_socket import Role, SMBDirectProtocol
+
+        request = await listener.get_request()  # type: ignore[attr-defined]
+        qp = await request.accept(initiator_depth=1, responder_resources=1)
+        protocol = SMBDirectProtocol(Role.SERVER)
+        server = cls(qp, protocol)
+        protocol.start(trio.current_time())
+        buffers = server.carry_out()
+        completion = await qp.get_completion()
+        protocol.receive(buffers[completion.wr_id][: completion.byte_len], trio.current_time())
+        server.carry_out()
+        return server
+
+    def carry_out(self) -> dict[int, bytearray]:
+        from smbdirect_socket.protocol import PostReceives, SendPDU
+
+        buffers: dict[int, bytearray] = {}
+        for action in self.protocol.actions():  # type: ignore[attr-defined]
+            if isinstance(action, PostReceives):
+                for _ in range(action.count):
+                    buffers[len(buffers)] = bytearray(action.size)
+                    self.qp.post_recv(len(buffers) - 1, memoryview(buffers[len(buffers) - 1]))  # type: ignore[attr-defined]
+            elif isinstance(action, SendPDU):
+                self.qp.post_send(0, action.data)  # type: ignore[attr-defined]
+        return buffers
+
+
+async def test_keepalive_timeout_against_a_silent_peer(mock_clock: trio.testing.MockClock) -> None:
+    """A peer that negotiated and then hangs: ETIMEDOUT after the idle interval and the keepalive timeout."""
+    mock_clock.autojump_threshold = 0.05
+    listener = get_provider("softiwarp").listen(("127.0.0.1", 0))
+    client = sdtrio.socket(parameters=Parameters(keepalive_interval_msec=10_000, keepalive_timeout_msec=2_000))
+    async with trio.open_nursery() as nursery:
+        servers: list[ManualServer] = []
+
+        async def serve() -> None:
+            servers.append(await ManualServer.accept(listener))
+
+        nursery.start_soon(serve)
+        await client.connect(listener.address)
+    start = trio.current_time()
+    with pytest.raises(OSError) as info:
+        await client.recv(4)
+    assert info.value.errno == errno.ETIMEDOUT
+    assert info.value.strerror == "peer did not answer a keepalive"
+    assert 12 <= trio.current_time() - start < 12.5
+    assert client.info().keepalives_sent == 1
+    client.close()
+    await listener.aclose()
+
+
+async def test_peer_vanishing_mid_message() -> None:
+    from smbdirect_socket.pdu import DataTransferMessage
+
+    listener = get_provider("softiwarp").listen(("127.0.0.1", 0))
+    client = sdtrio.socket()
+    other_client, other_server = await connected_pair()
+    async with trio.open_nursery() as nursery:
+        servers: list[ManualServer] = []
+
+        async def serve() -> None:
+            servers.append(await ManualServer.accept(listener))
+
+        nursery.start_soon(serve)
+        await client.connect(listener.address)
+    server = servers[0]
+    first = DataTransferMessage(credits_requested=255, credits_granted=0, remaining_data_length=1000, data=b"a" * 500)
+    server.qp.post_send(0, first.pack())  # type: ignore[attr-defined]
+    assert struct.unpack(">I", await client.recv(4)) == (1500,)
+    await server.qp.disconnect()  # type: ignore[attr-defined]
+    with pytest.raises(OSError) as info, trio.fail_after(5):
+        await client.recv(1500)
+    assert info.value.errno == errno.ECONNRESET
+    assert "connection lost with 1000 bytes of a message still due" in str(info.value)
+    # The process and the other connection carry on.
+    await other_client.send(framed(b"unaffected"))
+    assert await receive_message(other_server) == b"unaffected"
+    for sock in (client, other_client, other_server):
+        sock.close()
+    await listener.aclose()
