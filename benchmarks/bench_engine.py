@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
+from common import accept_and_connect, tcp_streams
 
 from smbdirect_socket.rdma import Access, Opcode, QueuePair, Status, get_provider
 
@@ -30,32 +31,17 @@ WINDOW = 64
 async def queue_pairs() -> tuple[QueuePair, QueuePair]:
     provider = get_provider("softiwarp")
     listener = provider.listen(("127.0.0.1", 0))
-    result: list[QueuePair] = []
 
-    async def accept() -> None:
+    async def accept() -> QueuePair:
         request = await listener.get_request()
-        result.append(await request.accept(initiator_depth=16, responder_resources=16))
+        return await request.accept(initiator_depth=16, responder_resources=16)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept)
-        client = await provider.connect(listener.address, initiator_depth=16, responder_resources=16)
-    await listener.aclose()
-    return client, result[0]
-
-
-async def tcp_streams() -> tuple[trio.SocketStream, trio.SocketStream]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    result: list[trio.SocketStream] = []
-
-    async def accept() -> None:
-        result.append(await listeners[0].accept())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept)
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-    await listeners[0].aclose()
-    return client, result[0]
+    try:
+        return await accept_and_connect(
+            accept, lambda: provider.connect(listener.address, initiator_depth=16, responder_resources=16)
+        )
+    finally:
+        await listener.aclose()
 
 
 async def timed(seconds: float, step: Callable[[], Awaitable[int]]) -> float:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
+from common import accept_and_connect, tcp_streams
 
 from smbdirect_socket import Parameters
 from smbdirect_socket import trio as sdtrio
@@ -32,31 +33,13 @@ Pair = tuple[trio.SocketStream, trio.SocketStream]
 async def smbdirect_pair(bytestream: bool, parameters: Parameters | None) -> Pair:
     listeners = await sdtrio.open_smbdirect_listeners(0, host="127.0.0.1", bytestream=bytestream, parameters=parameters)
     port = listeners[0].socket.getsockname()[1]
-    accepted: list[trio.SocketStream] = []
-
-    async def accept() -> None:
-        accepted.append(await listeners[0].accept())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept)
-        client = await sdtrio.open_smbdirect_stream("127.0.0.1", port, bytestream=bytestream, parameters=parameters)
-    await listeners[0].aclose()
-    return client, accepted[0]
-
-
-async def tcp_pair() -> Pair:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    accepted: list[trio.SocketStream] = []
-
-    async def accept() -> None:
-        accepted.append(await listeners[0].accept())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept)
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-    await listeners[0].aclose()
-    return client, accepted[0]
+    try:
+        return await accept_and_connect(
+            listeners[0].accept,
+            lambda: sdtrio.open_smbdirect_stream("127.0.0.1", port, bytestream=bytestream, parameters=parameters),
+        )
+    finally:
+        await listeners[0].aclose()
 
 
 async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
@@ -159,7 +142,7 @@ async def main(seconds: float, large: bool) -> dict[str, dict[str, float]]:
     report(
         "64 KiB writes, byte stream",
         await stream_throughput(await smbdirect_pair(True, parameters), seconds),
-        await stream_throughput(await tcp_pair(), seconds),
+        await stream_throughput(await tcp_streams(), seconds),
         "MB/s",
         1e-6,
         ">= 0.7",
@@ -167,7 +150,7 @@ async def main(seconds: float, large: bool) -> dict[str, dict[str, float]]:
     report(
         "framed 128 KiB messages",
         await framed_throughput(await smbdirect_pair(True, parameters), seconds),
-        await framed_throughput(await tcp_pair(), seconds),
+        await framed_throughput(await tcp_streams(), seconds),
         "MB/s",
         1e-6,
         ">= 0.7",
@@ -176,7 +159,7 @@ async def main(seconds: float, large: bool) -> dict[str, dict[str, float]]:
     report(
         "64-byte round trip",
         await round_trip(await smbdirect_pair(True, parameters), count),
-        await round_trip(await tcp_pair(), count),
+        await round_trip(await tcp_streams(), count),
         "us",
         1e6,
         "<= 1.5",
@@ -184,7 +167,7 @@ async def main(seconds: float, large: bool) -> dict[str, dict[str, float]]:
     report(
         "connection set-up",
         await set_up_time(lambda: smbdirect_pair(True, parameters), 20),
-        await set_up_time(tcp_pair, 20),
+        await set_up_time(tcp_streams, 20),
         "ms",
         1e3,
         "-",
