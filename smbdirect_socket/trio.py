@@ -36,6 +36,7 @@ from .constants import (
     IPPROTO_SMBDIRECT,
     SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE,
     SMBDIRECT_IWARP_PORT,
+    SMBDIRECT_PORT,
     SOL_SMBDIRECT,
 )
 from .parameters import Parameters
@@ -435,6 +436,8 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._check_open()
         if level == _stdlib_socket.SOL_SOCKET and optname == _stdlib_socket.SO_REUSEADDR:
             return  # always on for the listening TCP socket of the software provider
+        if level == _stdlib_socket.IPPROTO_IPV6 and optname == _stdlib_socket.IPV6_V6ONLY and value:
+            return  # AF_INET6 SMB-Direct sockets are always v6-only, as the kernel's
         if level != SOL_SMBDIRECT:
             _error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
         if optname == opt.SMBDIRECT_BYTESTREAM:
@@ -640,16 +643,23 @@ async def serve_smbdirect(
 
 @attrs.define
 class SMBDirectSocketFactory(trio.abc.SocketFactory):
-    """For ``trio.socket.set_custom_socket_factory``: stream sockets become SMB-Direct.
+    """For ``trio.socket.set_custom_socket_factory``: SMB-Direct for chosen ports or hosts.
 
-    Every ``AF_INET``/``AF_INET6`` stream socket trio creates (so
-    ``open_tcp_stream``, ``open_tcp_listeners`` and ``serve_tcp``) is an
-    SMB-Direct socket in byte-stream mode; other sockets stay ordinary.
+    Stream sockets trio creates (``open_tcp_stream``, ``open_tcp_listeners``,
+    ``serve_tcp``) decide when they connect or bind: an address whose port is
+    in ``ports`` (None: every port) or whose host is in ``hosts`` rides
+    SMB-Direct, in byte-stream mode unless ``bytestream`` is False; any other
+    address gets an ordinary TCP socket.  Other sockets are never touched.
     """
 
+    ports: frozenset[int] | None = frozenset({SMBDIRECT_PORT, SMBDIRECT_IWARP_PORT})
+    hosts: frozenset[str] = frozenset()
     bytestream: bool = True
     parameters: Parameters | None = None
     provider: Provider | None = None
+
+    def routes(self, address: Address) -> bool:
+        return (self.ports is None or address[1] in self.ports) or address[0] in self.hosts
 
     def socket(
         self,
@@ -661,6 +671,114 @@ class SMBDirectSocketFactory(trio.abc.SocketFactory):
         kind = _stdlib_socket.SOCK_STREAM if type is None else type
         if kind != _stdlib_socket.SOCK_STREAM or family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
             return trio.socket.from_stdlib_socket(_stdlib_socket.socket(family, kind, proto or 0))
-        sock = SMBDirectSocket(family, provider=self.provider)
-        _configure(sock, self.bytestream, self.parameters)
-        return sock
+        return _RoutedSocket(self, family, proto or 0)
+
+
+class _RoutedSocket(trio.socket.SocketType):
+    """A stream socket that becomes SMB-Direct or TCP at its first connect or bind.
+
+    Options set before then are remembered and applied to the socket chosen.
+    """
+
+    def __init__(self, factory: SMBDirectSocketFactory, family: int, proto: int) -> None:
+        self._factory = factory
+        self._family = family
+        self._proto = proto
+        self._options: list[tuple[int, int, Any]] = []
+        self._chosen: trio.socket.SocketType | None = None
+
+    def _choose(self, address: Address) -> trio.socket.SocketType:
+        if self._chosen is None:
+            chosen: trio.socket.SocketType
+            if self._factory.routes(address):
+                sock = SMBDirectSocket(self._family, provider=self._factory.provider)
+                _configure(sock, self._factory.bytestream, self._factory.parameters)
+                chosen = sock
+            else:
+                stdlib = _stdlib_socket.socket(self._family, _stdlib_socket.SOCK_STREAM, self._proto)
+                chosen = trio.socket.from_stdlib_socket(stdlib)
+            for level, name, value in self._options:
+                chosen.setsockopt(level, name, value)
+            self._chosen = chosen
+        return self._chosen
+
+    def _socket(self) -> trio.socket.SocketType:
+        if self._chosen is None:
+            _error(errno.ENOTCONN, "socket is neither connected nor bound yet")
+        return self._chosen
+
+    @property
+    def family(self) -> _stdlib_socket.AddressFamily:
+        return _stdlib_socket.AddressFamily(self._family)
+
+    @property
+    def type(self) -> _stdlib_socket.SocketKind:
+        return _stdlib_socket.SOCK_STREAM
+
+    @property
+    def proto(self) -> int:
+        return self._chosen.proto if self._chosen is not None else self._proto
+
+    @property
+    def did_shutdown_SHUT_WR(self) -> bool:
+        return self._chosen is not None and self._chosen.did_shutdown_SHUT_WR
+
+    async def connect(self, address: Address) -> None:
+        await self._choose(address).connect(address)
+
+    async def bind(self, address: Address) -> None:
+        await self._choose(address).bind(address)
+
+    def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
+        if self._chosen is None:
+            self._options.append((level, optname, value))
+        else:
+            self._chosen.setsockopt(level, optname, value)
+
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
+        return (
+            self._socket().getsockopt(level, optname, buflen) if buflen else self._socket().getsockopt(level, optname)
+        )
+
+    def listen(self, backlog: int = 10) -> None:
+        self._socket().listen(backlog)
+
+    async def accept(self) -> tuple[trio.socket.SocketType, Address]:
+        return await self._socket().accept()
+
+    async def send(self, data: Any, flags: int = 0) -> int:
+        return await self._socket().send(data, flags)
+
+    async def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return await self._socket().recv(bufsize, flags)
+
+    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        return await self._socket().recv_into(buffer, nbytes, flags)
+
+    async def wait_writable(self) -> None:
+        await self._socket().wait_writable()
+
+    def is_readable(self) -> bool:
+        return self._socket().is_readable()
+
+    def getsockname(self) -> Address:
+        return tuple(self._socket().getsockname())
+
+    def getpeername(self) -> Address:
+        return tuple(self._socket().getpeername())
+
+    def fileno(self) -> int:
+        return self._chosen.fileno() if self._chosen is not None else -1
+
+    def shutdown(self, flag: int) -> None:
+        self._socket().shutdown(flag)
+
+    def close(self) -> None:
+        if self._chosen is not None:
+            self._chosen.close()
+
+    def __enter__(self) -> _RoutedSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -282,24 +282,40 @@ async def test_open_smbdirect_stream_and_serve() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_socket_factory_routes_open_tcp_stream() -> None:
+async def test_socket_factory_routes_chosen_ports() -> None:
     listener = await listening()
     listener.bytestream = True
-    factory = sdtrio.SMBDirectSocketFactory()
+    smbdirect_port = listener.getsockname()[1]
+    factory = sdtrio.SMBDirectSocketFactory(ports=frozenset({smbdirect_port}))
     previous = trio.socket.set_custom_socket_factory(factory)
     try:
+        # A TCP server opened through the same factory stays TCP: its port is not chosen.
+        tcp_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        assert not isinstance(tcp_listeners[0].socket, sdtrio.SMBDirectSocket)
+        tcp_port = tcp_listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
 
-            async def serve() -> None:
+            async def serve_smbdirect() -> None:
                 sock, _ = await listener.accept()
                 await sock.send(await sock.recv(10))
 
-            nursery.start_soon(serve)
-            stream = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
-            assert isinstance(stream.socket, sdtrio.SMBDirectSocket)
+            async def serve_tcp() -> None:
+                stream = await tcp_listeners[0].accept()
+                await stream.send_all(await stream.receive_some(10))
+
+            nursery.start_soon(serve_smbdirect)
+            nursery.start_soon(serve_tcp)
+            stream = await trio.open_tcp_stream("127.0.0.1", smbdirect_port)
+            assert stream.socket.proto == IPPROTO_SMBDIRECT
             await stream.send_all(b"ping")
             assert await stream.receive_some(10) == b"ping"
             await stream.aclose()
+            plain = await trio.open_tcp_stream("127.0.0.1", tcp_port)
+            assert plain.socket.proto != IPPROTO_SMBDIRECT
+            await plain.send_all(b"tcp")
+            assert await plain.receive_some(10) == b"tcp"
+            await plain.aclose()
+        await tcp_listeners[0].aclose()
     finally:
         trio.socket.set_custom_socket_factory(previous)
     listener.close()
