@@ -22,7 +22,6 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
 from .protocol import (
-    Connected,
     Disconnect,
     Negotiated,
     PostReceives,
@@ -30,7 +29,6 @@ from .protocol import (
     SendPDU,
     SMBDirectProtocol,
     State,
-    Terminated,
 )
 from .rdma import (
     Access,
@@ -292,9 +290,9 @@ class Connection:
                     self.qp.post_recv(wr_id, memoryview(buffer))
             elif isinstance(action, Disconnect):
                 disconnect = True
-        while (event := self.protocol.next_event()) is not None:
-            if isinstance(event, Connected | Terminated):
-                pass  # state and error live on the protocol; waiters are woken below
+        # Events only repeat what protocol.state and protocol.error say: drop them.
+        while self.protocol.next_event() is not None:
+            pass
         if disconnect and self._scope is not None:
             self._scope.cancel()
         self._changed.unpark_all()
