@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
-from common import accept_and_connect, tcp_streams
+from common import accept_and_connect, round_trip, tcp_streams
 
 from smbdirect_socket.rdma import Access, Opcode, QueuePair, Status, get_provider
 
@@ -160,32 +160,6 @@ async def engine_round_trip(count: int) -> float:
     return elapsed / count
 
 
-async def tcp_round_trip(count: int) -> float:
-    client, server = await tcp_streams()
-    message = bytes(64)
-
-    async def receive_exactly(stream: trio.SocketStream, n: int) -> None:
-        got = 0
-        while got < n:
-            got += len(await stream.receive_some(n - got))
-
-    async def echo() -> None:
-        for _ in range(count):
-            await receive_exactly(server, 64)
-            await server.send_all(message)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(echo)
-        start = time.perf_counter()
-        for _ in range(count):
-            await client.send_all(message)
-            await receive_exactly(client, 64)
-        elapsed = time.perf_counter() - start
-    await client.aclose()
-    await server.aclose()
-    return elapsed / count
-
-
 async def main(seconds: float) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
 
@@ -210,7 +184,14 @@ async def main(seconds: float) -> dict[str, dict[str, float]]:
     report("RDMA write 1 MiB", await engine_rdma(False, seconds), tcp_bulk, "MB/s", 1e-6, ">= 0.8")
     report("RDMA read 1 MiB", await engine_rdma(True, seconds), tcp_bulk, "MB/s", 1e-6, ">= 0.8")
     count = max(200, int(seconds * 2000))
-    report("64 B round trip", await engine_round_trip(count), await tcp_round_trip(count), "us", 1e6, "<= 1.5")
+    report(
+        "64 B round trip",
+        await engine_round_trip(count),
+        await round_trip(await tcp_streams(), count),
+        "us",
+        1e6,
+        "<= 1.5",
+    )
     return results
 
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
-from common import accept_and_connect, tcp_streams
+from common import accept_and_connect, receive_exactly, round_trip, tcp_streams
 
 from smbdirect_socket import Parameters
 from smbdirect_socket import trio as sdtrio
@@ -40,13 +40,6 @@ async def smbdirect_pair(bytestream: bool, parameters: Parameters | None) -> Pai
         )
     finally:
         await listeners[0].aclose()
-
-
-async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        data += await stream.receive_some(size - len(data))
-    return bytes(data)
 
 
 async def stream_throughput(pair: Pair, seconds: float) -> float:
@@ -95,26 +88,6 @@ async def framed_throughput(pair: Pair, seconds: float) -> float:
     await client.aclose()
     await server.aclose()
     return rate
-
-
-async def round_trip(pair: Pair, count: int) -> float:
-    client, server = pair
-    message = struct.pack(">I", 60) + bytes(60)
-
-    async def echo() -> None:
-        for _ in range(count):
-            await server.send_all(await receive_exactly(server, 64))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(echo)
-        start = time.perf_counter()
-        for _ in range(count):
-            await client.send_all(message)
-            await receive_exactly(client, 64)
-        elapsed = time.perf_counter() - start
-    await client.aclose()
-    await server.aclose()
-    return elapsed / count
 
 
 async def set_up_time(make: Callable[[], Awaitable[Pair]], count: int) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -31,3 +33,31 @@ async def tcp_streams() -> tuple[trio.SocketStream, trio.SocketStream]:
         return await accept_and_connect(listeners[0].accept, lambda: trio.open_tcp_stream("127.0.0.1", port))
     finally:
         await listeners[0].aclose()
+
+
+async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        data += await stream.receive_some(size - len(data))
+    return bytes(data)
+
+
+async def round_trip(pair: tuple[trio.SocketStream, trio.SocketStream], count: int) -> float:
+    """Seconds per round trip of a 64-byte message (framed, so SMB-Direct streams carry it too)."""
+    client, server = pair
+    message = struct.pack(">I", 60) + bytes(60)
+
+    async def echo() -> None:
+        for _ in range(count):
+            await server.send_all(await receive_exactly(server, 64))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        start = time.perf_counter()
+        for _ in range(count):
+            await client.send_all(message)
+            await receive_exactly(client, 64)
+        elapsed = time.perf_counter() - start
+    await client.aclose()
+    await server.aclose()
+    return elapsed / count
