@@ -5,6 +5,7 @@ over RDMA.  This package gives it the socket interface the kernel keeps for
 in-kernel users: ``socket(AF_INET, SOCK_STREAM, IPPROTO_SMBDIRECT)``.
 """
 
+from .blocking import SMBDirectSocket, create_connection, create_server, socket
 from .constants import (
     IPPROTO_SMBDIRECT,
     SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE,
@@ -36,7 +37,11 @@ __all__ = [
     "RemoteProtocolError",
     "Role",
     "SMBDirectProtocol",
+    "SMBDirectSocket",
     "State",
+    "create_connection",
+    "create_server",
+    "socket",
 ]
 
 __version__ = "0.1.0"

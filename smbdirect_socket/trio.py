@@ -131,7 +131,7 @@ class SMBDirectSocket(trio.socket.SocketType):
 
     def _update_readiness(self) -> None:
         if self._readiness is not None:
-            self._readiness.update(self.is_readable())
+            self._readiness.update(self.is_readable(), self.is_writable())
 
     def _attach(self, connection: Connection) -> None:
         self._connection = connection
@@ -221,6 +221,11 @@ class SMBDirectSocket(trio.socket.SocketType):
     # ---- connect / accept -----------------------------------------------------------------
 
     async def connect(self, address: Address) -> None:
+        self._check_can_connect()
+        self._connecting = True
+        await self._connect(address)
+
+    def _check_can_connect(self) -> None:
         self._check_open()
         if self._connection is not None:
             _error(errno.EISCONN, "socket is already connected")
@@ -228,15 +233,19 @@ class SMBDirectSocket(trio.socket.SocketType):
             _error(errno.EALREADY, "a connect is already in progress")
         if self._listener is not None:
             _error(errno.EINVAL, "a listening socket cannot connect")
-        resolved = await self._resolve(address)
-        self._connecting = True
+
+    async def _connect(self, address: Address) -> None:
+        """Connect, with ``_connecting`` already set (EALREADY, not writable meanwhile)."""
+        self._update_readiness()
         try:
+            resolved = await self._resolve(address)
             connection = await Connection.connect(self._provider, (resolved[0], resolved[1]), self.parameters)
         except OSError as exc:
             self._pending_error = exc
             raise
         finally:
             self._connecting = False
+            self._update_readiness()
         if self._closed:
             await connection.aclose()
             _error(errno.EBADF, "socket was closed during connect")
@@ -404,6 +413,15 @@ class SMBDirectSocket(trio.socket.SocketType):
             return False
         protocol = connection.protocol
         return bool(protocol.readable) or protocol.state is State.CLOSED
+
+    def is_writable(self) -> bool:
+        """A send would not wait for credits (or would fail at once: closed, broken, new)."""
+        connection = self._connection
+        if self._closed or (connection is None and not self._connecting and self._listener is None):
+            return True
+        if connection is None:
+            return False
+        return connection.protocol.can_send or connection.protocol.state is State.CLOSED
 
     # ---- RDMA read and write -----------------------------------------------------------
 

@@ -1,0 +1,391 @@
+"""The blocking, stdlib-style SMB-Direct socket.
+
+:func:`socket` is a drop-in for :func:`socket.socket`: with
+``IPPROTO_SMBDIRECT`` as the protocol it returns an :class:`SMBDirectSocket`,
+otherwise a plain stdlib socket.  An :class:`SMBDirectSocket` has the stdlib's
+blocking surface (timeouts raise :class:`TimeoutError`, non-blocking calls
+:class:`BlockingIOError`) over the trio socket of :mod:`smbdirect_socket.trio`:
+every call runs on one engine thread per process, so there is exactly one
+protocol implementation.  ``fileno()`` is a real, level-triggered descriptor
+for select, poll, epoll and selectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import math
+import socket as _stdlib_socket
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import Any, TypeVar
+
+import trio
+
+from . import engine_thread
+from . import trio as _trio
+from .connection import Registration
+from .constants import IPPROTO_SMBDIRECT, SOL_SMBDIRECT
+from .options import SMBDIRECT_BYTESTREAM, SocketInfo
+from .parameters import Parameters
+from .pdu import BufferDescriptorV1
+from .rdma import Provider
+
+__all__ = ["SMBDirectSocket", "create_connection", "create_server", "socket"]
+
+T = TypeVar("T")
+Address = tuple[Any, ...]
+_DEFAULT = object()
+
+
+def _timed_out() -> TimeoutError:
+    return TimeoutError(errno.ETIMEDOUT, "timed out")
+
+
+class SMBDirectSocket:
+    """``socket(AF_INET, SOCK_STREAM, IPPROTO_SMBDIRECT)``, blocking like the stdlib's sockets."""
+
+    def __init__(
+        self,
+        family: int = _stdlib_socket.AF_INET,
+        type: int = _stdlib_socket.SOCK_STREAM,
+        proto: int = IPPROTO_SMBDIRECT,
+        *,
+        parameters: Parameters | None = None,
+        provider: Provider | None = None,
+        _inner: _trio.SMBDirectSocket | None = None,
+    ) -> None:
+        self._sock = _inner or engine_thread.run_sync(
+            partial(_trio.SMBDirectSocket, family, type, proto, provider=provider, parameters=parameters)
+        )
+        self._timeout: float | None = _stdlib_socket.getdefaulttimeout()
+        if type & _stdlib_socket.SOCK_NONBLOCK:
+            self._timeout = 0.0
+        self._closed = False
+        self._io_refs = 0  # files from makefile() keep the socket open, as in the stdlib
+
+    # ---- identity ------------------------------------------------------------------
+
+    @property
+    def family(self) -> _stdlib_socket.AddressFamily:
+        return self._sock.family
+
+    @property
+    def type(self) -> _stdlib_socket.SocketKind:
+        return _stdlib_socket.SOCK_STREAM
+
+    @property
+    def proto(self) -> int:
+        return self._sock.proto
+
+    @property
+    def trio_socket(self) -> _trio.SMBDirectSocket:
+        """The trio socket underneath (use it only on the engine thread)."""
+        return self._sock
+
+    def fileno(self) -> int:
+        """A level-triggered descriptor: readable while data, a connection, EOF or an
+        error waits; writable while a send would not wait for credits."""
+        return engine_thread.run_sync(self._sock.fileno)
+
+    def __repr__(self) -> str:
+        return f"<smbdirect_socket.SMBDirectSocket fd={self.fileno()} {self._sock!r}>"
+
+    def __enter__(self) -> SMBDirectSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- timeouts ------------------------------------------------------------------
+
+    def settimeout(self, value: float | None) -> None:
+        if value is not None:
+            value = float(value)
+            if value < 0 or math.isnan(value):
+                raise ValueError("Timeout value out of range")
+        self._timeout = value
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        return self._timeout != 0.0
+
+    def _nonblocking(self, flags: int) -> int:
+        return flags | _stdlib_socket.MSG_DONTWAIT if self._timeout == 0.0 else flags
+
+    def _call(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a trio socket call on the engine, bounded by this socket's timeout."""
+        result: T = engine_thread.run(self._bounded, self._timeout, afn, args)
+        return result
+
+    @staticmethod
+    async def _bounded(timeout: float | None, afn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+        if not timeout:  # blocking, or non-blocking via MSG_DONTWAIT
+            return await afn(*args)
+        with trio.move_on_after(timeout):
+            return await afn(*args)
+        raise _timed_out()
+
+    # ---- addresses, connect, accept ------------------------------------------------------
+
+    def bind(self, address: Address) -> None:
+        engine_thread.run(self._sock.bind, address)
+
+    def listen(self, backlog: int = 10) -> None:
+        engine_thread.run_sync(self._sock.listen, backlog)
+
+    def getsockname(self) -> Address:
+        return engine_thread.run_sync(self._sock.getsockname)
+
+    def getpeername(self) -> Address:
+        return engine_thread.run_sync(self._sock.getpeername)
+
+    def connect(self, address: Address) -> None:
+        if self._timeout == 0.0:
+            engine_thread.run(self._start_connect, address)
+            return
+        self._call(self._sock.connect, address)
+
+    async def _start_connect(self, address: Address) -> None:
+        """Non-blocking connect: EINPROGRESS now, the outcome in SO_ERROR and writability."""
+        sock = self._sock
+        if sock._pending_error is not None and sock._connection is None and not sock._connecting:
+            error, sock._pending_error = sock._pending_error, None
+            raise error  # the outcome of the previous attempt, once
+        sock._check_can_connect()  # EISCONN or EALREADY, as the kernel says
+        sock._connecting = True
+
+        async def connect_in_background() -> None:
+            with contextlib.suppress(OSError):  # kept in SO_ERROR for the program to collect
+                await sock._connect(address)
+
+        engine_thread.spawn(connect_in_background)
+        raise BlockingIOError(errno.EINPROGRESS, "Operation now in progress")
+
+    def connect_ex(self, address: Address) -> int:
+        try:
+            self.connect(address)
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            return exc.errno
+        return 0
+
+    def accept(self) -> tuple[SMBDirectSocket, Address]:
+        if self._timeout == 0.0 and not engine_thread.run_sync(self._sock.is_readable):
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        inner, address = self._call(self._sock.accept)
+        child = SMBDirectSocket(inner.family, _inner=inner)
+        if _stdlib_socket.getdefaulttimeout() is None and self._timeout:
+            child.setblocking(True)
+        return child, address
+
+    # ---- sending -------------------------------------------------------------------------
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        return self.sendmsg([data], (), flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        view = memoryview(data).cast("B")
+        sent = self.send(view, flags)  # the whole message, unless in byte-stream mode
+        while sent < len(view):
+            sent += self.send(view[sent:], flags)
+
+    def sendmsg(
+        self, buffers: Iterable[Any], ancdata: Iterable[tuple[int, int, Any]] = (), flags: int = 0, address: Any = None
+    ) -> int:
+        """Send one message; once it is queued it will be sent whole, in order, so a
+        timeout only bounds the wait for the first send credit."""
+        return engine_thread.run(self._send, list(buffers), list(ancdata), self._nonblocking(flags), address)
+
+    async def _send(self, buffers: list[Any], ancdata: list[Any], flags: int, address: Any) -> int:
+        if self._timeout and not flags & _stdlib_socket.MSG_DONTWAIT:
+            with trio.move_on_after(self._timeout):
+                await self._sock.wait_writable()
+            if not self._sock.is_writable():
+                raise _timed_out()
+        return await self._sock.sendmsg(buffers, ancdata, flags, address)
+
+    # ---- receiving ------------------------------------------------------------------------
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return self._call(self._sock.recv, bufsize, self._nonblocking(flags))
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        return self._call(self._sock.recv_into, buffer, nbytes, self._nonblocking(flags))
+
+    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
+        return self._call(self._sock.recvmsg, bufsize, ancbufsize, self._nonblocking(flags))
+
+    def recvmsg_into(
+        self, buffers: Iterable[Any], ancbufsize: int = 0, flags: int = 0
+    ) -> tuple[int, list[Any], int, Any]:
+        views = [memoryview(b).cast("B") for b in buffers]
+        data, ancillary, msg_flags, address = self.recvmsg(sum(len(v) for v in views), ancbufsize, flags)
+        offset = 0
+        for view in views:
+            part = data[offset : offset + len(view)]
+            view[: len(part)] = part
+            offset += len(part)
+        return len(data), ancillary, msg_flags, address
+
+    def makefile(
+        self,
+        mode: str = "r",
+        buffering: int | None = None,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> io.IOBase:
+        """A file over the socket, as :meth:`socket.socket.makefile` (byte-stream mode
+        suits buffered files; framed sockets read exactly what is asked)."""
+        file: io.IOBase = _stdlib_socket.socket.makefile(  # type: ignore[call-overload]
+            self,
+            mode,
+            buffering,
+            encoding=encoding,
+            errors=errors,
+            newline=newline,
+        )
+        return file
+
+    def _decref_socketios(self) -> None:
+        if self._io_refs > 0:
+            self._io_refs -= 1
+        if self._closed:
+            self._real_close()
+
+    # ---- options and statistics ----------------------------------------------------------------
+
+    def setsockopt(self, level: int, optname: int, value: int | bytes | None, optlen: int | None = None) -> None:
+        engine_thread.run_sync(self._sock.setsockopt, level, optname, value, optlen)
+
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:
+        return engine_thread.run_sync(self._sock.getsockopt, level, optname, buflen)
+
+    def info(self) -> SocketInfo:
+        """The ``SMBDIRECT_INFO`` statistics, decoded."""
+        return engine_thread.run_sync(self._sock.info)
+
+    @property
+    def bytestream(self) -> bool:
+        return bool(self.getsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM))
+
+    # ---- RDMA read and write ---------------------------------------------------------------------
+
+    def register_buffer(self, buffer: Any, *, writable: bool = False) -> Registration:
+        """See :meth:`smbdirect_socket.trio.SMBDirectSocket.register_buffer`."""
+        return engine_thread.run_sync(partial(self._sock.register_buffer, buffer, writable=writable))
+
+    def deregister_buffer(self, registration: Registration) -> None:
+        engine_thread.run_sync(self._sock.deregister_buffer, registration)
+
+    def rdma_read(self, into: Any, descriptors: list[BufferDescriptorV1]) -> None:
+        self._call(self._sock.rdma_read, into, descriptors)
+
+    def rdma_write(self, data: Any, descriptors: list[BufferDescriptorV1]) -> None:
+        self._call(self._sock.rdma_write, data, descriptors)
+
+    # ---- teardown -----------------------------------------------------------------------------------
+
+    def shutdown(self, how: int) -> None:
+        """Any ``how`` ends the whole connection, as the kernel socket does."""
+        engine_thread.run_sync(self._sock.shutdown, how)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._io_refs <= 0:
+            self._real_close()
+
+    def _real_close(self) -> None:
+        engine_thread.run_sync(self._sock.close)
+
+    def detach(self) -> int:
+        raise OSError(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
+
+
+def socket(
+    family: int = _stdlib_socket.AF_INET,
+    type: int = _stdlib_socket.SOCK_STREAM,
+    proto: int = 0,
+    fileno: int | None = None,
+    **options: Any,
+) -> SMBDirectSocket | _stdlib_socket.socket:
+    """``socket.socket`` that knows ``IPPROTO_SMBDIRECT``; any other protocol gets a stdlib socket.
+
+    ``options`` (``parameters``, ``provider``) go to :class:`SMBDirectSocket`.
+    """
+    if proto == IPPROTO_SMBDIRECT:
+        if fileno is not None:
+            raise OSError(errno.EOPNOTSUPP, "an SMB-Direct socket cannot adopt a descriptor")
+        return SMBDirectSocket(family, type, proto, **options)
+    return _stdlib_socket.socket(family, type, proto, fileno)
+
+
+def create_connection(
+    address: tuple[str, int],
+    timeout: float | object | None = _DEFAULT,
+    source_address: Address | None = None,
+    *,
+    all_errors: bool = False,
+    bytestream: bool = False,
+    parameters: Parameters | None = None,
+    provider: Provider | None = None,
+) -> SMBDirectSocket:
+    """Like :func:`socket.create_connection`, over SMB-Direct."""
+    if source_address is not None:
+        raise OSError(errno.EOPNOTSUPP, "SMB-Direct clients do not bind a source address")
+    host, port = address
+    errors: list[OSError] = []
+    for family, _, _, _, sockaddr in _stdlib_socket.getaddrinfo(host, port, 0, _stdlib_socket.SOCK_STREAM):
+        sock = SMBDirectSocket(family, parameters=parameters, provider=provider)
+        try:
+            if timeout is not _DEFAULT:
+                sock.settimeout(timeout)  # type: ignore[arg-type]
+            if bytestream:
+                sock.setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+    if not errors:
+        raise OSError(errno.EHOSTUNREACH, f"getaddrinfo returned nothing for {host!r}")
+    if all_errors:
+        raise ExceptionGroup("create_connection failed", errors)
+    raise errors[0]
+
+
+def create_server(
+    address: tuple[str, int],
+    *,
+    family: int = _stdlib_socket.AF_INET,
+    backlog: int | None = None,
+    reuse_port: bool = False,
+    dualstack_ipv6: bool = False,
+    bytestream: bool = False,
+    parameters: Parameters | None = None,
+    provider: Provider | None = None,
+) -> SMBDirectSocket:
+    """Like :func:`socket.create_server`, listening for SMB-Direct."""
+    if reuse_port:
+        raise ValueError("SO_REUSEPORT not supported on SMB-Direct sockets")
+    if dualstack_ipv6:
+        raise ValueError("SMB-Direct AF_INET6 sockets are v6-only, as the kernel's")
+    sock = SMBDirectSocket(family, parameters=parameters, provider=provider)
+    try:
+        if bytestream:
+            sock.setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)
+        sock.bind(address)
+        sock.listen(10 if backlog is None else backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

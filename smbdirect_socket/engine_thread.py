@@ -1,0 +1,89 @@
+"""One trio event loop per process, in a thread, for the blocking front doors.
+
+The blocking socket has no protocol code of its own: every call is the trio
+socket's, run on this loop with :func:`run` (or :func:`run_sync`) from the
+calling thread.  The loop starts on first use, lives as a daemon thread, and
+a forked child starts its own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+
+__all__ = ["run", "run_sync", "spawn"]
+
+T = TypeVar("T")
+
+
+class _EngineThread:
+    def __init__(self) -> None:
+        started = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._token = trio.lowlevel.current_trio_token()
+                started.set()
+                await trio.sleep_forever()
+
+        self._thread = threading.Thread(target=trio.run, args=(main,), name="smbdirect-engine", daemon=True)
+        self._thread.start()
+        started.wait()
+
+    def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return trio.from_thread.run(afn, *args, trio_token=self._token)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def spawn(self, afn: Callable[..., Awaitable[object]], *args: Any) -> None:
+        assert self._nursery is not None
+        if threading.current_thread() is self._thread:
+            self._nursery.start_soon(afn, *args)
+        else:
+            trio.from_thread.run_sync(self._nursery.start_soon, afn, *args, trio_token=self._token)
+
+
+_engine: _EngineThread | None = None
+_lock = threading.Lock()
+
+
+def _get() -> _EngineThread:
+    global _engine
+    if _engine is None:
+        with _lock:
+            if _engine is None:
+                _engine = _EngineThread()
+    return _engine
+
+
+def _forget_after_fork() -> None:
+    global _engine, _lock
+    _engine = None  # the thread did not survive the fork
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def run(afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``afn(*args)`` on the engine loop and wait for its result."""
+    return _get().run(afn, *args)
+
+
+def run_sync(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` on the engine loop's thread (for code that touches its state)."""
+    return _get().run_sync(fn, *args)
+
+
+def spawn(afn: Callable[..., Awaitable[object]], *args: Any) -> None:
+    """Start ``afn(*args)`` as a background task on the engine loop (from any thread);
+    it must not raise, or the engine stops."""
+    _get().spawn(afn, *args)
