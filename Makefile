@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages some tests use (tshark for the wire check); needs root.
+# Debian packages some tests use (tshark for the wire check, Samba as the SMB
+# server behind the gateway); needs root.
 system-deps:
-	command -v tshark >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null; }
+	{ command -v tshark && command -v smbd || test -x /usr/sbin/smbd; } >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark samba >/dev/null; }
 
 test: install
 	$(PY) -m pytest

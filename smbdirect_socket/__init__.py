@@ -16,6 +16,7 @@ from .constants import (
 )
 from .errors import LocalProtocolError, PDUError, ProtocolError, RemoteProtocolError
 from .parameters import Parameters
+from .patching import patch
 from .pdu import BufferDescriptorV1, DataTransferMessage, NegotiateRequest, NegotiateResponse
 from .protocol import Role, SMBDirectProtocol, State
 
@@ -41,6 +42,7 @@ __all__ = [
     "State",
     "create_connection",
     "create_server",
+    "patch",
     "socket",
 ]
 

@@ -16,7 +16,10 @@ import attrs
 from . import constants as c
 from .errors import PDUError
 
-__all__ = ["Parameters"]
+__all__ = ["LARGE_MESSAGE_SIZE", "Parameters"]
+
+#: 8 MiB of SMB2 READ or WRITE data (what Samba offers) and room for its headers.
+LARGE_MESSAGE_SIZE = 8 * 1024 * 1024 + 64 * 1024
 
 
 def _between(low: int, high: int) -> Any:
@@ -89,3 +92,13 @@ class Parameters:
 
     def replace(self, **changes: int) -> Parameters:
         return attrs.evolve(self, **changes)
+
+    def with_large_messages(self, size: int = LARGE_MESSAGE_SIZE) -> Parameters:
+        """These parameters with ``size``-byte messages both ways.
+
+        Linux reassembles at most 173910 bytes; SMB servers size READ and WRITE
+        up to 8 MiB.  When both ends are this project's sockets (a client and
+        the gateway), raising both fragmented sizes lets such messages travel
+        inline: the receiver still only posts ``max_recv_size`` buffers.
+        """
+        return self.replace(max_fragmented_send_size=size, max_fragmented_recv_size=size)

@@ -99,6 +99,7 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._pending_error: OSError | None = None
         self._readiness: ReadinessFd | None = None
         self._receiving = False
+        self._partial = bytearray()  # part of a receive that is still waiting for the rest
         self._ready: trio.MemoryReceiveChannel[Connection] | None = None
         self._listen_scope: trio.CancelScope | None = None
 
@@ -380,23 +381,38 @@ class SMBDirectSocket(trio.socket.SocketType):
             _error(errno.EINVAL, "negative buffer size")
         connection = self._connected()
         protocol = connection.protocol
+        partial = self._partial
         while True:
             self._check_open()
             if size == 0:
                 break
-            if not self.bytestream and size == _LENGTH.size and protocol.message_start() is not None:
+            if not self.bytestream and size == _LENGTH.size and not partial and protocol.message_start() is not None:
                 await trio.lowlevel.checkpoint()
                 return _LENGTH.pack(connection.consume_message_start())
-            if protocol.readable >= (1 if self.bytestream else size) or protocol.state is State.CLOSED:
+            if len(partial) + protocol.readable >= (1 if self.bytestream else size) or protocol.state is State.CLOSED:
                 break
+            if protocol.readable:
+                # A receive of N bytes waits for all N; taking what has arrived frees
+                # receive buffers, so messages larger than the receive credits can
+                # arrive.  Kept on the socket, it survives a cancelled receive.
+                partial += connection.read(protocol.readable)
+                continue
             if flags & _stdlib_socket.MSG_DONTWAIT:
                 _error(errno.EAGAIN, "not enough data reassembled")
             await connection.wait_changed()
-        if size and protocol.readable >= (1 if self.bytestream else size):
-            data = connection.read(min(size, protocol.readable))
+        available = len(partial) + protocol.readable
+        if size and available >= (1 if self.bytestream else size):
+            take = min(size, available)
+            if partial:
+                data = bytes(partial[:take])
+                del partial[:take]
+                if len(data) < take:
+                    data += connection.read(take - len(data))
+            else:
+                data = connection.read(take)
             await trio.lowlevel.checkpoint()
             return data
-        if not size or (not protocol.readable and (connection.at_eof or self._shut_down)):
+        if not size or (not available and (connection.at_eof or self._shut_down)):
             await trio.lowlevel.checkpoint()
             return b""
         # The connection ended before the bytes asked for could arrive.
@@ -412,7 +428,7 @@ class SMBDirectSocket(trio.socket.SocketType):
         if connection is None:
             return False
         protocol = connection.protocol
-        return bool(protocol.readable) or protocol.state is State.CLOSED
+        return bool(self._partial or protocol.readable) or protocol.state is State.CLOSED
 
     def is_writable(self) -> bool:
         """A send would not wait for credits (or would fail at once: closed, broken, new)."""

@@ -1,0 +1,236 @@
+"""Run unmodified programs over SMB-Direct by patching the stdlib's socket module.
+
+:func:`patch` (a call, or a context manager) replaces ``socket.socket`` and
+``socket.create_connection``:
+
+* ``socket.socket(family, SOCK_STREAM, IPPROTO_SMBDIRECT)`` returns an
+  :class:`~smbdirect_socket.SMBDirectSocket`;
+* stream connections to a chosen port (445 and 5445 by default) or host ride
+  SMB-Direct: ``create_connection`` returns an SMB-Direct socket, and a
+  ``socket.socket`` becomes one when it connects there;
+* every other socket is the stdlib's, untouched, and so is every socket
+  connected inside a trio run: the engine's own TCP connections (the
+  software provider's wire) and trio programs, which route with
+  :class:`smbdirect_socket.trio.SMBDirectSocketFactory` instead.
+
+With ``fallback=True`` a connection that SMB-Direct refuses (no listener)
+is made over TCP instead; otherwise the refusal is the program's error.
+:mod:`smbdirect_socket.run` applies this to a whole program.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket as _stdlib_socket
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from . import blocking, smb_clients
+from .constants import IPPROTO_SMBDIRECT, SMBDIRECT_IWARP_PORT, SMBDIRECT_PORT, SOL_SMBDIRECT
+from .options import SMBDIRECT_BYTESTREAM
+from .parameters import Parameters
+from .rdma import Provider
+
+__all__ = ["Patch", "Route", "patch"]
+
+_ORIGINAL_SOCKET = _stdlib_socket.socket
+_ORIGINAL_CREATE_CONNECTION = _stdlib_socket.create_connection
+
+
+@attrs.frozen
+class Route:
+    """Which connections ride SMB-Direct, and how."""
+
+    ports: frozenset[int] | None = frozenset({SMBDIRECT_PORT, SMBDIRECT_IWARP_PORT})  #: None: every port
+    hosts: frozenset[str] = frozenset()
+    fallback: bool = False
+    bytestream: bool = False
+    parameters: Parameters | None = None
+    provider: Provider | None = None
+
+    def takes(self, address: Any) -> bool:
+        if not isinstance(address, tuple) or len(address) < 2:
+            return False
+        return (self.ports is None or address[1] in self.ports) or address[0] in self.hosts
+
+    def connect(self, address: tuple[Any, ...], family: int, timeout: float | None) -> blocking.SMBDirectSocket:
+        sock = blocking.SMBDirectSocket(family, parameters=self.parameters, provider=self.provider)
+        try:
+            sock.settimeout(timeout)
+            if self.bytestream:
+                sock.setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def _refused(exc: OSError) -> bool:
+    return exc.errno in (errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH)
+
+
+def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:
+    class RoutedSocket(_ORIGINAL_SOCKET):
+        """A stdlib socket until it connects to a routed address; then SMB-Direct."""
+
+        _smbdirect: blocking.SMBDirectSocket | None = None
+
+        def __new__(cls, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> Any:
+            if proto == IPPROTO_SMBDIRECT:
+                family = _stdlib_socket.AF_INET if family == -1 else family
+                kind = _stdlib_socket.SOCK_STREAM if type == -1 else type
+                return blocking.SMBDirectSocket(
+                    family, kind, proto, parameters=route.parameters, provider=route.provider
+                )
+            return super().__new__(cls, family, type, proto, fileno)  # type: ignore[call-arg]
+
+        def connect(self, address: Any) -> None:
+            if (
+                self._smbdirect is None
+                and not trio.lowlevel.in_trio_run()  # the engine's own TCP, and trio programs
+                and route.takes(address)
+                and self.type == _stdlib_socket.SOCK_STREAM
+                and self.family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
+            ):
+                try:
+                    self._smbdirect = route.connect(address, self.family, self.gettimeout())
+                    return
+                except OSError as exc:
+                    if not (route.fallback and _refused(exc)):
+                        raise
+            super().connect(address)
+
+        def connect_ex(self, address: Any) -> int:
+            try:
+                self.connect(address)
+            except OSError as exc:
+                return exc.errno or errno.EIO
+            return 0
+
+        def close(self) -> None:
+            if self._smbdirect is not None:
+                self._smbdirect.close()
+            super().close()
+
+        def __repr__(self) -> str:
+            return repr(self._smbdirect) if self._smbdirect is not None else super().__repr__()
+
+    def delegate(name: str) -> Any:
+        stdlib_method = getattr(_ORIGINAL_SOCKET, name)
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._smbdirect is not None:
+                return getattr(self._smbdirect, name)(*args, **kwargs)
+            return stdlib_method(self, *args, **kwargs)
+
+        method.__name__ = name
+        method.__doc__ = stdlib_method.__doc__
+        return method
+
+    for name in (
+        "send",
+        "sendall",
+        "sendmsg",
+        "recv",
+        "recv_into",
+        "recvmsg",
+        "recvmsg_into",
+        "setsockopt",
+        "getsockopt",
+        "settimeout",
+        "gettimeout",
+        "setblocking",
+        "getblocking",
+        "shutdown",
+        "fileno",
+        "getsockname",
+        "getpeername",
+    ):
+        setattr(RoutedSocket, name, delegate(name))
+    return RoutedSocket
+
+
+class Patch:
+    """The stdlib's socket module, patched; undo with :meth:`undo` or by leaving ``with``."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self._socket_class = _routed_socket_class(route)
+        self._active = False
+
+    def create_connection(
+        self,
+        address: tuple[str, int],
+        timeout: Any = _stdlib_socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+        source_address: Any = None,
+        *,
+        all_errors: bool = False,
+    ) -> Any:
+        """``socket.create_connection``, over SMB-Direct for routed addresses."""
+        if not self.route.takes(address):
+            return _ORIGINAL_CREATE_CONNECTION(address, timeout, source_address, all_errors=all_errors)
+        options: dict[str, Any] = {}
+        if timeout is not _stdlib_socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+            options["timeout"] = timeout
+        try:
+            return blocking.create_connection(
+                address,
+                source_address=source_address,
+                all_errors=all_errors,
+                bytestream=self.route.bytestream,
+                parameters=self.route.parameters,
+                provider=self.route.provider,
+                **options,
+            )
+        except OSError as exc:
+            if not (self.route.fallback and _refused(exc)):
+                raise
+        return _ORIGINAL_CREATE_CONNECTION(address, timeout, source_address, all_errors=all_errors)
+
+    def apply(self) -> Patch:
+        if _stdlib_socket.socket is not _ORIGINAL_SOCKET:
+            raise RuntimeError("the socket module is already patched")
+        _stdlib_socket.socket = self._socket_class  # type: ignore[misc]
+        _stdlib_socket.create_connection = self.create_connection  # type: ignore[assignment]
+        self._active = True
+        return self
+
+    def undo(self) -> None:
+        if self._active:
+            _stdlib_socket.socket = _ORIGINAL_SOCKET  # type: ignore[misc]
+            _stdlib_socket.create_connection = _ORIGINAL_CREATE_CONNECTION
+            self._active = False
+
+    def __enter__(self) -> Patch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+
+def patch(
+    ports: Iterable[int] | None = (SMBDIRECT_PORT, SMBDIRECT_IWARP_PORT),
+    hosts: Iterable[str] = (),
+    *,
+    fallback: bool = False,
+    bytestream: bool = False,
+    parameters: Parameters | None = None,
+    provider: Provider | None = None,
+    fit_smb_clients: bool = True,
+) -> Patch:
+    """Patch the socket module now; returns a :class:`Patch` usable as a context manager.
+
+    ``ports`` None routes every port; ``parameters`` apply to each SMB-Direct
+    connection (for example ``Parameters().with_large_messages()`` towards the
+    gateway).  ``fit_smb_clients`` applies :func:`smbdirect_socket.smb_clients.fit_sizes`.
+    """
+    if fit_smb_clients:
+        smb_clients.fit_sizes()
+    route = Route(
+        None if ports is None else frozenset(ports), frozenset(hosts), fallback, bytestream, parameters, provider
+    )
+    return Patch(route).apply()

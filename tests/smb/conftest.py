@@ -1,0 +1,26 @@
+"""A real Samba smbd and the gateway in front of it, shared by the SMB client tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from smbdirect_socket.gateway import Gateway, gateway_thread
+from smbdirect_socket.samba import SambaServer, samba_available, samba_server
+
+
+@pytest.fixture(scope="session")
+def samba() -> Iterator[SambaServer]:
+    reason = samba_available()
+    if reason is not None:
+        pytest.skip(reason)
+    with samba_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gateway(samba: SambaServer) -> Iterator[tuple[Gateway, tuple[str, int]]]:
+    relay = Gateway(samba.address)
+    with gateway_thread(relay) as address:
+        yield relay, address
