@@ -70,7 +70,8 @@ class Route:
 
 
 def _refused(exc: OSError) -> bool:
-    return exc.errno in (errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH)
+    """Nothing speaks SMB-Direct there: nothing listens, or what listens fails the handshake."""
+    return exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH)
 
 
 def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:

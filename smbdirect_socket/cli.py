@@ -1,0 +1,63 @@
+"""The ``smbdirect`` command: ``smbdirect gateway`` and ``smbdirect run``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from . import run
+from .gateway import Gateway
+from .parameters import Parameters
+from .rdma import get_provider
+
+__all__ = ["main"]
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return (host.strip("[]") or "0.0.0.0", int(port))
+
+
+def _gateway(argv: Sequence[str]) -> None:
+    p = argparse.ArgumentParser(
+        prog="smbdirect gateway", description="Accept SMB-Direct and relay SMB2 to a TCP SMB server."
+    )
+    p.add_argument("--listen", type=_address, default=("0.0.0.0", 5445), help="SMB-Direct address (0.0.0.0:5445)")
+    p.add_argument("--to", type=_address, required=True, help="the TCP SMB server, HOST:PORT")
+    p.add_argument("--provider", default=None, help="RDMA engine provider (default: $SMBDIRECT_PROVIDER or softiwarp)")
+    p.add_argument("--linux-sizes", action="store_true", help="the kernel's message sizes instead of 8 MiB messages")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    parameters = Parameters() if args.linux_sizes else Parameters().with_large_messages()
+    gateway = Gateway(args.to, parameters, get_provider(args.provider))
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(partial(gateway.serve, args.listen))
+            print(f"smbdirect gateway: SMB-Direct {address[0]}:{address[1]} -> TCP {args.to[0]}:{args.to[1]}")
+
+    try:
+        trio.run(serve)
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"gateway": _gateway, "run": partial(run.main, prog="smbdirect run")}
+    if not argv or argv[0] not in commands:
+        print("usage: smbdirect {gateway,run} ...", file=sys.stderr)
+        raise SystemExit(2)
+    commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()
