@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import trio
@@ -44,15 +45,13 @@ def _gateway(argv: Sequence[str]) -> None:
             address = await nursery.start(partial(gateway.serve, args.listen))
             print(f"smbdirect gateway: SMB-Direct {address[0]}:{address[1]} -> TCP {args.to[0]}:{args.to[1]}")
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve)
-    except KeyboardInterrupt:
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"gateway": _gateway, "run": partial(run.main, prog="smbdirect run")}
+    commands: dict[str, Callable[[Sequence[str]], None]] = {"gateway": _gateway, "run": partial(run.main, prog="smbdirect run")}
     if not argv or argv[0] not in commands:
         print("usage: smbdirect {gateway,run} ...", file=sys.stderr)
         raise SystemExit(2)
