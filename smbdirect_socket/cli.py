@@ -51,7 +51,10 @@ def _gateway(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands: dict[str, Callable[[Sequence[str]], None]] = {"gateway": _gateway, "run": partial(run.main, prog="smbdirect run")}
+    commands: dict[str, Callable[[Sequence[str]], None]] = {
+        "gateway": _gateway,
+        "run": partial(run.main, prog="smbdirect run"),
+    }
     if not argv or argv[0] not in commands:
         print("usage: smbdirect {gateway,run} ...", file=sys.stderr)
         raise SystemExit(2)
