@@ -40,7 +40,7 @@ bench: install
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-demo: install
+demo: install system-deps
 	$(PY) -m smbdirect_socket.demo
 
 # The kernel interop suite: one boot of a guest with siw, rxe, ksmbd and cifs.ko.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import socket as _stdlib_socket
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,6 +51,8 @@ class Route:
     bytestream: bool = False
     parameters: Parameters | None = None
     provider: Provider | None = None
+    #: The SMB-Direct sockets connected through this route (while they live).
+    sockets: weakref.WeakSet[blocking.SMBDirectSocket] = attrs.field(factory=weakref.WeakSet, eq=False)
 
     def takes(self, address: Any) -> bool:
         if not isinstance(address, tuple) or len(address) < 2:
@@ -66,6 +69,7 @@ class Route:
         except BaseException:
             sock.close()
             raise
+        self.sockets.add(sock)
         return sock
 
 
@@ -178,7 +182,7 @@ class Patch:
         if timeout is not _stdlib_socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
             options["timeout"] = timeout
         try:
-            return blocking.create_connection(
+            sock = blocking.create_connection(
                 address,
                 source_address=source_address,
                 all_errors=all_errors,
@@ -187,6 +191,8 @@ class Patch:
                 provider=self.route.provider,
                 **options,
             )
+            self.route.sockets.add(sock)
+            return sock
         except OSError as exc:
             if not (self.route.fallback and _refused(exc)):
                 raise
