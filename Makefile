@@ -31,11 +31,13 @@ lint: install
 	$(PY) -m ruff format --check smbdirect_socket tests benchmarks
 	$(PY) -m mypy smbdirect_socket
 
-bench: install
+bench: install system-deps
 	$(PY) benchmarks/bench_protocol.py
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_trio.py
 	$(PY) benchmarks/bench_trio.py --large
+	$(PY) benchmarks/bench_socket.py
+	$(PY) benchmarks/bench_socket.py --large
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,214 @@
+"""The blocking SMB-Direct socket against blocking TCP sockets, in one run.
+
+Plain threads, as a stdlib program would use them; the SMB-Direct side runs
+on the software iWARP engine (the engine thread does the protocol work).
+Printed per case: SMB-Direct, TCP and the ratio.
+
+* throughput of framed 128 KiB messages (4-byte length + message);
+* throughput of 64 KiB writes in byte-stream mode;
+* the round trip of a 64-byte message;
+* an SMB file copy by smbprotocol (write and read back) to the same Samba,
+  over SMB-Direct through the gateway and over TCP (needs Samba, as root).
+
+Parameters: the kernel's defaults, or with ``--large`` the large-message
+parameters two of this project's sockets agree on (64 KiB fragments).
+
+    python benchmarks/bench_socket.py [--seconds S] [--large] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from smbdirect_socket import SOL_SMBDIRECT, Parameters, create_connection, create_server, patch
+from smbdirect_socket.gateway import Gateway, gateway_thread
+from smbdirect_socket.options import SMBDIRECT_BYTESTREAM
+from smbdirect_socket.samba import samba_available, samba_server
+
+Pair = tuple[Any, Any]
+
+
+def tcp_pair() -> Pair:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    for sock in (client, server):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, server
+
+
+def smbdirect_pair(bytestream: bool, parameters: Parameters | None) -> Pair:
+    listener = create_server(("127.0.0.1", 0), bytestream=bytestream, parameters=parameters)
+    client = create_connection(listener.getsockname(), bytestream=bytestream, parameters=parameters)
+    server, _ = listener.accept()
+    listener.close()
+    assert server.getsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM) == int(bytestream)
+    return client, server
+
+
+def receive_exactly(sock: Any, size: int) -> bytes:
+    """Exactly ``size`` bytes: one call on a framed SMB-Direct socket, a loop on TCP."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+def receive_message(sock: Any) -> bytes:
+    """One framed message, header included, as SMB clients read them: 4 bytes, then the rest."""
+    header = receive_exactly(sock, 4)
+    return header + receive_exactly(sock, struct.unpack(">I", header)[0])
+
+
+def throughput(pair: Pair, seconds: float, size: int, framed: bool) -> float:
+    """Bytes per second one way, the receiver checking message boundaries when framed."""
+    client, server = pair
+    message = struct.pack(">I", size) + bytes(size) if framed else bytes(size)
+    received = [0]
+
+    def drain() -> None:
+        try:
+            if framed:
+                while header := server.recv(4):
+                    received[0] += len(receive_exactly(server, struct.unpack(">I", header)[0]))
+            else:
+                while chunk := server.recv(65536):
+                    received[0] += len(chunk)
+        except OSError:
+            pass  # the sender closed with credit grants unread
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        client.sendall(message)
+    client.close()
+    thread.join()
+    elapsed = time.perf_counter() - start
+    server.close()
+    return received[0] / elapsed
+
+
+def round_trip(pair: Pair, count: int) -> float:
+    client, server = pair
+    message = struct.pack(">I", 60) + bytes(60)
+
+    def echo() -> None:
+        for _ in range(count):
+            server.sendall(receive_message(server))
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    start = time.perf_counter()
+    for _ in range(count):
+        client.sendall(message)
+        receive_message(client)
+    elapsed = time.perf_counter() - start
+    thread.join()
+    client.close()
+    server.close()
+    return elapsed / count
+
+
+def smb_copy(parameters: Parameters | None, size: int) -> tuple[float, float] | str:
+    """Seconds for smbprotocol to write and read back ``size`` bytes: (SMB-Direct, TCP)."""
+    reason = samba_available()
+    if reason is not None:
+        return reason
+    import smbclient
+
+    data = os.urandom(size)
+
+    def copy(host: str, port: int, user: str, password: str, share: str) -> float:
+        smbclient.register_session(host, username=user, password=password, port=port)
+        path = rf"\\{host}\{share}\bench.bin"
+        start = time.perf_counter()
+        with smbclient.open_file(path, mode="wb", port=port) as remote:
+            remote.write(data)
+        with smbclient.open_file(path, mode="rb", port=port) as remote:
+            assert remote.read() == data
+        elapsed = time.perf_counter() - start
+        smbclient.reset_connection_cache()
+        return elapsed
+
+    with samba_server() as samba:
+        credentials = (samba.user, samba.password, samba.share)
+        tcp = copy(samba.host, samba.port, *credentials)
+        gateway = Gateway(samba.address, parameters or Parameters())
+        with gateway_thread(gateway) as (host, port), patch(ports=[port], parameters=parameters):
+            smbdirect = copy(host, port, *credentials)
+    return smbdirect, tcp
+
+
+def report(name: str, smbdirect: float, tcp: float, unit: str, scale: float, higher_is_better: bool) -> dict[str, Any]:
+    ratio = smbdirect / tcp
+    print(
+        f"{name:<38} SMB-Direct {smbdirect * scale:10.1f} {unit:<5} TCP {tcp * scale:10.1f} {unit:<5} "
+        f"ratio {ratio:6.2f}x ({'higher' if higher_is_better else 'lower'} is better)"
+    )
+    return {"case": name, "smbdirect": smbdirect, "tcp": tcp, "ratio": ratio, "unit": unit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--large", action="store_true", help="large-message parameters (64 KiB fragments)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    parameters = Parameters().with_large_messages() if args.large else None
+    print(f"parameters: {'large messages, 64 KiB fragments' if args.large else 'the kernel defaults'}")
+    cases: list[tuple[str, Callable[[], float], Callable[[], float], str, float, bool]] = [
+        (
+            "framed 128 KiB messages",
+            lambda: throughput(smbdirect_pair(False, parameters), args.seconds, 131072, True),
+            lambda: throughput(tcp_pair(), args.seconds, 131072, True),
+            "MB/s",
+            1e-6,
+            True,
+        ),
+        (
+            "byte-stream 64 KiB writes",
+            lambda: throughput(smbdirect_pair(True, parameters), args.seconds, 65536, False),
+            lambda: throughput(tcp_pair(), args.seconds, 65536, False),
+            "MB/s",
+            1e-6,
+            True,
+        ),
+        (
+            "64-byte round trip",
+            lambda: round_trip(smbdirect_pair(False, parameters), 2000),
+            lambda: round_trip(tcp_pair(), 2000),
+            "us",
+            1e6,
+            False,
+        ),
+    ]
+    results = [
+        report(name, smbdirect(), tcp(), unit, scale, better) for name, smbdirect, tcp, unit, scale, better in cases
+    ]
+    copied = smb_copy(parameters, 16 * 1024 * 1024)
+    if isinstance(copied, str):
+        print(f"SMB file copy: skipped ({copied})")
+    else:
+        size = 2 * 16 * 1024 * 1024
+        results.append(
+            report("smbprotocol 16 MiB write + read", size / copied[0], size / copied[1], "MB/s", 1e-6, True)
+        )
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(results, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()
