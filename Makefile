@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test lint bench demo interop clean
+.PHONY: install system-deps test lint docs bench demo interop clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ lint: install
 	$(PY) -m ruff format --check smbdirect_socket tests benchmarks
 	$(PY) -m mypy smbdirect_socket
 
+# The documentation site (site/); warnings are errors.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 bench: install system-deps
 	$(PY) benchmarks/bench_protocol.py
 	$(PY) benchmarks/bench_engine.py
@@ -40,7 +44,7 @@ bench: install system-deps
 	$(PY) benchmarks/bench_socket.py --large
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
 
 demo: install system-deps
 	$(PY) -m smbdirect_socket.demo
