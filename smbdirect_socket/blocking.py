@@ -90,7 +90,7 @@ class SMBDirectSocket:
         return engine_thread.run_sync(self._sock.fileno)
 
     def __repr__(self) -> str:
-        return f"<smbdirect_socket.SMBDirectSocket fd={self.fileno()} {self._sock!r}>"
+        return f"<smbdirect_socket.SMBDirectSocket {self._sock!r}>"  # no engine call: repr runs anywhere
 
     def __enter__(self) -> SMBDirectSocket:
         return self

@@ -8,7 +8,9 @@ a forked child starts its own.
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -37,6 +39,10 @@ class _EngineThread:
         self._thread.start()
         started.wait()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return trio.from_thread.run(afn, *args, trio_token=self._token)
 
@@ -57,6 +63,9 @@ _lock = threading.Lock()
 
 def _get() -> _EngineThread:
     global _engine
+    if sys.is_finalizing() or (_engine is not None and not _engine.alive):
+        # The loop's thread is gone or frozen: waiting on it would hang forever.
+        raise OSError(errno.EBADF, "the smbdirect engine has stopped (the interpreter is shutting down)")
     if _engine is None:
         with _lock:
             if _engine is None:

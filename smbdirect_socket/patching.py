@@ -103,6 +103,7 @@ def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:
             ):
                 try:
                     self._smbdirect = route.connect(address, self.family, self.gettimeout())
+                    _ORIGINAL_SOCKET.close(self)  # the TCP descriptor is never used now
                     return
                 except OSError as exc:
                     if not (route.fallback and _refused(exc)):

@@ -481,3 +481,24 @@ async def test_peer_vanishing_mid_message() -> None:
     for sock in (client, other_client, other_server):
         sock.close()
     await listener.aclose()
+
+
+async def test_close_after_sending_is_end_of_file_not_a_reset() -> None:
+    """The closing side never read the credit grants the receiver sent it; its close
+    must still reach the receiver as the end of the stream, after every byte."""
+    client, server = await connected_pair(bytestream=True)
+    payload = bytes(range(256)) * 4096  # 1 MiB: many credit grants come back
+    async with trio.open_nursery() as nursery:
+        received = bytearray()
+
+        async def drain() -> None:
+            while data := await server.recv(65536):
+                received.extend(data)
+
+        nursery.start_soon(drain)
+        sent = 0
+        while sent < len(payload):
+            sent += await client.send(payload[sent:])
+        client.close()
+    assert received == payload
+    server.close()

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import math
 import socket
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -44,6 +45,9 @@ __all__ = ["SoftIwarpProvider", "SoftQueuePair"]
 _RECEIVE_SIZE = 256 * 1024
 #: How long the reader task leaves the socket to a task that just took completions.
 _HANDOVER_GRACE = 0.05
+# How long a graceful disconnect waits for the peer's FIN, discarding what
+# still arrives: bytes left unread at close() turn the FIN into a reset.
+_LINGER = 1.0
 #: How long a responder waits for a complete MPA request (siw: 5 s).
 MPA_REQUEST_TIMEOUT = 5.0
 
@@ -109,6 +113,7 @@ class SoftQueuePair(QueuePair):
         self._writable = trio.lowlevel.ParkingLot()
         self._completed = trio.lowlevel.ParkingLot()
         self._closed = False
+        self._lingering = False
         # Who reads the socket: a task waiting for completions, else the reader task.
         self._consumers = 0
         self._consumer_reading = False
@@ -208,9 +213,37 @@ class SoftQueuePair(QueuePair):
     async def disconnect(self) -> None:
         """Flush everything and close TCP gracefully (a FIN, no Terminate)."""
         self.core.close()
+        if not self._closed and not self._consumers:
+            await self._linger()
         self._close_socket()
         self._notify()
         await trio.lowlevel.checkpoint()
+
+    async def _linger(self) -> None:
+        """Finish sending, send our FIN, then read and drop what still comes until the peer's."""
+        self._lingering = True  # the reader and writer tasks let go of the socket
+        self._reader_scope.cancel()
+        self._writer_scope.cancel()
+        with trio.move_on_after(_LINGER), contextlib.suppress(OSError):
+            while self.core.wants_to_send and not self._closed:
+                await self._wait(trio.lowlevel.wait_writable)
+                self._transmit()
+            self._sock.shutdown(socket.SHUT_WR)
+            while True:
+                await self._wait(trio.lowlevel.wait_readable)
+                try:
+                    if not self._sock.recv(_RECEIVE_SIZE):
+                        return
+                except BlockingIOError:
+                    continue
+
+    async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
+        """Wait for the socket once a cancelled reader or writer task has let go of it."""
+        while True:
+            try:
+                return await wait(self._sock)
+            except trio.BusyResourceError:
+                await trio.sleep(0)
 
     # ---- I/O ---------------------------------------------------------------------
 
@@ -271,7 +304,7 @@ class SoftQueuePair(QueuePair):
 
     async def _reader(self) -> None:
         """Read while no task waits for completions."""
-        while not self._closed:
+        while not (self._closed or self._lingering):
             # A task that just took completions usually comes straight back:
             # leave the socket to it, and look again now and then.
             if self._consumers:
@@ -290,7 +323,7 @@ class SoftQueuePair(QueuePair):
 
     async def _writer(self) -> None:
         """Finish writes the socket could not take at once."""
-        while not self._closed:
+        while not (self._closed or self._lingering):
             if self.core.wants_to_send:
                 await trio.lowlevel.wait_writable(self._sock)
                 self._transmit()

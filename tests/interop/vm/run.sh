@@ -56,7 +56,11 @@ extra=""
 if [ "$(cat "$JOB/smb")" = 1 ]; then
   tools=$(cat "$JOB/ksmbd-tools")
   conf=/run/smbdirect-vm/ksmbd.conf users=/run/smbdirect-vm/ksmbdpwd.db
-  printf '[global]\n\tserver string = smbdirect-vm\n[share]\n\tpath = /run/smbdirect-vm/share\n\tread only = no\n\tforce user = root\n' > $conf
+  # Encryption off: ksmbd 6.12 answers an encrypted request over SMB-Direct with
+  # the plain response while counting the 52-byte transform header in its
+  # length, so the client waits for bytes that never come (impacket encrypts
+  # when the server allows it).
+  printf '[global]\n\tserver string = smbdirect-vm\n\tsmb3 encryption = disabled\n[share]\n\tpath = /run/smbdirect-vm/share\n\tread only = no\n\tforce user = root\n' > $conf
   "$tools/ksmbd.adduser" -c $conf -i $users -a test -p test >/dev/null || echo "interop-vm: ksmbd.adduser failed"
   "$tools/ksmbd.mountd" -c $conf -u $users || echo "interop-vm: ksmbd.mountd failed"
   extra="RDMA_VM_SMB_USER=test RDMA_VM_SMB_PASS=test RDMA_VM_SMB_SHARE=share"
