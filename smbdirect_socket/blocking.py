@@ -340,8 +340,6 @@ def create_connection(
     provider: Provider | None = None,
 ) -> SMBDirectSocket:
     """Like :func:`socket.create_connection`, over SMB-Direct."""
-    if source_address is not None:
-        raise OSError(errno.EOPNOTSUPP, "SMB-Direct clients do not bind a source address")
     host, port = address
     errors: list[OSError] = []
     for family, _, _, _, sockaddr in _stdlib_socket.getaddrinfo(host, port, 0, _stdlib_socket.SOCK_STREAM):
@@ -351,6 +349,8 @@ def create_connection(
                 sock.settimeout(timeout)  # type: ignore[arg-type]
             if bytestream:
                 sock.setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)
+            if source_address is not None:
+                sock.bind(source_address)
             sock.connect(sockaddr)
             return sock
         except OSError as exc:

@@ -95,9 +95,13 @@ class Connection:
 
     @classmethod
     async def connect(
-        cls, provider: Provider, address: tuple[str, int], parameters: Parameters | None = None
+        cls,
+        provider: Provider,
+        address: tuple[str, int],
+        parameters: Parameters | None = None,
+        source: tuple[str, int] | None = None,
     ) -> Connection:
-        """Connect RDMA, then negotiate SMB-Direct as the client."""
+        """Connect RDMA (from ``source``, if given), then negotiate SMB-Direct as the client."""
         parameters = parameters or Parameters()
         try:
             qp = await provider.connect(
@@ -106,6 +110,7 @@ class Connection:
                 initiator_depth=parameters.initiator_depth,
                 responder_resources=parameters.responder_resources,
                 timeout=parameters.rdma_connect_timeout_msec / 1000,
+                source=source,
             )
         except RdmaError:
             raise

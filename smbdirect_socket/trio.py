@@ -173,7 +173,8 @@ class SMBDirectSocket(trio.socket.SocketType):
         return tuple(infos[0][4])
 
     async def bind(self, address: Address) -> None:
-        """Bind the listening address (the privileged-port check treats 5445 like 445)."""
+        """Bind the address to listen on, or to connect from (the privileged-port
+        check treats 5445 like 445)."""
         self._check_open()
         if self._bound is not None or self._connection is not None:
             _error(errno.EINVAL, "socket is already bound")
@@ -238,9 +239,14 @@ class SMBDirectSocket(trio.socket.SocketType):
     async def _connect(self, address: Address) -> None:
         """Connect, with ``_connecting`` already set (EALREADY, not writable meanwhile)."""
         self._update_readiness()
+        source = None
+        if self._bound_socket is not None:  # bind() before connect(): connect from there
+            source = (self._bound[0], self._bound[1]) if self._bound else None
+            self._bound_socket.close()
+            self._bound_socket = None
         try:
             resolved = await self._resolve(address)
-            connection = await Connection.connect(self._provider, (resolved[0], resolved[1]), self.parameters)
+            connection = await Connection.connect(self._provider, (resolved[0], resolved[1]), self.parameters, source)
         except OSError as exc:
             self._pending_error = exc
             raise

@@ -193,9 +193,6 @@ def test_blocking_connect_refused_and_misuse(pair: tuple[SMBDirectSocket, SMBDir
     with pytest.raises(OSError) as info:
         client.recv(4, stdlib_socket.MSG_PEEK)
     assert info.value.errno == errno.EINVAL
-    with pytest.raises(OSError) as info:
-        create_connection(address, source_address=("127.0.0.1", 0))
-    assert info.value.errno == errno.EOPNOTSUPP
     client.shutdown(stdlib_socket.SHUT_WR)
     with pytest.raises(OSError) as info:
         client.send(framed(b"x"))
@@ -308,3 +305,13 @@ def test_many_threads_many_connections(server: SMBDirectSocket) -> None:
     for thread in threads:
         thread.join(30)
     assert results == [True] * 20
+
+
+def test_connect_from_a_bound_address(server: SMBDirectSocket) -> None:
+    with stdlib_socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        source = probe.getsockname()
+    with create_connection(server.getsockname(), timeout=10, source_address=source) as client:
+        accepted, peer = server.accept()
+        assert client.getsockname() == source == peer == accepted.getpeername()
+        accepted.close()

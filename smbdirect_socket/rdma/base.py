@@ -212,7 +212,9 @@ class Provider(abc.ABC):
         initiator_depth: int = 1,
         responder_resources: int = 1,
         timeout: float = 5.0,
-    ) -> QueuePair: ...
+        source: tuple[str, int] | None = None,
+    ) -> QueuePair:
+        """Connect to ``address`` (from ``source``, rdma_resolve_addr's src_addr, if given)."""
 
     @abc.abstractmethod
     def listen(self, address: tuple[str, int], backlog: int = 10, *, sock: socket.socket | None = None) -> Listener:

@@ -62,7 +62,7 @@ async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
     return bytes(data)
 
 
-async def _open_tcp(address: tuple[str, int]) -> trio.SocketStream:
+async def _open_tcp(address: tuple[str, int], source: tuple[str, int] | None = None) -> trio.SocketStream:
     """A TCP connection made directly, never through trio's custom socket factory
     (which may be routing TCP to SMB-Direct, that is, back to us)."""
     infos = await trio.socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
@@ -70,6 +70,9 @@ async def _open_tcp(address: tuple[str, int]) -> trio.SocketStream:
     for family, kind, proto, _, sockaddr in infos:
         sock = trio.socket.from_stdlib_socket(socket.socket(family, kind, proto))
         try:
+            if source is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                await sock.bind(source)
             await sock.connect(sockaddr)
         except OSError as exc:
             sock.close()
@@ -204,7 +207,7 @@ class SoftQueuePair(QueuePair):
         self.core.memory.deregister(region)
 
     def invalidate(self, region: SoftMemoryRegion) -> None:  # type: ignore[override]
-        region._valid = False
+        self.core.memory.invalidate(region.token)  # local invalidate: as a send with invalidate would
 
     @property
     def error(self) -> RdmaError | None:
@@ -465,6 +468,7 @@ class SoftIwarpProvider(Provider):
         initiator_depth: int = 1,
         responder_resources: int = 1,
         timeout: float = 5.0,
+        source: tuple[str, int] | None = None,
     ) -> SoftQueuePair:
         if len(private_data) > MAX_PRIVATE_DATA - 4:
             raise RdmaError(errno.EINVAL, f"private data of {len(private_data)} bytes exceeds {MAX_PRIVATE_DATA - 4}")
@@ -475,7 +479,7 @@ class SoftIwarpProvider(Provider):
         request = MpaFrame(reply=False, revision=2, crc=self.crc, ird=ird, ord=ord_, private_data=private_data)
         try:
             with trio.fail_after(timeout):
-                stream = await _open_tcp(address)
+                stream = await _open_tcp(address, source)
                 try:
                     await stream.send_all(request.pack())
                     reply = await _read_frame(stream, reply=True)
