@@ -315,3 +315,44 @@ def test_connect_from_a_bound_address(server: SMBDirectSocket) -> None:
         accepted, peer = server.accept()
         assert client.getsockname() == source == peer == accepted.getpeername()
         accepted.close()
+
+
+KILLED_PEER = """
+import os, signal, struct, sys
+from smbdirect_socket import create_connection
+sock = create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+sock.sendall(struct.pack(">I", 5) + b"hello")
+print("sent", flush=True)
+sys.stdin.readline()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_peer_process_ends_its_connection_only(server: SMBDirectSocket) -> None:
+    import subprocess
+    import sys
+
+    peer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PEER, str(server.getsockname()[1])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert peer.stdout is not None and peer.stdin is not None
+    victim, _ = server.accept()
+    assert peer.stdout.readline() == "sent\n"
+    survivor = create_connection(server.getsockname(), timeout=10)
+    other, _ = server.accept()
+    assert receive_message(victim) == b"hello"
+    victim.settimeout(10)
+    peer.stdin.write("die\n")
+    peer.stdin.flush()
+    assert peer.wait(10) == -9
+    try:
+        assert victim.recv(4) == b""  # the kernel closed its TCP in order
+    except OSError as exc:
+        assert exc.errno in (errno.ECONNRESET, errno.ECONNABORTED)
+    survivor.send(framed(b"still here"))
+    assert receive_message(other) == b"still here"
+    for sock in (victim, survivor, other):
+        sock.close()

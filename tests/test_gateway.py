@@ -1,0 +1,115 @@
+"""The gateway's relay and its failures, against a Direct-TCP echo server (no Samba needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from smbdirect_socket import Parameters, create_connection
+from smbdirect_socket.gateway import Gateway, gateway_thread
+
+
+def framed(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+class DirectTcpServer:
+    """Answers each 4-byte-length-framed message with its reverse; ``inflate`` makes
+    the answer that many times larger; ``drop()`` cuts every connection."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.inflate = 1
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            file = conn.makefile("rb")
+            while header := file.read(4):
+                body = file.read(struct.unpack(">I", header)[0])
+                conn.sendall(framed(body[::-1] * self.inflate))
+
+    def drop(self) -> None:
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.drop()
+
+
+@pytest.fixture
+def target() -> Iterator[DirectTcpServer]:
+    server = DirectTcpServer()
+    yield server
+    server.close()
+
+
+def exchange(sock: socket.socket, payload: bytes) -> bytes:
+    sock.sendall(framed(payload))
+    (length,) = struct.unpack(">I", sock.recv(4))
+    return sock.recv(length)
+
+
+def test_relays_messages_of_every_size(target: DirectTcpServer) -> None:
+    gateway = Gateway(target.address)
+    large = Parameters().with_large_messages()
+    with gateway_thread(gateway) as address, create_connection(address, timeout=30, parameters=large) as client:
+        for size in (1, 1364, 65536, 1 << 20, 8 << 20):
+            payload = bytes(range(256)) * (size // 256) or b"x"
+            assert exchange(client, payload) == payload[::-1]
+        assert gateway.active == 1
+
+
+def test_unreachable_target_disconnects_the_client(target: DirectTcpServer) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nowhere = probe.getsockname()
+    gateway = Gateway(nowhere)
+    with gateway_thread(gateway) as address, create_connection(address, timeout=10) as client:
+        assert client.recv(4) == b""  # the gateway hung up: end of stream, no hang
+    assert gateway.served == 1 and gateway.active == 0
+
+
+def test_target_going_away_is_a_disconnect_and_others_carry_on(target: DirectTcpServer) -> None:
+    gateway = Gateway(target.address)
+    with gateway_thread(gateway) as address:
+        first = create_connection(address, timeout=10)
+        assert exchange(first, b"one") == b"eno"
+        target.drop()  # the SMB server goes away under the first client
+        assert first.recv(4) == b""
+        first.close()
+        with create_connection(address, timeout=10) as second:  # the gateway still serves
+            assert exchange(second, b"two") == b"owt"
+
+
+def test_reply_too_large_for_the_client_ends_only_that_client(target: DirectTcpServer) -> None:
+    """The kernel's sizes: the client reassembles at most 173910 bytes."""
+    gateway = Gateway(target.address)
+    with gateway_thread(gateway) as address:
+        client = create_connection(address, timeout=10)
+        target.inflate = 1000  # a 100-byte request is answered with 100000... then more
+        assert exchange(client, b"x" * 100) == b"x" * 100_000
+        client.sendall(framed(b"y" * 200))  # 200000 bytes cannot reach this client:
+        assert client.recv(4) == b""  # the gateway ends its connection (and logs why)
+        client.close()
+        target.inflate = 1
+        with create_connection(address, timeout=10) as other:
+            assert exchange(other, b"fine") == b"enif"
