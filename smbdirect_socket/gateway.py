@@ -15,19 +15,23 @@ this project can carry 8 MiB READ and WRITE inline.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import queue
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 
 import attrs
 import trio
 
+from . import smb2
 from . import trio as sdtrio
-from .constants import SMBDIRECT_IWARP_PORT
+from .constants import SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE as INVALIDATE
+from .constants import SMBDIRECT_IWARP_PORT, SOL_SMBDIRECT
 from .parameters import Parameters
+from .pdu import BufferDescriptorV1
 from .rdma import Provider
 
 __all__ = ["Gateway", "gateway_thread", "serve_gateway"]
@@ -104,37 +108,139 @@ class Gateway:
                 except OSError as exc:
                     log.warning("client %s: target %s:%s unreachable: %s", peer[0], *self.target, exc)
                     return
-                async with server, trio.open_nursery() as nursery:
-                    stop = nursery.cancel_scope.cancel
-                    nursery.start_soon(self._upstream, client, server, peer, stop)
-                    nursery.start_soon(self._downstream, server, client, peer, stop)
+                async with server:
+                    await _Relay(client, server, peer).run()
         finally:
             self.active -= 1
 
-    @staticmethod
-    async def _upstream(
-        client: sdtrio.SMBDirectSocket, server: trio.SocketStream, peer: tuple[str, int], stop: Callable[[], None]
-    ) -> None:
-        try:
-            while header := await client.recv(_HEADER.size):
-                (length,) = _HEADER.unpack(header)
-                await server.send_all(header + (await client.recv(length) if length else b""))
-        except (OSError, trio.BrokenResourceError) as exc:
-            log.info("client %s: %s", peer[0], exc)
-        stop()
 
-    @staticmethod
-    async def _downstream(
-        server: trio.SocketStream, client: sdtrio.SMBDirectSocket, peer: tuple[str, int], stop: Callable[[], None]
-    ) -> None:
-        messages = _TcpMessages(server)
+def _cover(descriptors: list[BufferDescriptorV1], length: int) -> list[BufferDescriptorV1]:
+    """The leading part of ``descriptors`` that covers exactly ``length`` bytes."""
+    covered = []
+    for descriptor in descriptors:
+        if length <= 0:
+            break
+        take = min(descriptor.length, length)
+        covered.append(attrs.evolve(descriptor, length=take))
+        length -= take
+    if length > 0:
+        raise smb2.Smb2Error("the buffer descriptors are shorter than the I/O")
+    return covered
+
+
+@attrs.define
+class _Relay:
+    """One client: its SMB-Direct socket, its TCP connection, and its RDMA channel I/O.
+
+    READ and WRITE requests with Channel RDMA_V1(_INVALIDATE) go to the server
+    as ordinary ones: WRITE data is RDMA-read from the client's buffers first;
+    READ data coming back is RDMA-written into them and the response says
+    so (DataLength 0, DataRemaining n), sent with invalidate when asked.
+    """
+
+    client: sdtrio.SMBDirectSocket
+    server: trio.SocketStream
+    peer: tuple[str, int]
+    #: MessageId -> (descriptors, invalidate) of READs whose data goes by RDMA.
+    reads: dict[int, tuple[list[BufferDescriptorV1], bool]] = attrs.field(factory=dict)
+    #: MessageId -> token to invalidate with the response of an RDMA WRITE.
+    write_tokens: dict[int, int] = attrs.field(factory=dict)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._upstream, nursery.cancel_scope)
+            nursery.start_soon(self._downstream, nursery.cancel_scope)
+
+    async def _upstream(self, done: trio.CancelScope) -> None:
+        try:
+            while header := await self.client.recv(_HEADER.size):
+                (length,) = _HEADER.unpack(header)
+                message = await self.client.recv(length) if length else b""
+                await self._forward(message)
+        except (OSError, trio.BrokenResourceError) as exc:
+            log.info("client %s: %s", self.peer[0], exc)
+        done.cancel()
+
+    async def _forward(self, message: bytes) -> None:
+        if not smb2.is_smb2(message):  # SMB1 negotiate, encrypted or compressed: as is
+            await self.server.send_all(_HEADER.pack(len(message)) + message)
+            return
+        try:
+            commands = smb2.split(message)
+        except smb2.Smb2Error as exc:  # no framing to answer by: a server disconnects too
+            raise OSError(errno.EPROTO, f"malformed SMB2 message: {exc}") from None
+        try:
+            translated = [await self._translate_request(command) for command in commands]
+        except smb2.Smb2Error as exc:
+            log.warning("client %s: answering %s with status %#x", self.peer[0], exc, exc.status)
+            for command in commands:
+                self.reads.pop(command.message_id, None)
+                self.write_tokens.pop(command.message_id, None)
+            answer = smb2.join([smb2.error_response(command, exc.status) for command in commands])
+            await self.client.send(_HEADER.pack(len(answer)) + answer)
+            return
+        if translated != commands:
+            message = smb2.join(translated)
+        await self.server.send_all(_HEADER.pack(len(message)) + message)
+
+    async def _translate_request(self, command: smb2.Command) -> smb2.Command:
+        channel = command.channel()
+        if channel == smb2.CHANNEL_NONE:
+            return command
+        if channel not in (smb2.CHANNEL_RDMA_V1, smb2.CHANNEL_RDMA_V1_INVALIDATE):
+            raise smb2.Smb2Error(f"channel {channel} is not supported")
+        if command.flags & smb2.FLAG_SIGNED:
+            raise smb2.Smb2Error("RDMA channel I/O must not be signed")
+        descriptors = command.descriptors()
+        invalidate = channel == smb2.CHANNEL_RDMA_V1_INVALIDATE
+        if command.command == smb2.READ:
+            _cover(descriptors, command.read_length())  # the buffers must hold what is asked
+            self.reads[command.message_id] = (descriptors, invalidate)
+            return command.as_plain_read()
+        length = command.write_length()
+        data = bytearray(length)
+        if length:
+            await self.client.rdma_read(data, _cover(descriptors, length))
+        if invalidate:
+            self.write_tokens[command.message_id] = descriptors[0].token
+        return command.as_inline_write(bytes(data))
+
+    async def _downstream(self, done: trio.CancelScope) -> None:
+        messages = _TcpMessages(self.server)
         try:
             while (message := await messages.receive()) is not None:
-                await client.send(message)
-        except (OSError, trio.BrokenResourceError) as exc:
+                await self._answer(message)
+        except (OSError, trio.BrokenResourceError, smb2.Smb2Error) as exc:
             # EMSGSIZE: the server answered with more than the client can reassemble.
-            log.warning("client %s: relaying the server's reply failed: %s", peer[0], exc)
-        stop()
+            log.warning("client %s: relaying the server's reply failed: %s", self.peer[0], exc)
+        done.cancel()
+
+    async def _answer(self, message: bytes) -> None:
+        body = message[_HEADER.size :]
+        if not (self.reads or self.write_tokens) or not smb2.is_smb2(body):
+            await self.client.send(message)
+            return
+        commands = smb2.split(body)
+        token: int | None = None
+        answered = []
+        for command in commands:
+            final = not (command.flags & smb2.FLAG_ASYNC and command.status == smb2.STATUS_PENDING)
+            if final and command.message_id in self.reads:
+                descriptors, invalidate = self.reads.pop(command.message_id)
+                if command.status == 0:
+                    data = command.read_response_data()
+                    if data:
+                        await self.client.rdma_write(data, _cover(descriptors, len(data)))
+                    command = command.as_rdma_read_response(len(data))
+                if invalidate and token is None:
+                    token = descriptors[0].token
+            elif final and command.message_id in self.write_tokens:
+                written_token = self.write_tokens.pop(command.message_id)
+                token = written_token if token is None else token
+            answered.append(command)
+        reply = smb2.join(answered) if answered != commands else body
+        ancillary = [] if token is None else [(SOL_SMBDIRECT, INVALIDATE, struct.pack("=I", token))]
+        await self.client.sendmsg([_HEADER.pack(len(reply)), reply], ancillary)
 
 
 async def serve_gateway(

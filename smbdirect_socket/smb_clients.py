@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -64,45 +65,43 @@ def io_limits(sock: Any) -> IoLimits | None:
     return IoLimits(read, write, min(read, write))
 
 
-def _fit_smbprotocol(module: Any) -> None:
-    connection_class = module.Connection
-    if getattr(connection_class.connect, "_fits_smbdirect", False):
+def _after(cls: Any, name: str, adjust: Callable[[Any], None]) -> None:
+    """Make ``cls.name`` call ``adjust(self)`` after it returns (once, however often asked)."""
+    method = getattr(cls, name)
+    if getattr(method, "_fits_smbdirect", False):
         return
-    connect = connection_class.connect
 
-    @functools.wraps(connect)
-    def fitted_connect(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = connect(self, *args, **kwargs)
-        limits = io_limits(getattr(self.transport, "_sock", None))
-        if limits is not None:
-            self.max_read_size = min(self.max_read_size, limits.read)
-            self.max_write_size = min(self.max_write_size, limits.write)
-            self.max_transact_size = min(self.max_transact_size, limits.transact)
+    @functools.wraps(method)
+    def fitted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, *args, **kwargs)
+        adjust(self)
         return result
 
-    fitted_connect._fits_smbdirect = True  # type: ignore[attr-defined]
-    connection_class.connect = fitted_connect
+    fitted._fits_smbdirect = True  # type: ignore[attr-defined]
+    setattr(cls, name, fitted)
+
+
+def _fit_smbprotocol(module: Any) -> None:
+    def adjust(connection: Any) -> None:
+        limits = io_limits(getattr(connection.transport, "_sock", None))
+        if limits is not None:
+            connection.max_read_size = min(connection.max_read_size, limits.read)
+            connection.max_write_size = min(connection.max_write_size, limits.write)
+            connection.max_transact_size = min(connection.max_transact_size, limits.transact)
+
+    _after(module.Connection, "connect", adjust)  # the negotiate happens inside connect()
 
 
 def _fit_impacket(module: Any) -> None:
-    smb3 = module.SMB3
-    if getattr(smb3.negotiateSession, "_fits_smbdirect", False):
-        return
-    negotiate = smb3.negotiateSession
-
-    @functools.wraps(negotiate)
-    def fitted_negotiate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = negotiate(self, *args, **kwargs)
-        limits = io_limits(self._NetBIOSSession.get_socket())
+    def adjust(smb3: Any) -> None:
+        limits = io_limits(smb3._NetBIOSSession.get_socket())
         if limits is not None:
-            state = self._Connection
+            state = smb3._Connection
             state["MaxReadSize"] = min(state["MaxReadSize"], limits.read)
             state["MaxWriteSize"] = min(state["MaxWriteSize"], limits.write)
             state["MaxTransactSize"] = min(state["MaxTransactSize"], limits.transact)
-        return result
 
-    fitted_negotiate._fits_smbdirect = True  # type: ignore[attr-defined]
-    smb3.negotiateSession = fitted_negotiate
+    _after(module.SMB3, "negotiateSession", adjust)
 
 
 def fit_sizes() -> list[str]:
