@@ -373,13 +373,14 @@ class SMBDirectProtocol:
                 "excludes 0x0100"
             )
         max_receive_size = max(min(p.max_recv_size, request.preferred_send_size), c.MIN_RECEIVE_SIZE)
+        max_read_write_size = p.max_read_write_size or c.SERVER_MAX_READ_WRITE_SIZE  # 0 would stop RDMA I/O
         self._receive_target = min(request.credits_requested, p.recv_credit_max)
         negotiated = Negotiated(
             max_send_size=min(p.max_send_size, request.max_receive_size),
             max_receive_size=max_receive_size,
             max_fragmented_send_size=min(request.max_fragmented_size, p.max_fragmented_send_size),
             max_fragmented_receive_size=p.max_fragmented_recv_size,
-            max_read_write_size=p.max_read_write_size,
+            max_read_write_size=max_read_write_size,
             send_credit_target=p.send_credit_target,
         )
         self._established(negotiated, now)
@@ -390,7 +391,7 @@ class SMBDirectProtocol:
             status=c.NTStatus.SUCCESS,
             credits_requested=p.send_credit_target,
             credits_granted=granted,
-            max_read_write_size=p.max_read_write_size,
+            max_read_write_size=max_read_write_size,
             preferred_send_size=negotiated.max_send_size,
             max_receive_size=max_receive_size,
             max_fragmented_size=p.max_fragmented_recv_size,
