@@ -79,6 +79,9 @@ class Gateway:
     #: Connections being relayed now, and relayed in all.
     active: int = 0
     served: int = 0
+    #: Bytes moved by RDMA channel I/O: read from clients (WRITE), written to them (READ).
+    rdma_read_bytes: int = 0
+    rdma_write_bytes: int = 0
 
     async def serve(
         self,
@@ -109,7 +112,7 @@ class Gateway:
                     log.warning("client %s: target %s:%s unreachable: %s", peer[0], *self.target, exc)
                     return
                 async with server:
-                    await _Relay(client, server, peer).run()
+                    await _Relay(self, client, server, peer).run()
         finally:
             self.active -= 1
 
@@ -138,6 +141,7 @@ class _Relay:
     so (DataLength 0, DataRemaining n), sent with invalidate when asked.
     """
 
+    gateway: Gateway
     client: sdtrio.SMBDirectSocket
     server: trio.SocketStream
     peer: tuple[str, int]
@@ -201,6 +205,7 @@ class _Relay:
         data = bytearray(length)
         if length:
             await self.client.rdma_read(data, _cover(descriptors, length))
+            self.gateway.rdma_read_bytes += length
         if invalidate:
             self.write_tokens[command.message_id] = descriptors[0].token
         return command.as_inline_write(bytes(data))
@@ -231,6 +236,7 @@ class _Relay:
                     data = command.read_response_data()
                     if data:
                         await self.client.rdma_write(data, _cover(descriptors, len(data)))
+                        self.gateway.rdma_write_bytes += len(data)
                     command = command.as_rdma_read_response(len(data))
                 if invalidate and token is None:
                     token = descriptors[0].token

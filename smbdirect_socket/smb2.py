@@ -131,8 +131,9 @@ class Command:
     def as_rdma_read_response(self, written: int) -> Command:
         """This READ response after its data went by RDMA: DataLength 0, DataRemaining ``written``."""
         size, _, reserved, _, _, flags = _READ_RESPONSE.unpack_from(self.data, HEADER_SIZE)
-        body = _READ_RESPONSE.pack(size, HEADER_SIZE + 16, reserved, 0, written, flags)
-        return Command(self.data[:HEADER_SIZE] + body + b"\x00")
+        body = _READ_RESPONSE.pack(size, HEADER_SIZE + _READ_RESPONSE.size, reserved, 0, written, flags)
+        # No buffer byte: cifs.ko takes a response longer than DataOffset for inline data.
+        return Command(self.data[:HEADER_SIZE] + body)
 
 
 def split(message: bytes) -> list[Command]:

@@ -1,9 +1,12 @@
 """The Linux kernel's SMB client, cifs.ko, mounts through our gateway over siw.
 
-cifs.ko speaks SMB-Direct on siw0 to the gateway (software iWARP provider),
-which relays SMB2 to ksmbd's TCP listener and does cifs.ko's RDMA channel
-I/O itself: WRITE data is RDMA-read from cifs.ko's registered pages, READ
-data RDMA-written into them.
+cifs.ko reaches an iWARP server on port 5445 (then 445) whatever port it is
+given, and ksmbd holds 5445 on every RDMA device while it runs; so this test
+stops ksmbd (it runs last in the boot) and puts Samba, which has no
+SMB-Direct, behind the gateway on 5445.  cifs.ko speaks SMB-Direct on siw0 to
+the gateway (software iWARP provider), which relays SMB2 to Samba over TCP
+and does cifs.ko's RDMA channel I/O itself: WRITE data is RDMA-read from
+cifs.ko's registered pages, READ data RDMA-written into them.
 """
 
 from __future__ import annotations
@@ -16,47 +19,50 @@ from pathlib import Path
 import pytest
 
 from smbdirect_socket.gateway import Gateway, gateway_thread
+from smbdirect_socket.samba import SambaServer, samba_available, samba_server
 
 SIW = os.environ.get("RDMA_VM_SIW_ADDR", "")
-USER = os.environ.get("RDMA_VM_SMB_USER", "")
-PASSWORD = os.environ.get("RDMA_VM_SMB_PASS", "")
-SHARE = os.environ.get("RDMA_VM_SMB_SHARE", "")
-SHARE_PATH = Path("/run/smbdirect-vm/share")
-GATEWAY_PORT = 5446  # ksmbd's own SMB-Direct listener has 5445
+KSMBD_CONTROL = os.environ.get("RDMA_VM_KSMBD_CONTROL", "")
 
-pytestmark = pytest.mark.skipif(not USER, reason="ksmbd is not running in this guest")
+pytestmark = [
+    pytest.mark.skipif(not KSMBD_CONTROL, reason="ksmbd is not running in this guest"),
+    pytest.mark.skipif(samba_available() is not None, reason=str(samba_available())),
+    pytest.mark.last,  # it stops ksmbd
+]
 
 
 @pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[tuple[Path, Gateway]]:
-    gateway = Gateway(("127.0.0.1", 445))  # ksmbd over TCP
+def mounted(tmp_path: Path) -> Iterator[tuple[Path, Gateway, SambaServer]]:
+    subprocess.run([KSMBD_CONTROL, "--shutdown"], check=True, timeout=60)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    with gateway_thread(gateway, (SIW, GATEWAY_PORT)):
-        options = f"rdma,vers=3.1.1,port={GATEWAY_PORT},username={USER},password={PASSWORD},cache=none"
-        result = subprocess.run(
-            ["mount", "-t", "cifs", f"//{SIW}/{SHARE}", str(mountpoint), "-o", options],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert result.returncode == 0, (
-            result.stderr + subprocess.run(["dmesg"], capture_output=True, text=True).stdout[-3000:]
-        )
-        try:
-            yield mountpoint, gateway
-        finally:
-            subprocess.run(["umount", str(mountpoint)], timeout=120)
+    with samba_server(timeout=120) as samba:
+        gateway = Gateway(samba.address)
+        with gateway_thread(gateway, (SIW, 5445)):
+            options = f"rdma,vers=3.1.1,username={samba.user},password={samba.password}"
+            result = subprocess.run(
+                ["mount", "-t", "cifs", f"//{SIW}/{samba.share}", str(mountpoint), "-o", options],
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert result.returncode == 0, result.stderr
+            try:
+                yield mountpoint, gateway, samba
+            finally:
+                subprocess.run(["umount", str(mountpoint)], timeout=120)
 
 
-def test_cifs_writes_and_reads_back_eight_mib(mounted: tuple[Path, Gateway]) -> None:
-    mountpoint, gateway = mounted
+def test_cifs_writes_and_reads_back_eight_mib(mounted: tuple[Path, Gateway, SambaServer]) -> None:
+    mountpoint, gateway, samba = mounted
     data = os.urandom(8 * 1024 * 1024)
     (mountpoint / "cifs.bin").write_bytes(data)
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
     assert (mountpoint / "cifs.bin").read_bytes() == data
-    assert (SHARE_PATH / "cifs.bin").read_bytes() == data  # what ksmbd stored
+    assert (samba.path / "cifs.bin").read_bytes() == data  # what Samba stored
     debug = Path("/proc/fs/cifs/DebugData").read_text()
     assert "SMBDirect" in debug or "RDMA" in debug, debug
-    assert gateway.served >= 1
+    assert gateway.served >= 1  # through the gateway, not some other server
+    # Channel I/O: the gateway RDMA-read what cifs.ko wrote and RDMA-wrote what it read.
+    assert gateway.rdma_read_bytes >= len(data) and gateway.rdma_write_bytes >= len(data)

@@ -116,7 +116,9 @@ def client(samba: SambaServer, gateway: tuple[Gateway, tuple[str, int]]) -> Iter
 @pytest.mark.parametrize(
     "channel", [ReadWriteChannel.SMB2_CHANNEL_RDMA_V1, ReadWriteChannel.SMB2_CHANNEL_RDMA_V1_INVALIDATE]
 )
-def test_write_and_read_by_rdma(client: Client, samba: SambaServer, channel: ReadWriteChannel) -> None:
+def test_write_and_read_by_rdma(
+    client: Client, samba: SambaServer, gateway: tuple[Gateway, tuple[str, int]], channel: ReadWriteChannel
+) -> None:
     data = os.urandom(SIZE)
     reads_before = client.sock.info().rdma_reads
     assert client.rdma_write(data, channel) == SIZE
@@ -130,6 +132,7 @@ def test_write_and_read_by_rdma(client: Client, samba: SambaServer, channel: Rea
     assert registration.region.valid == (channel == ReadWriteChannel.SMB2_CHANNEL_RDMA_V1)
     info = client.sock.info()
     assert info.rdma_reads == reads_before  # the gateway did the RDMA, not us
+    assert gateway[0].rdma_read_bytes >= SIZE and gateway[0].rdma_write_bytes >= SIZE
     assert info.messages_sent < 20  # 1 MiB each way, yet only small messages
 
 

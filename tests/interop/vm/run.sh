@@ -63,7 +63,7 @@ if [ "$(cat "$JOB/smb")" = 1 ]; then
   printf '[global]\n\tserver string = smbdirect-vm\n\tsmb3 encryption = disabled\n[share]\n\tpath = /run/smbdirect-vm/share\n\tread only = no\n\tforce user = root\n' > $conf
   "$tools/ksmbd.adduser" -c $conf -i $users -a test -p test >/dev/null || echo "interop-vm: ksmbd.adduser failed"
   "$tools/ksmbd.mountd" -c $conf -u $users || echo "interop-vm: ksmbd.mountd failed"
-  extra="RDMA_VM_SMB_USER=test RDMA_VM_SMB_PASS=test RDMA_VM_SMB_SHARE=share"
+  extra="RDMA_VM_SMB_USER=test RDMA_VM_SMB_PASS=test RDMA_VM_SMB_SHARE=share RDMA_VM_KSMBD_CONTROL=$tools/ksmbd.control"
 fi
 out=/dev/null err=/dev/null
 for port in /sys/class/virtio-ports/*; do
