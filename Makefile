@@ -42,6 +42,7 @@ bench: install system-deps
 	$(PY) benchmarks/bench_trio.py --large
 	$(PY) benchmarks/bench_socket.py
 	$(PY) benchmarks/bench_socket.py --large
+	$(PY) benchmarks/bench_gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -1,0 +1,148 @@
+"""File copy through the gateway with RDMA channel I/O, against the same client over TCP.
+
+One Samba, one run.  The client is smbprotocol's low-level API (unsigned,
+SMB 3.0.2, as clients offload only unsigned I/O) writing and reading back a
+file in 1 MiB requests:
+
+* over SMB-Direct through the gateway, each READ and WRITE with Channel
+  RDMA_V1 and a registered buffer (the gateway does the RDMA);
+* over TCP straight to Samba, the same requests with the data inline.
+
+    python benchmarks/bench_gateway.py [--mib N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+from smbprotocol.connection import Connection, Dialects
+from smbprotocol.open import (
+    CreateDisposition,
+    CreateOptions,
+    FilePipePrinterAccessMask,
+    ImpersonationLevel,
+    Open,
+    ReadWriteChannel,
+    ShareAccess,
+    SMB2ReadRequest,
+    SMB2ReadResponse,
+    SMB2WriteRequest,
+)
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+
+from smbdirect_socket import Parameters, SMBDirectSocket, patch
+from smbdirect_socket.gateway import Gateway, gateway_thread
+from smbdirect_socket.samba import SambaServer, samba_available, samba_server
+
+CHUNK = 1024 * 1024
+
+
+def open_file(samba: SambaServer, host: str, port: int) -> tuple[Connection, Session, TreeConnect, Open]:
+    connection = Connection(uuid.uuid4(), host, port, require_signing=False)
+    connection.connect(Dialects.SMB_3_0_2)
+    session = Session(connection, samba.user, samba.password, require_encryption=False)
+    session.connect()
+    tree = TreeConnect(session, rf"\\{host}\{samba.share}")
+    tree.connect()
+    handle = Open(tree, f"bench-{uuid.uuid4().hex[:8]}.bin")
+    handle.create(
+        ImpersonationLevel.Impersonation,
+        FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE,
+        0,
+        ShareAccess.FILE_SHARE_READ,
+        CreateDisposition.FILE_OVERWRITE_IF,
+        CreateOptions.FILE_NON_DIRECTORY_FILE,
+    )
+    return connection, session, tree, handle
+
+
+def copy(samba: SambaServer, host: str, port: int, data: bytes, rdma: bool) -> float:
+    """Seconds to write ``data`` and read it back, 1 MiB a request."""
+    connection, session, tree, handle = open_file(samba, host, port)
+    sock: Any = connection.transport._sock
+    sink = bytearray(CHUNK)
+    source = bytearray(CHUNK)
+    if rdma:
+        assert isinstance(sock, SMBDirectSocket)
+        readable, writable = sock.register_buffer(source), sock.register_buffer(sink, writable=True)
+        charge = connection._calculate_credit_charge
+        connection._calculate_credit_charge = lambda message: (CHUNK - 1) // 65536 + 1  # as cifs.ko charges
+
+    def call(request: Any) -> Any:
+        sent = connection.send(request, session.session_id, tree.tree_connect_id)
+        return connection.receive(sent)["data"].get_value()
+
+    start = time.perf_counter()
+    for offset in range(0, len(data), CHUNK):
+        write = SMB2WriteRequest()
+        write["offset"] = offset
+        write["file_id"] = handle.file_id
+        if rdma:
+            source[:] = data[offset : offset + CHUNK]
+            write["channel"] = ReadWriteChannel.SMB2_CHANNEL_RDMA_V1
+            write["remaining_bytes"] = CHUNK
+            write["buffer_channel_info"] = readable.pack()
+        else:
+            write["buffer"] = data[offset : offset + CHUNK]
+        call(write)
+    back = bytearray()
+    for offset in range(0, len(data), CHUNK):
+        read = SMB2ReadRequest()
+        read["length"] = CHUNK
+        read["offset"] = offset
+        read["file_id"] = handle.file_id
+        if rdma:
+            read["channel"] = ReadWriteChannel.SMB2_CHANNEL_RDMA_V1
+            read["buffer"] = writable.pack()
+        response = SMB2ReadResponse()
+        response.unpack(call(read))
+        back += sink if rdma else response["buffer"].get_value()
+    elapsed = time.perf_counter() - start
+    if rdma:
+        connection._calculate_credit_charge = charge
+    handle.close()
+    connection.disconnect()
+    if bytes(back) != data:
+        raise SystemExit("the file read back differs")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mib", type=int, default=32)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    reason = samba_available()
+    if reason is not None:
+        raise SystemExit(f"needs Samba: {reason}")
+    data = os.urandom(args.mib * CHUNK)
+    results = {}
+    with samba_server() as samba:
+        results["tcp"] = copy(samba, samba.host, samba.port, data, rdma=False)
+        for name, parameters in (
+            ("kernel sizes", Parameters()),
+            ("large messages", Parameters().with_large_messages()),
+        ):
+            gateway = Gateway(samba.address, parameters)
+            with gateway_thread(gateway) as (host, port), patch(ports=[port], parameters=parameters):
+                results[name] = copy(samba, host, port, data, rdma=True)
+            assert gateway.rdma_read_bytes == gateway.rdma_write_bytes == len(data)
+    moved = 2 * len(data) / 1e6
+    tcp_rate = moved / results["tcp"]
+    print(f"{args.mib} MiB written and read back in 1 MiB requests; TCP straight to Samba: {tcp_rate:.1f} MB/s")
+    for name in ("kernel sizes", "large messages"):
+        rate = moved / results[name]
+        print(f"gateway, RDMA channel I/O, {name:<15} {rate:8.1f} MB/s  ratio {rate / tcp_rate:5.2f}x")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({name: moved / seconds for name, seconds in results.items()}, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()
