@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from smbdirect_socket import Parameters, create_connection
+from smbdirect_socket import Parameters, create_connection, smb2
 from smbdirect_socket.gateway import Gateway, gateway_thread
 
 
@@ -111,5 +111,30 @@ def test_reply_too_large_for_the_client_ends_only_that_client(target: DirectTcpS
         assert client.recv(4) == b""  # the gateway ends its connection (and logs why)
         client.close()
         target.inflate = 1
+        with create_connection(address, timeout=10) as other:
+            assert exchange(other, b"fine") == b"enif"
+
+
+def smb2_request(command: int, body: bytes, *, flags: int = 0, next_command: int = 0) -> bytes:
+    header = struct.pack("<4sHHIHHIIQ", b"\xfeSMB", 64, 1, 0, command, 1, flags, next_command, 42)
+    return header + bytes(64 - len(header)) + body
+
+
+def test_untranslatable_rdma_request_is_answered_and_the_connection_carries_on(target: DirectTcpServer) -> None:
+    signed_write = smb2_request(
+        smb2.WRITE, struct.pack("<HHIQ16sIIHHI", 49, 0, 0, 0, bytes(16), 1, 4096, 112, 16, 0) + bytes(16), flags=0x8
+    )
+    with gateway_thread(Gateway(target.address)) as address, create_connection(address, timeout=10) as client:
+        answer = smb2.split(exchange(client, signed_write))
+        assert [(c.status, c.message_id) for c in answer] == [(smb2.STATUS_INVALID_PARAMETER, 42)]
+        assert exchange(client, b"plain") == b"nialp"  # still relaying
+
+
+def test_malformed_smb2_chain_ends_only_that_connection(target: DirectTcpServer) -> None:
+    broken = smb2_request(5, b"", next_command=12)  # a link that points inside the header
+    with gateway_thread(Gateway(target.address)) as address:
+        with create_connection(address, timeout=10) as client:
+            client.sendall(framed(broken))
+            assert client.recv(4) == b""
         with create_connection(address, timeout=10) as other:
             assert exchange(other, b"fine") == b"enif"
