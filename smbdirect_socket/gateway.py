@@ -197,11 +197,14 @@ class _Relay:
             raise smb2.Smb2Error("RDMA channel I/O must not be signed")
         descriptors = command.descriptors()
         invalidate = channel == smb2.CHANNEL_RDMA_V1_INVALIDATE
+        length = command.read_length() if command.command == smb2.READ else command.write_length()
+        limit = self.client.info().max_read_write_size
+        if limit and length > limit:
+            raise smb2.Smb2Error(f"{length} bytes exceed the negotiated max read/write size {limit}")
         if command.command == smb2.READ:
-            _cover(descriptors, command.read_length())  # the buffers must hold what is asked
+            _cover(descriptors, length)  # the buffers must hold what is asked
             self.reads[command.message_id] = (descriptors, invalidate)
             return command.as_plain_read()
-        length = command.write_length()
         data = bytearray(length)
         if length:
             await self.client.rdma_read(data, _cover(descriptors, length))

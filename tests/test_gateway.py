@@ -138,3 +138,13 @@ def test_malformed_smb2_chain_ends_only_that_connection(target: DirectTcpServer)
             assert client.recv(4) == b""
         with create_connection(address, timeout=10) as other:
             assert exchange(other, b"fine") == b"enif"
+
+
+def test_io_beyond_the_negotiated_read_write_size_is_refused(target: DirectTcpServer) -> None:
+    huge_read = smb2_request(
+        smb2.READ, struct.pack("<HBBIQ16sIIIHH", 49, 0, 0, 16 << 20, 0, bytes(16), 0, 1, 0, 112, 16) + bytes(16)
+    )
+    with gateway_thread(Gateway(target.address)) as address, create_connection(address, timeout=10) as client:
+        answer = smb2.split(exchange(client, huge_read))  # 16 MiB > the 8 MiB the gateway offers
+        assert [c.status for c in answer] == [smb2.STATUS_INVALID_PARAMETER]
+        assert exchange(client, b"plain") == b"nialp"
