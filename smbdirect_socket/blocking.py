@@ -12,7 +12,6 @@ for select, poll, epoll and selectors.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import math
@@ -148,25 +147,9 @@ class SMBDirectSocket:
 
     def connect(self, address: Address) -> None:
         if self._timeout == 0.0:
-            engine_thread.run(self._start_connect, address)
-            return
-        self._call(self._sock.connect, address)
-
-    async def _start_connect(self, address: Address) -> None:
-        """Non-blocking connect: EINPROGRESS now, the outcome in SO_ERROR and writability."""
-        sock = self._sock
-        if sock._pending_error is not None and sock._connection is None and not sock._connecting:
-            error, sock._pending_error = sock._pending_error, None
-            raise error  # the outcome of the previous attempt, once
-        sock._check_can_connect()  # EISCONN or EALREADY, as the kernel says
-        sock._connecting = True
-
-        async def connect_in_background() -> None:
-            with contextlib.suppress(OSError):  # kept in SO_ERROR for the program to collect
-                await sock._connect(address)
-
-        engine_thread.spawn(connect_in_background)
-        raise BlockingIOError(errno.EINPROGRESS, "Operation now in progress")
+            engine_thread.run_sync(self._sock.connect_nowait, address)  # EINPROGRESS, EALREADY, ...
+        else:
+            self._call(self._sock.connect, address)
 
     def connect_ex(self, address: Address) -> int:
         try:

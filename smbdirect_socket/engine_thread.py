@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["run", "run_sync", "spawn"]
+__all__ = ["run", "run_sync"]
 
 T = TypeVar("T")
 
@@ -26,14 +26,11 @@ class _EngineThread:
     def __init__(self) -> None:
         started = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
-        self._nursery: trio.Nursery | None = None
 
         async def main() -> None:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._token = trio.lowlevel.current_trio_token()
-                started.set()
-                await trio.sleep_forever()
+            self._token = trio.lowlevel.current_trio_token()
+            started.set()
+            await trio.sleep_forever()
 
         self._thread = threading.Thread(target=trio.run, args=(main,), name="smbdirect-engine", daemon=True)
         self._thread.start()
@@ -48,13 +45,6 @@ class _EngineThread:
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
-
-    def spawn(self, afn: Callable[..., Awaitable[object]], *args: Any) -> None:
-        assert self._nursery is not None
-        if threading.current_thread() is self._thread:
-            self._nursery.start_soon(afn, *args)
-        else:
-            trio.from_thread.run_sync(self._nursery.start_soon, afn, *args, trio_token=self._token)
 
 
 _engine: _EngineThread | None = None
@@ -90,9 +80,3 @@ def run(afn: Callable[..., Awaitable[T]], *args: Any) -> T:
 def run_sync(fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` on the engine loop's thread (for code that touches its state)."""
     return _get().run_sync(fn, *args)
-
-
-def spawn(afn: Callable[..., Awaitable[object]], *args: Any) -> None:
-    """Start ``afn(*args)`` as a background task on the engine loop (from any thread);
-    it must not raise, or the engine stops."""
-    _get().spawn(afn, *args)

@@ -18,6 +18,7 @@ and ``trio.open_tcp_listeners`` to SMB-Direct.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import operator
 import socket as _stdlib_socket
@@ -226,6 +227,24 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._check_can_connect()
         self._connecting = True
         await self._connect(address)
+
+    def connect_nowait(self, address: Address) -> NoReturn:
+        """A non-blocking connect: start connecting and raise ``BlockingIOError``
+        (``EINPROGRESS``) at once.  Meanwhile ``connect`` gives ``EALREADY`` and the
+        socket is not writable; then it is, with the outcome in ``SO_ERROR`` (a
+        failed attempt's error is also raised by the next ``connect_nowait``)."""
+        if self._pending_error is not None and self._connection is None and not self._connecting:
+            error, self._pending_error = self._pending_error, None
+            raise error
+        self._check_can_connect()
+        self._connecting = True
+
+        async def connect_in_background() -> None:
+            with contextlib.suppress(OSError):  # kept in SO_ERROR for the program to collect
+                await self._connect(address)
+
+        trio.lowlevel.spawn_system_task(connect_in_background, name="smbdirect connect")
+        _error(errno.EINPROGRESS, "Operation now in progress")
 
     def _check_can_connect(self) -> None:
         self._check_open()

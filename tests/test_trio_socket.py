@@ -502,3 +502,25 @@ async def test_close_after_sending_is_end_of_file_not_a_reset() -> None:
         client.close()
     assert received == payload
     server.close()
+
+
+async def test_connect_nowait() -> None:
+    listener = await listening()
+    client = sdtrio.socket()
+    with pytest.raises(BlockingIOError) as info:
+        client.connect_nowait(listener.getsockname())
+    assert info.value.errno == errno.EINPROGRESS
+    assert not client.is_writable()
+    with pytest.raises(BlockingIOError) as info:
+        await client.connect(listener.getsockname())
+    assert info.value.errno == errno.EALREADY
+    accepted, _ = await listener.accept()
+    with trio.fail_after(5):
+        while not client.is_writable():
+            await trio.sleep(0.01)
+    assert client.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_ERROR) == 0
+    with pytest.raises(OSError) as info:
+        client.connect_nowait(listener.getsockname())
+    assert info.value.errno == errno.EISCONN
+    for sock in (client, accepted, listener):
+        sock.close()
