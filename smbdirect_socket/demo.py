@@ -50,7 +50,10 @@ class _Progress:
 
 
 def _smb_copy(
-    samba: SambaServer, address: tuple[str, int], data: bytes, before_disconnect: Callable[[], object] = list
+    samba: SambaServer,
+    address: tuple[str, int],
+    data: bytes,
+    before_disconnect: Callable[[], object] | None = None,
 ) -> float:
     """Write ``data`` to the share with smbprotocol and read it back; seconds taken."""
     import smbclient  # smbprotocol's high-level API
@@ -73,7 +76,8 @@ def _smb_copy(
         elapsed = time.perf_counter() - start
         smbclient.remove(path, port=port)
     finally:
-        before_disconnect()
+        if before_disconnect is not None:
+            before_disconnect()
         smbclient.reset_connection_cache()
     if digest.digest() != hashlib.sha256(data).digest():
         raise SystemExit("the file read back differs from the file written")

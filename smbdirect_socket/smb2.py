@@ -23,6 +23,7 @@ __all__ = [
     "Command",
     "Smb2Error",
     "error_response",
+    "is_smb2",
     "join",
     "split",
 ]
