@@ -5,7 +5,9 @@ Providers by name:
 * ``"softiwarp"`` (:class:`~smbdirect_socket.rdma.soft.SoftIwarpProvider`):
   software iWARP over TCP, the embedded default; runs on any machine and
   talks to Linux siw, iWARP NICs and other instances of this library.
-* ``"verbs"``: real RDMA devices through pyverbs (planned).
+* ``"verbs"`` (:class:`~smbdirect_socket.rdma.verbs.VerbsProvider`): real
+  RDMA devices (InfiniBand, RoCE, iWARP NICs, and Linux rxe and siw) through
+  pyverbs and rdma_cm.
 
 :func:`get_provider` with no name reads ``SMBDIRECT_PROVIDER`` from the
 environment and falls back to ``"softiwarp"``.
@@ -45,7 +47,7 @@ __all__ = [
     "get_provider",
 ]
 
-PROVIDERS = ("softiwarp",)
+PROVIDERS = ("softiwarp", "verbs")
 
 
 def get_provider(name: str | None = None, **options: Any) -> Provider:
@@ -55,4 +57,8 @@ def get_provider(name: str | None = None, **options: Any) -> Provider:
         from .soft import SoftIwarpProvider
 
         return SoftIwarpProvider(**options)
+    if name == "verbs":
+        from .verbs import VerbsProvider
+
+        return VerbsProvider(**options)
     raise ValueError(f"unknown RDMA provider {name!r}; known: {', '.join(PROVIDERS)}")

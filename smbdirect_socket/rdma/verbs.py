@@ -1,0 +1,950 @@
+"""The verbs provider: real RDMA devices (mlx5, irdma, bnxt, rxe, siw) through pyverbs.
+
+Connection management is rdma_cm through :mod:`.rdmacm` (non-blocking event
+channels waited on by trio).  The data path is pyverbs: one protection
+domain, completion channel, completion queue and RC queue pair per
+connection.  The queue pair is created by us and handed to rdma_cm by its
+number (rdma_cm's "external QP"); on InfiniBand and RoCE we move it through
+INIT, RTR and RTS with the attributes rdma_cm computes, on iWARP the kernel
+does RTR and RTS itself.
+
+Nothing blocks the event loop: posting and polling are non-blocking verbs
+calls, and the wait for completions and rdma_cm events is one
+:func:`trio.lowlevel.wait_readable` on an epoll descriptor that watches the
+completion channel and the connection's event channel.  pyverbs 44 does not
+expose the completion channel's descriptor, so it is found as the one
+``[infinibandevent]`` descriptor that creating the channel added.
+
+Memory: sends are copied into registered slots (the caller's buffer is free
+when ``post_send`` returns, as the engine interface promises); received
+messages land in registered slots and are copied into the buffer the caller
+posted; RDMA reads land in the caller's buffer itself and RDMA writes are
+sent from it when it is writable, registered for the one operation.
+Registrations for the peer (:meth:`VerbsQueuePair.register`) register the
+caller's buffer in place (read-only buffers are copied once).  Local
+invalidation deregisters: plain memory regions cannot be invalidated.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import ctypes
+import errno
+import importlib
+import importlib.util
+import os
+import select
+import socket
+import sys
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import trio
+
+from .base import (
+    Access,
+    Buffer,
+    Completion,
+    ConnectionRequest,
+    Disconnected,
+    Listener,
+    MemoryRegion,
+    Opcode,
+    Provider,
+    QueuePair,
+    RdmaError,
+    Status,
+)
+from .rdmacm import CmError, CmEvent, CmId, EventType, reject_request
+
+__all__ = ["VerbsListener", "VerbsProvider", "VerbsQueuePair", "load_pyverbs"]
+
+#: Where distributions install pyverbs for their own Python (it matches their rdma-core).
+SYSTEM_PYVERBS = (Path("/usr/lib/python3/dist-packages"), Path("/usr/lib64/python3/site-packages"))
+_PYVERBS_HELP = (
+    "pyverbs is not importable: install the one that matches your rdma-core, "
+    "Debian/Ubuntu: apt install python3-pyverbs, Fedora/RHEL: dnf install python3-pyverbs"
+)
+
+_SEND_DEPTH = 512
+_RECEIVE_DEPTH = 512
+#: Receives posted beyond the caller's, so a message that comes before the first post_recv is kept.
+_RECEIVE_ALLOWANCE = 1
+_ALLOWANCE_SIZE = 64 * 1024 + 4096
+_SMALLEST_SLOT = 4096
+_DISCONNECT_LINGER = 1.0
+#: How long an error completion waits for rdma_cm to say why the queue pair failed.
+_CAUSE_GRACE = 0.5
+_IWARP = 1  # IBV_TRANSPORT_IWARP
+
+_WC_WITH_INV = 1 << 3
+_WR_RDMA_WRITE, _WR_SEND, _WR_RDMA_READ, _WR_SEND_WITH_INV = 0, 2, 4, 9
+_SEND_SIGNALED, _SEND_SOLICITED = 2, 4
+_QPS_INIT, _QPS_RTR, _QPS_RTS = 1, 2, 3
+_QPT_RC = 2
+_QP_ACCESS_FLAGS = 8
+
+_OPCODES = {0: Opcode.SEND, 1: Opcode.RDMA_WRITE, 2: Opcode.RDMA_READ, 128: Opcode.RECV}
+_STATUSES = {
+    0: Status.SUCCESS,
+    1: Status.LOCAL_LENGTH_ERROR,
+    4: Status.LOCAL_PROTECTION_ERROR,
+    5: Status.FLUSHED,
+    8: Status.LOCAL_PROTECTION_ERROR,
+    9: Status.REMOTE_INVALID_REQUEST,
+    10: Status.REMOTE_ACCESS_ERROR,
+    11: Status.REMOTE_OPERATION_ERROR,
+    13: Status.RECEIVER_NOT_READY,
+}
+_STATUS_NAMES = {
+    2: "local QP operation error",
+    7: "bad response",
+    12: "transport retry counter exceeded",
+    13: "RNR retry counter exceeded",
+    15: "remote invalid RD request",
+    16: "remote aborted",
+    19: "fatal error",
+    20: "response timeout",
+    21: "general error",
+}
+
+
+# ---- pyverbs --------------------------------------------------------------------------
+
+
+_pyverbs: dict[str, ModuleType] = {}
+_creation_lock = threading.Lock()  # creating a completion channel: see _completion_channel
+
+
+def load_pyverbs() -> dict[str, ModuleType]:
+    """pyverbs' modules; the system's copy if the environment has none that works."""
+    if _pyverbs:
+        return _pyverbs
+    names = ("device", "pd", "cq", "qp", "mr", "wr", "addr", "pyverbs_error")
+    try:
+        modules = {name: importlib.import_module(f"pyverbs.{name}") for name in names}
+    except ImportError as first:
+        for directory in SYSTEM_PYVERBS:
+            init = directory / "pyverbs" / "__init__.py"
+            if not init.exists():
+                continue
+            for name in [n for n in sys.modules if n == "pyverbs" or n.startswith("pyverbs.")]:
+                del sys.modules[name]
+            spec = importlib.util.spec_from_file_location(
+                "pyverbs", init, submodule_search_locations=[str(init.parent)]
+            )
+            assert spec is not None and spec.loader is not None
+            package = importlib.util.module_from_spec(spec)
+            sys.modules["pyverbs"] = package
+            spec.loader.exec_module(package)
+            try:
+                modules = {name: importlib.import_module(f"pyverbs.{name}") for name in names}
+            except ImportError as exc:
+                raise RdmaError(errno.ENOPKG, f"{_PYVERBS_HELP} ({exc})") from None
+            break
+        else:
+            raise RdmaError(errno.ENOPKG, f"{_PYVERBS_HELP} ({first})") from None
+    _pyverbs.update(modules)
+    return _pyverbs
+
+
+def _buffer_address(view: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def _infiniband_event_fds() -> set[int]:
+    found = set()
+    for entry in os.scandir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(entry.path) == "anon_inode:[infinibandevent]":
+                found.add(int(entry.name))
+    return found
+
+
+def _completion_channel(context: Any) -> tuple[Any, int]:
+    """A pyverbs CompChannel and its descriptor, made non-blocking."""
+    cq = load_pyverbs()["cq"]
+    with _creation_lock:
+        before = _infiniband_event_fds()
+        channel = cq.CompChannel(context)
+        added = _infiniband_event_fds() - before
+    if len(added) != 1:
+        channel.close()
+        raise RdmaError(errno.EIO, f"cannot find the completion channel's descriptor ({len(added)} candidates)")
+    fd = added.pop()
+    os.set_blocking(fd, False)
+    return channel, fd
+
+
+# ---- memory -----------------------------------------------------------------------------
+
+
+class _Slot:
+    """A registered buffer of ours, for sends and receives."""
+
+    __slots__ = ("address", "buffer", "mr", "view")
+
+    def __init__(self, pd: Any, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.view = memoryview(self.buffer)
+        self.address = _buffer_address(self.view)
+        self.mr = load_pyverbs()["mr"].MR(pd, size, Access.LOCAL_WRITE, address=self.address)
+
+
+class _SlotPool:
+    """Registered slots in power-of-two sizes, reused (registration is the costly part)."""
+
+    def __init__(self, pd: Any) -> None:
+        self._pd = pd
+        self._free: dict[int, list[_Slot]] = collections.defaultdict(list)
+        self._all: list[_Slot] = []
+
+    def take(self, size: int) -> _Slot:
+        size = max(_SMALLEST_SLOT, 1 << max(size - 1, 0).bit_length())
+        free = self._free[size]
+        if free:
+            return free.pop()
+        slot = _Slot(self._pd, size)
+        self._all.append(slot)
+        return slot
+
+    def give(self, slot: _Slot) -> None:
+        self._free[len(slot.buffer)].append(slot)
+
+    def close(self) -> None:
+        for slot in self._all:
+            slot.mr.close()
+        self._all.clear()
+        self._free.clear()
+
+
+class VerbsMemoryRegion(MemoryRegion):
+    """A memory region registered for the peer: token is the rkey, address the virtual address."""
+
+    def __init__(self, mr: Any, view: memoryview, access: Access, address: int) -> None:
+        self.mr: Any = mr
+        self.view = view  # keeps the buffer alive and its size fixed while registered
+        self.token = mr.rkey
+        self.address = address
+        self.length = len(view)
+        self.access = access
+
+    @property
+    def valid(self) -> bool:
+        return self.mr is not None
+
+    def close(self) -> None:
+        if self.mr is not None:
+            self.mr.close()
+            self.mr = None
+            self.view.release()
+
+    def __repr__(self) -> str:
+        return f"<VerbsMemoryRegion token=0x{self.token:08x} length={self.length} {self.access!r}>"
+
+
+def _register(pd: Any, buffer: memoryview, access: Access) -> VerbsMemoryRegion:
+    """Register ``buffer`` in place, or a copy of it when it is read-only."""
+    view = memoryview(buffer).cast("B")
+    if view.readonly or not view.contiguous:
+        view = memoryview(bytearray(view))
+    if not len(view):
+        raise ValueError("cannot register an empty buffer")
+    address = _buffer_address(view)
+    mr = load_pyverbs()["mr"].MR(pd, len(view), int(access), address=address)
+    return VerbsMemoryRegion(mr, view, access, address)
+
+
+# ---- the queue pair ----------------------------------------------------------------------
+
+
+@dataclass
+class _Device:
+    name: str
+    context: Any
+    iwarp: bool
+
+
+@dataclass
+class _Pending:
+    """A send-queue work request and what to release when it completes."""
+
+    wr_id: int
+    opcode: Opcode
+    slot: _Slot | None = None
+    region: VerbsMemoryRegion | None = None
+
+
+@dataclass
+class _Receive:
+    wr_id: int
+    buffer: memoryview
+
+
+@dataclass
+class _Arrived:
+    slot: _Slot
+    byte_len: int
+    invalidated: int | None
+    solicited: bool = False
+
+
+@dataclass
+class _Resources:
+    pd: Any
+    channel: Any
+    channel_fd: int
+    cq: Any
+    qp: Any
+    pool: _SlotPool
+    epoll: select.epoll = field(default_factory=select.epoll)
+
+
+def _create_resources(device: _Device) -> _Resources:
+    pv = load_pyverbs()
+    pd = pv["pd"].PD(device.context)
+    try:
+        channel, fd = _completion_channel(device.context)
+        cq = pv["cq"].CQ(device.context, _SEND_DEPTH + _RECEIVE_DEPTH + 16, None, channel, 0)
+        cap = pv["qp"].QPCap(max_send_wr=_SEND_DEPTH, max_recv_wr=_RECEIVE_DEPTH, max_send_sge=1, max_recv_sge=1)
+        init = pv["qp"].QPInitAttr(qp_type=_QPT_RC, scq=cq, rcq=cq, cap=cap, sq_sig_all=1)
+        qp = pv["qp"].QP(pd, init)
+    except Exception as exc:
+        pd.close()
+        raise RdmaError(getattr(exc, "error_code", 0) or errno.ENOMEM, f"cannot create the queue pair: {exc}") from None
+    resources = _Resources(pd, channel, fd, cq, qp, _SlotPool(pd))
+    resources.epoll.register(fd, select.EPOLLIN)
+    return resources
+
+
+def _modify(qp: Any, cm_id: CmId, state: int) -> None:
+    """Move ``qp`` to ``state`` with the attributes rdma_cm computed for its connection."""
+    pv = load_pyverbs()
+    source, mask = cm_id.qp_attributes(state)
+    attr = pv["qp"].QPAttr(qp_state=state)
+    for name in (
+        "path_mtu",
+        "qkey",
+        "rq_psn",
+        "sq_psn",
+        "dest_qp_num",
+        "qp_access_flags",
+        "pkey_index",
+        "max_rd_atomic",
+        "max_dest_rd_atomic",
+        "min_rnr_timer",
+        "port_num",
+        "timeout",
+        "retry_cnt",
+        "rnr_retry",
+    ):
+        setattr(attr, name, getattr(source, name))
+    if state == _QPS_INIT:  # the peer may read and write what we register, as it asks
+        attr.qp_access_flags |= int(Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ)
+        mask |= _QP_ACCESS_FLAGS
+    ah = source.ah_attr
+    if state == _QPS_RTR:
+        gid = bytes(ah.grh.dgid).hex()
+        route = pv["addr"].GlobalRoute(
+            dgid=pv["addr"].GID(":".join(gid[i : i + 4] for i in range(0, 32, 4))),
+            flow_label=ah.grh.flow_label,
+            sgid_index=ah.grh.sgid_index,
+            hop_limit=ah.grh.hop_limit,
+            traffic_class=ah.grh.traffic_class,
+        )
+        attr.ah_attr = pv["addr"].AHAttr(
+            dlid=ah.dlid,
+            sl=ah.sl,
+            src_path_bits=ah.src_path_bits,
+            static_rate=ah.static_rate,
+            is_global=ah.is_global,
+            port_num=ah.port_num,
+            gr=route,
+        )
+    try:
+        qp.modify(attr, mask)
+    except Exception as exc:
+        raise RdmaError(
+            getattr(exc, "error_code", 0) or errno.EINVAL, f"cannot move the QP to {state}: {exc}"
+        ) from None
+
+
+_live: weakref.WeakSet[VerbsQueuePair] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Free what is still open before pyverbs' objects are collected in no useful order."""
+    for qp in list(_live):
+        with contextlib.suppress(Exception):
+            qp._close()
+
+
+class VerbsQueuePair(QueuePair):
+    """An RC queue pair on an RDMA device, connected by rdma_cm."""
+
+    def __init__(self, device: _Device, cm_id: CmId, resources: _Resources) -> None:
+        self.device = device
+        self._cm_id = cm_id
+        self._r = resources
+        self._r.epoll.register(cm_id.channel.fd, select.EPOLLIN)
+        self.peer_private_data = b""
+        self.initiator_depth = 0
+        self.responder_resources = 0
+        self.local_address = ("", 0)
+        self.peer_address = ("", 0)
+        self._pending: dict[int, _Pending] = {}
+        self._next_tag = 1
+        self._receives: collections.deque[_Receive] = collections.deque()
+        self._arrived: collections.deque[_Arrived] = collections.deque()
+        self._posted_slots: dict[int, _Slot] = {}  # tag -> slot, in the order the device fills them
+        self._ready: list[Completion] = []
+        self._regions: set[VerbsMemoryRegion] = set()
+        self._error: RdmaError | None = None
+        self._closed = False
+        self._waiting = False
+        self._send_queue_failure = ""
+        _live.add(self)
+
+    def initialize(self) -> None:
+        """Move the QP to INIT (receives can be posted from then on) and post the allowance."""
+        _modify(self._r.qp, self._cm_id, _QPS_INIT)
+        for _ in range(_RECEIVE_ALLOWANCE):
+            self._post_slot(_ALLOWANCE_SIZE)
+
+    def connected(self, event: CmEvent, private_data: bytes | None = None) -> None:
+        """Fill in what the connection negotiated, once it is established."""
+        self.peer_private_data = event.private_data if private_data is None else private_data
+        attr, _ = self._r.qp.query(0x2000 | 0x20000)  # MAX_QP_RD_ATOMIC | MAX_DEST_RD_ATOMIC
+        self.initiator_depth = attr.max_rd_atomic or event.initiator_depth
+        self.responder_resources = attr.max_dest_rd_atomic or event.responder_resources
+        self.local_address = self._cm_id.local_address
+        self.peer_address = self._cm_id.peer_address
+
+    # ---- posting -------------------------------------------------------------------
+
+    def _tag(self) -> int:
+        tag = self._next_tag
+        self._next_tag += 1
+        return tag
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise RdmaError(errno.EPIPE, "queue pair is disconnected")
+
+    def _post_slot(self, size: int) -> None:
+        pv = load_pyverbs()
+        slot = self._r.pool.take(size)
+        tag = self._tag()
+        sge = pv["wr"].SGE(slot.address, len(slot.buffer), slot.mr.lkey)
+        try:
+            self._r.qp.post_recv(pv["wr"].RecvWR(wr_id=tag, num_sge=1, sg=[sge]))
+        except Exception as exc:
+            self._r.pool.give(slot)
+            raise RdmaError(errno.ENOMEM, f"cannot post a receive: {exc}") from None
+        self._posted_slots[tag] = slot
+
+    def post_recv(self, wr_id: int, buffer: memoryview) -> None:
+        self._check_open()
+        receive = _Receive(wr_id, buffer)
+        if self._arrived:
+            self._deliver(receive, self._arrived.popleft())
+        else:
+            self._receives.append(receive)
+        self._post_slot(len(buffer))
+
+    def _post(self, pending: _Pending, opcode: int, sge: Any, *, flags: int = 0, **extra: int) -> None:
+        pv = load_pyverbs()
+        tag = self._tag()
+        wr = pv["wr"].SendWR(wr_id=tag, opcode=opcode, num_sge=1, sg=[sge], send_flags=_SEND_SIGNALED | flags, **extra)
+        try:
+            self._r.qp.post_send(wr)
+        except Exception as exc:
+            self._release(pending)
+            raise RdmaError(errno.ENOMEM, f"cannot post to the send queue: {exc}") from None
+        self._pending[tag] = pending
+
+    def _post_rdma(self, pending: _Pending, opcode: int, sge: Any, token: int, address: int) -> None:
+        pv = load_pyverbs()
+        tag = self._tag()
+        wr = pv["wr"].SendWR(wr_id=tag, opcode=opcode, num_sge=1, sg=[sge], send_flags=_SEND_SIGNALED)
+        wr.set_wr_rdma(token, address)
+        try:
+            self._r.qp.post_send(wr)
+        except Exception as exc:
+            self._release(pending)
+            raise RdmaError(errno.ENOMEM, f"cannot post to the send queue: {exc}") from None
+        self._pending[tag] = pending
+
+    def post_send(
+        self, wr_id: int, data: Buffer, *, invalidate_token: int | None = None, solicited: bool = False
+    ) -> None:
+        self._check_open()
+        view = memoryview(data).cast("B")
+        slot = self._r.pool.take(len(view))
+        slot.view[: len(view)] = view
+        sge = load_pyverbs()["wr"].SGE(slot.address, len(view), slot.mr.lkey)
+        flags = _SEND_SOLICITED if solicited else 0
+        if invalidate_token is None:
+            self._post(_Pending(wr_id, Opcode.SEND, slot=slot), _WR_SEND, sge, flags=flags)
+        else:
+            self._post(
+                _Pending(wr_id, Opcode.SEND, slot=slot), _WR_SEND_WITH_INV, sge, flags=flags, imm_data=invalidate_token
+            )
+
+    def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
+        self._check_open()
+        view = memoryview(data).cast("B")
+        pending = _Pending(wr_id, Opcode.RDMA_WRITE)
+        if view.readonly or len(view) < _SMALLEST_SLOT:
+            pending.slot = slot = self._r.pool.take(len(view))
+            slot.view[: len(view)] = view
+            sge = load_pyverbs()["wr"].SGE(slot.address, len(view), slot.mr.lkey)
+        else:
+            pending.region = region = _register(self._r.pd, view, Access(0))
+            sge = load_pyverbs()["wr"].SGE(region.address, len(view), region.mr.lkey)
+        self._post_rdma(pending, _WR_RDMA_WRITE, sge, token, address)
+
+    def post_read(self, wr_id: int, into: memoryview, token: int, address: int) -> None:
+        self._check_open()
+        view = memoryview(into).cast("B")
+        if view.readonly:
+            raise RdmaError(errno.EINVAL, "an RDMA read needs a writable buffer")
+        region = _register(self._r.pd, view, Access.LOCAL_WRITE)
+        sge = load_pyverbs()["wr"].SGE(region.address, len(view), region.mr.lkey)
+        self._post_rdma(_Pending(wr_id, Opcode.RDMA_READ, region=region), _WR_RDMA_READ, sge, token, address)
+
+    # ---- completions ---------------------------------------------------------------------
+
+    def _release(self, pending: _Pending) -> None:
+        if pending.slot is not None:
+            self._r.pool.give(pending.slot)
+        if pending.region is not None:
+            pending.region.close()
+
+    def _deliver(self, receive: _Receive, arrived: _Arrived) -> None:
+        if arrived.byte_len > len(receive.buffer):
+            self._ready.append(
+                Completion(
+                    receive.wr_id,
+                    Opcode.RECV,
+                    Status.LOCAL_LENGTH_ERROR,
+                    reason=f"a {arrived.byte_len}-byte message for a {len(receive.buffer)}-byte receive",
+                )
+            )
+        else:
+            receive.buffer[: arrived.byte_len] = arrived.slot.view[: arrived.byte_len]
+            self._ready.append(
+                Completion(
+                    receive.wr_id,
+                    Opcode.RECV,
+                    byte_len=arrived.byte_len,
+                    invalidated_token=arrived.invalidated,
+                    solicited=arrived.solicited,
+                )
+            )
+        self._r.pool.give(arrived.slot)
+
+    def _reason(self, status: int) -> str:
+        return _STATUS_NAMES.get(status, _STATUSES.get(status, Status.FATAL).value)
+
+    def _take(self, wc: Any) -> None:
+        status = _STATUSES.get(wc.status, Status.FATAL)
+        slot = self._posted_slots.pop(wc.wr_id, None)
+        if slot is not None:  # a receive
+            if status is Status.SUCCESS:
+                invalidated = wc.imm_data if wc.wc_flags & _WC_WITH_INV else None
+                arrived = _Arrived(slot, wc.byte_len, invalidated)
+                if self._receives:
+                    self._deliver(self._receives.popleft(), arrived)
+                else:
+                    self._arrived.append(arrived)
+                return
+            self._r.pool.give(slot)
+            if self._receives:
+                receive = self._receives.popleft()
+                self._ready.append(Completion(receive.wr_id, Opcode.RECV, status, reason=self._reason(wc.status)))
+            return
+        pending = self._pending.pop(wc.wr_id, None)
+        if pending is None:
+            return
+        self._release(pending)
+        if status is not Status.SUCCESS and not self._send_queue_failure:
+            self._send_queue_failure = f"RDMA {pending.opcode.value} {self._reason(wc.status)}"
+        reason = "" if status is Status.SUCCESS else self._reason(wc.status)
+        self._ready.append(Completion(pending.wr_id, pending.opcode, status, wc.byte_len, reason=reason))
+
+    def _poll_device(self, max_count: int) -> None:
+        try:
+            _, wcs = self._r.cq.poll(max_count)
+        except Exception as exc:
+            self._fail(RdmaError(errno.EIO, f"polling the completion queue failed: {exc}"))
+            return
+        for wc in wcs:
+            self._take(wc)
+
+    def _outstanding(self) -> bool:
+        return bool(self._pending) or bool(self._receives)
+
+    def _flush_unmatched(self) -> None:
+        """Once the queue pair has failed and the device flushed everything, fail what is left."""
+        if self._error is None or self._posted_slots or self._pending:
+            return
+        while self._receives:
+            receive = self._receives.popleft()
+            self._ready.append(Completion(receive.wr_id, Opcode.RECV, Status.FLUSHED, reason="flushed"))
+
+    def poll_completions(self, max_count: int = 64) -> list[Completion]:
+        if not self._closed:
+            self._poll_device(max_count)  # before the events: a failed request explains a disconnect
+            self._handle_cm_events()
+        self._flush_unmatched()
+        ready, self._ready = self._ready[:max_count], self._ready[max_count:]
+        return ready
+
+    async def get_completions(self, max_count: int = 64) -> list[Completion]:
+        if self._waiting:
+            raise trio.BusyResourceError("another task is already waiting for completions")
+        self._waiting = True
+        try:
+            while True:
+                completions = self.poll_completions(max_count)
+                if completions:
+                    if any(c.status is not Status.SUCCESS for c in completions) and self._error is None:
+                        await self._learn_cause()
+                    await trio.lowlevel.checkpoint()
+                    return completions
+                if self._error is not None and not self._outstanding():
+                    raise self._error
+                if self._closed:
+                    raise RdmaError(errno.EPIPE, "queue pair is disconnected")
+                self._r.cq.req_notify()
+                self._poll_device(max_count)  # what completed before the request
+                if self._ready:
+                    continue
+                await trio.lowlevel.wait_readable(self._r.epoll.fileno())
+                self._drain_channel()
+        finally:
+            self._waiting = False
+
+    async def _learn_cause(self) -> None:
+        """An error completion: give rdma_cm a moment to say why (a disconnect, a removed device)."""
+        with trio.move_on_after(_CAUSE_GRACE):
+            while self._error is None:
+                self._handle_cm_events()
+                if self._error is None:
+                    await trio.lowlevel.wait_readable(self._cm_id.channel.fd)
+        if self._error is None:
+            self._error = RdmaError(errno.ECONNRESET, "the queue pair failed")
+
+    def _drain_channel(self) -> None:
+        events = 0
+        while True:
+            try:
+                self._r.channel.get_cq_event(self._r.cq)
+            except Exception:
+                break
+            events += 1
+        if events:
+            self._r.cq.ack_events(events)
+
+    def _handle_cm_events(self) -> None:
+        while True:
+            try:
+                event = self._cm_id.channel.poll()
+            except CmError as exc:
+                self._fail(exc)
+                return
+            if event is None:
+                return
+            if event.type is EventType.DISCONNECTED:
+                if self._send_queue_failure:  # not an orderly close: our requests were failing
+                    self._fail(RdmaError(errno.ECONNRESET, f"connection terminated ({self._send_queue_failure})"))
+                else:
+                    self._fail(Disconnected(errno.ECONNRESET, "the peer disconnected"))
+            elif event.type is EventType.DEVICE_REMOVAL:
+                self._fail(RdmaError(errno.ENODEV, f"RDMA device {self.device.name} was removed"))
+            elif event.type in (EventType.CONNECT_ERROR, EventType.UNREACHABLE, EventType.REJECTED):
+                self._fail(event.error("connection failed"))
+
+    def _fail(self, error: RdmaError) -> None:
+        if self._error is None:
+            self._error = error
+
+    # ---- memory ---------------------------------------------------------------------------
+
+    def register(self, buffer: memoryview, access: Access) -> VerbsMemoryRegion:
+        self._check_open()
+        if access & Access.REMOTE_WRITE:
+            access |= Access.LOCAL_WRITE  # verbs requires it for remote writes
+        try:
+            region = _register(self._r.pd, buffer, access)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise RdmaError(getattr(exc, "error_code", 0) or errno.ENOMEM, f"cannot register memory: {exc}") from None
+        self._regions.add(region)
+        return region
+
+    def deregister(self, region: VerbsMemoryRegion) -> None:  # type: ignore[override]
+        self._regions.discard(region)
+        region.close()
+
+    def invalidate(self, region: VerbsMemoryRegion) -> None:  # type: ignore[override]
+        self.deregister(region)
+
+    # ---- teardown ----------------------------------------------------------------------------
+
+    @property
+    def error(self) -> RdmaError | None:
+        return self._error
+
+    async def disconnect(self) -> None:
+        """Let posted sends finish, disconnect, wait briefly for the peer's side, free everything."""
+        if self._closed:
+            return
+        with trio.move_on_after(_DISCONNECT_LINGER):
+            while self._error is None and any(p.opcode is not Opcode.RECV for p in self._pending.values()):
+                try:
+                    await self.get_completions()
+                except (RdmaError, trio.BusyResourceError):
+                    break
+        self._cm_id.disconnect()
+        with trio.move_on_after(_DISCONNECT_LINGER):
+            while not isinstance(self._error, Disconnected):
+                self._handle_cm_events()
+                if self._error is not None:
+                    break
+                await trio.lowlevel.wait_readable(self._cm_id.channel.fd)
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._fail(RdmaError(errno.EPIPE, "queue pair is disconnected"))
+        with contextlib.suppress(RuntimeError):  # outside trio (interpreter exit) nobody waits
+            trio.lowlevel.notify_closing(self._r.epoll.fileno())
+        self._r.epoll.close()
+        for region in list(self._regions):
+            region.close()
+        for pending in self._pending.values():
+            self._release(pending)
+        self._pending.clear()
+        with contextlib.suppress(Exception):
+            self._r.qp.close()
+        with contextlib.suppress(Exception):
+            self._r.cq.close()
+        with contextlib.suppress(Exception):
+            self._r.channel.close()
+        self._r.pool.close()
+        with contextlib.suppress(Exception):
+            self._r.pd.close()
+        self._cm_id.close()
+
+
+# ---- connection set-up ------------------------------------------------------------------------
+
+
+class VerbsConnectionRequest(ConnectionRequest):
+    def __init__(self, provider: VerbsProvider, event: CmEvent) -> None:
+        self._provider = provider
+        self._pointer = event.id
+        self.private_data = event.private_data
+        self.initiator_depth = event.initiator_depth
+        self.responder_resources = event.responder_resources
+        self._answered = False
+        cm_id = CmId.__new__(CmId)
+        cm_id.pointer = event.id
+        self.peer_address = CmId.peer_address.fget(cm_id)  # type: ignore[attr-defined]
+
+    def _answer(self) -> None:
+        if self._answered:
+            raise RdmaError(errno.EINVAL, "connection request already answered")
+        self._answered = True
+
+    async def accept(
+        self, private_data: bytes = b"", *, initiator_depth: int = 1, responder_resources: int = 1
+    ) -> VerbsQueuePair:
+        self._answer()
+        try:
+            cm_id = CmId(pointer=self._pointer)
+        except CmError:
+            reject_request(self._pointer)
+            raise
+        try:
+            device = self._provider.device_for(cm_id)
+            resources = _create_resources(device)
+        except BaseException:
+            cm_id.reject()
+            cm_id.close()
+            raise
+        qp = VerbsQueuePair(device, cm_id, resources)
+        try:
+            qp.initialize()
+            if not device.iwarp:
+                _modify(resources.qp, cm_id, _QPS_RTR)
+                _modify(resources.qp, cm_id, _QPS_RTS)
+            # Never more than the peer offered: its ORD bounds our IRD and its IRD our ORD.
+            ird = min(responder_resources, self.initiator_depth) if self.initiator_depth else responder_resources
+            ord_ = min(initiator_depth, self.responder_resources)
+            cm_id.accept(private_data, resources.qp.qp_num, ord_, ird)
+            event = await cm_id.expect(EventType.ESTABLISHED, "accepting the connection")
+        except BaseException:
+            qp._close()
+            raise
+        qp.connected(event, self.private_data)
+        return qp
+
+    async def reject(self, private_data: bytes = b"") -> None:
+        self._answer()
+        reject_request(self._pointer, private_data)
+        await trio.lowlevel.checkpoint()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_answered", True):
+            with contextlib.suppress(Exception):
+                reject_request(self._pointer)
+
+
+class VerbsListener(Listener):
+    def __init__(self, provider: VerbsProvider, cm_id: CmId) -> None:
+        self._provider = provider
+        self._cm_id = cm_id
+        self.address = cm_id.local_address
+
+    async def get_request(self) -> VerbsConnectionRequest:
+        while True:
+            if not self._cm_id.pointer:
+                raise RdmaError(errno.EBADF, "listener is closed")
+            try:
+                event = await self._cm_id.channel.next()
+            except CmError as exc:
+                raise RdmaError(errno.EBADF, f"listener is closed: {exc}") from None
+            if event.type is EventType.CONNECT_REQUEST:
+                return VerbsConnectionRequest(self._provider, event)
+            if event.type is EventType.DEVICE_REMOVAL:
+                raise RdmaError(errno.ENODEV, "the listener's RDMA device was removed")
+
+    async def aclose(self) -> None:
+        self._cm_id.close()
+        await trio.lowlevel.checkpoint()
+
+
+class VerbsProvider(Provider):
+    """RDMA on the machine's devices, through pyverbs and rdma_cm.
+
+    rdma_cm picks the device from the address (bind or route resolution);
+    ``device`` restricts the provider to one device by name and makes the
+    others an error (EADDRNOTAVAIL).
+    """
+
+    name = "verbs"
+
+    def __init__(self, *, device: str | None = None) -> None:
+        pv = load_pyverbs()
+        try:
+            found = pv["device"].get_device_list()
+        except Exception:
+            found = []
+        self._transports = {d.name.decode(): d.transport_type for d in found}
+        if not self._transports:
+            raise RdmaError(
+                errno.ENODEV,
+                "no RDMA device: load the driver of your NIC, or make a software device "
+                "(rdma link add rxe0 type rxe netdev eth0, or type siw)",
+            )
+        if device is not None and device not in self._transports:
+            raise RdmaError(errno.ENODEV, f"no RDMA device {device!r}; there are {', '.join(self._transports)}")
+        self.device = device
+        self._devices: dict[str, _Device] = {}
+
+    @staticmethod
+    def devices() -> list[tuple[str, str]]:
+        """(name, transport) of every RDMA device: transport is ``"iwarp"`` or ``"ib"`` (InfiniBand, RoCE)."""
+        pv = load_pyverbs()
+        try:
+            found = pv["device"].get_device_list()
+        except Exception:
+            return []
+        return [(d.name.decode(), "iwarp" if d.transport_type == _IWARP else "ib") for d in found]
+
+    def device_for(self, cm_id: CmId) -> _Device:
+        name = cm_id.device_name
+        if name is None:
+            raise RdmaError(errno.EADDRNOTAVAIL, "rdma_cm bound no RDMA device to this address")
+        if self.device is not None and name != self.device:
+            raise RdmaError(errno.EADDRNOTAVAIL, f"the address is on RDMA device {name}, not {self.device}")
+        if name not in self._devices:
+            context = load_pyverbs()["device"].Context(name=name)
+            self._devices[name] = _Device(name, context, self._transports.get(name) == _IWARP)
+        return self._devices[name]
+
+    async def connect(
+        self,
+        address: tuple[str, int],
+        private_data: bytes = b"",
+        *,
+        initiator_depth: int = 1,
+        responder_resources: int = 1,
+        timeout: float = 5.0,
+        source: tuple[str, int] | None = None,
+    ) -> VerbsQueuePair:
+        cm_id = CmId()
+        qp: VerbsQueuePair | None = None
+        try:
+            with trio.fail_after(timeout):
+                await cm_id.resolve(address, source, max(int(timeout * 1000), 1))
+                device = self.device_for(cm_id)
+                qp = VerbsQueuePair(device, cm_id, _create_resources(device))
+                qp.initialize()
+                cm_id.connect(private_data, qp._r.qp.qp_num, initiator_depth, responder_resources)
+                event = await cm_id.channel.next()
+                if event.type is EventType.CONNECT_RESPONSE:  # InfiniBand, RoCE: the QP is ours to move
+                    _modify(qp._r.qp, cm_id, _QPS_RTR)
+                    _modify(qp._r.qp, cm_id, _QPS_RTS)
+                    cm_id.establish()
+                elif event.type is not EventType.ESTABLISHED:
+                    raise event.error(f"RDMA connect to {address[0]}:{address[1]}")
+        except trio.TooSlowError:
+            self._abandon(cm_id, qp)
+            raise RdmaError(errno.ETIMEDOUT, f"RDMA connect to {address[0]}:{address[1]} timed out") from None
+        except BaseException:
+            self._abandon(cm_id, qp)
+            raise
+        qp.connected(event)
+        return qp
+
+    @staticmethod
+    def _abandon(cm_id: CmId, qp: VerbsQueuePair | None) -> None:
+        if qp is not None:
+            qp._close()
+        else:
+            cm_id.close()
+
+    def listen(
+        self, address: tuple[str, int], backlog: int = 10, *, sock: socket.socket | None = None
+    ) -> VerbsListener:
+        """Listen with rdma_cm (a TCP socket given as ``sock`` only reserved the port; it is closed)."""
+        if sock is not None:
+            address = (address[0], sock.getsockname()[1])
+            sock.close()  # iWARP listens on the TCP port itself
+        cm_id = CmId()
+        try:
+            cm_id.bind(address)
+            if self.device is not None and cm_id.device_name not in (None, self.device):
+                raise RdmaError(errno.EADDRNOTAVAIL, f"{address[0]} is on RDMA device {cm_id.device_name}")
+            cm_id.listen(backlog)
+        except BaseException:
+            cm_id.close()
+            raise
+        return VerbsListener(self, cm_id)
