@@ -86,7 +86,8 @@ _IWARP = 1  # IBV_TRANSPORT_IWARP
 _WC_WITH_INV = 1 << 3
 _WR_RDMA_WRITE, _WR_SEND, _WR_RDMA_READ, _WR_SEND_WITH_INV = 0, 2, 4, 9
 _SEND_SIGNALED, _SEND_SOLICITED = 2, 4
-_QPS_INIT, _QPS_RTR, _QPS_RTS = 1, 2, 3
+_QPS_INIT, _QPS_RTR, _QPS_RTS, _QPS_ERR = 1, 2, 3, 6
+_QP_STATE = 1
 _QPT_RC = 2
 _QP_ACCESS_FLAGS = 8
 
@@ -234,10 +235,11 @@ class VerbsMemoryRegion(MemoryRegion):
         self.address = address
         self.length = len(view)
         self.access = access
+        self.invalidated = False  # by the peer's send with invalidate
 
     @property
     def valid(self) -> bool:
-        return self.mr is not None
+        return self.mr is not None and not self.invalidated
 
     def close(self) -> None:
         if self.mr is not None:
@@ -562,6 +564,9 @@ class VerbsQueuePair(QueuePair):
         if slot is not None:  # a receive
             if status is Status.SUCCESS:
                 invalidated = wc.imm_data if wc.wc_flags & _WC_WITH_INV else None
+                for region in self._regions:
+                    if region.token == invalidated:
+                        region.invalidated = True
                 arrived = _Arrived(slot, wc.byte_len, invalidated)
                 if self._receives:
                     self._deliver(self._receives.popleft(), arrived)
@@ -678,6 +683,14 @@ class VerbsQueuePair(QueuePair):
     def _fail(self, error: RdmaError) -> None:
         if self._error is None:
             self._error = error
+            self._to_error_state()
+
+    def _to_error_state(self) -> None:
+        """Flush everything posted: on InfiniBand and RoCE nobody else moves our (external) QP to ERR."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            self._r.qp.modify(load_pyverbs()["qp"].QPAttr(qp_state=_QPS_ERR), _QP_STATE)
 
     # ---- memory ---------------------------------------------------------------------------
 

@@ -1,12 +1,12 @@
 """The Linux kernel's SMB client, cifs.ko, mounts through our gateway over siw.
 
-cifs.ko reaches an iWARP server on port 5445 (then 445) whatever port it is
-given, and ksmbd holds 5445 on every RDMA device while it runs; so this test
-stops ksmbd (it runs last in the boot) and puts Samba, which has no
-SMB-Direct, behind the gateway on 5445.  cifs.ko speaks SMB-Direct on siw0 to
-the gateway (software iWARP provider), which relays SMB2 to Samba over TCP
-and does cifs.ko's RDMA channel I/O itself: WRITE data is RDMA-read from
-cifs.ko's registered pages, READ data RDMA-written into them.
+cifs.ko reaches an RDMA server on port 5445 (then 445) whatever port it is
+given, and ksmbd holds 5445 on every RDMA device while it runs; so these tests
+stop ksmbd (they run late in the boot) and put Samba, which has no
+SMB-Direct, behind the gateway on 5445.  cifs.ko speaks SMB-Direct to the
+gateway (on siw0 with the software iWARP provider), which relays SMB2 to Samba over TCP and does cifs.ko's RDMA
+channel I/O itself: WRITE data is RDMA-read from cifs.ko's registered pages,
+READ data RDMA-written into them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from smbdirect_socket.gateway import Gateway, gateway_thread
+from smbdirect_socket.rdma import get_provider
 from smbdirect_socket.samba import SambaServer, samba_available, samba_server
 
 SIW = os.environ.get("RDMA_VM_SIW_ADDR", "")
@@ -27,21 +28,22 @@ KSMBD_CONTROL = os.environ.get("RDMA_VM_KSMBD_CONTROL", "")
 pytestmark = [
     pytest.mark.skipif(not KSMBD_CONTROL, reason="ksmbd is not running in this guest"),
     pytest.mark.skipif(samba_available() is not None, reason=str(samba_available())),
-    pytest.mark.last,  # it stops ksmbd
+    pytest.mark.last(order=1),  # it stops ksmbd
 ]
 
 
 @pytest.fixture
 def mounted(tmp_path: Path) -> Iterator[tuple[Path, Gateway, SambaServer]]:
-    subprocess.run([KSMBD_CONTROL, "--shutdown"], check=True, timeout=60)
+    address, provider = SIW, "softiwarp"
+    subprocess.run([KSMBD_CONTROL, "--shutdown"], timeout=60)  # it may be stopped already
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     with samba_server(timeout=120) as samba:
-        gateway = Gateway(samba.address)
-        with gateway_thread(gateway, (SIW, 5445)):
+        gateway = Gateway(samba.address, provider=get_provider(provider))
+        with gateway_thread(gateway, (address, 5445)):
             options = f"rdma,vers=3.1.1,username={samba.user},password={samba.password}"
             result = subprocess.run(
-                ["mount", "-t", "cifs", f"//{SIW}/{samba.share}", str(mountpoint), "-o", options],
+                ["mount", "-t", "cifs", f"//{address}/{samba.share}", str(mountpoint), "-o", options],
                 capture_output=True,
                 text=True,
                 timeout=180,

@@ -1,7 +1,8 @@
-"""Unmodified SMB clients over our blocking socket, straight to the kernel's ksmbd on siw.
+"""SMB clients over our socket, straight to the kernel's ksmbd, on every transport.
 
-No gateway: the software iWARP provider speaks MPA/DDP/RDMAP to siw, and
-ksmbd's own SMB-Direct (fs/smb/server/transport_rdma.c) is the peer.
+No gateway: ksmbd's own SMB-Direct (fs/smb/server/transport_rdma.c) is the
+peer, reached by the software iWARP provider on siw (our MPA/DDP/RDMAP
+against the kernel's) and by the verbs provider on siw0 and rxe0.
 """
 
 from __future__ import annotations
@@ -9,15 +10,27 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from smbprotocol.open import ReadWriteChannel
 
 from smbdirect_socket import SMBDirectSocket, create_connection, patch
+from smbdirect_socket.rdma import Provider, get_provider
 from smbdirect_socket.smb_clients import io_limits
 
+from ..smb.rdma_client import Client
+
 SIW = os.environ.get("RDMA_VM_SIW_ADDR", "")
+RXE = os.environ.get("RDMA_VM_RXE_ADDR", "")
+KSMBD_CONTROL = os.environ.get("RDMA_VM_KSMBD_CONTROL", "")
+SHARE_PATH = Path("/run/smbdirect-vm/share")
 USER = os.environ.get("RDMA_VM_SMB_USER", "")
 PASSWORD = os.environ.get("RDMA_VM_SMB_PASS", "")
 SHARE = os.environ.get("RDMA_VM_SMB_SHARE", "")
@@ -26,11 +39,35 @@ SIZE = 4 * 1024 * 1024
 pytestmark = pytest.mark.skipif(not USER, reason="ksmbd is not running in this guest")
 
 
-def connect_when_listening() -> SMBDirectSocket:
+@dataclass(frozen=True)
+class Transport:
+    provider_name: str
+    address: str
+
+    @property
+    def provider(self) -> Provider:
+        return get_provider(self.provider_name)
+
+
+TRANSPORTS = [
+    pytest.param(Transport("softiwarp", SIW), id="softiwarp-siw"),
+    pytest.param(Transport("verbs", SIW), id="verbs-siw"),
+    pytest.param(Transport("verbs", RXE), id="verbs-rxe"),
+]
+
+
+@dataclass(frozen=True)
+class Ksmbd:
+    user: str = USER
+    password: str = PASSWORD
+    share: str = SHARE
+
+
+def connect_when_listening(transport: Transport) -> SMBDirectSocket:
     deadline = time.monotonic() + 30
     while True:
         try:
-            return create_connection((SIW, 5445), timeout=30)
+            return create_connection((transport.address, 5445), timeout=30, provider=transport.provider)
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -45,9 +82,10 @@ def smbclient_session() -> Iterator[object]:
     smbclient.reset_connection_cache()
 
 
-def test_negotiated_with_ksmbd() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_negotiated_with_ksmbd(transport: Transport) -> None:
     """Both sides' parameters: ours as sent, ksmbd's as Linux sets them."""
-    with connect_when_listening() as sock:
+    with connect_when_listening(transport) as sock:
         info = sock.info()
         assert info.state == 1  # established
         assert info.max_send_size == 1364  # min(ours, ksmbd's max receive size)
@@ -58,14 +96,16 @@ def test_negotiated_with_ksmbd() -> None:
         assert limits is not None and limits.read < 173910
 
 
-def test_smbprotocol_writes_and_reads_back_four_mib(smbclient_session: object) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_smbprotocol_writes_and_reads_back_four_mib(smbclient_session: object, transport: Transport) -> None:
     import smbclient
 
-    connect_when_listening().close()
+    connect_when_listening(transport).close()
     data = os.urandom(SIZE)
-    with patch(ports=[5445]) as patched:
-        smbclient.register_session(SIW, username=USER, password=PASSWORD, port=5445)
-        path = rf"\\{SIW}\{SHARE}\smbprotocol.bin"
+    host = transport.address
+    with patch(ports=[5445], provider=transport.provider) as patched:
+        smbclient.register_session(host, username=USER, password=PASSWORD, port=5445)
+        path = rf"\\{host}\{SHARE}\smbprotocol-{transport.provider_name}.bin"
         with smbclient.open_file(path, mode="wb", port=5445) as remote:
             remote.write(data)
         with smbclient.open_file(path, mode="rb", port=5445) as remote:
@@ -77,7 +117,7 @@ def test_smbprotocol_writes_and_reads_back_four_mib(smbclient_session: object) -
 def test_impacket_lists_shares_and_reads_a_file() -> None:
     from impacket.smbconnection import SMBConnection
 
-    connect_when_listening().close()
+    connect_when_listening(Transport("softiwarp", SIW)).close()
     content = os.urandom(SIZE // 2 + 5)
     with patch(ports=[5445]):
         connection = SMBConnection(SIW, SIW, sess_port=5445, timeout=60)
@@ -89,3 +129,66 @@ def test_impacket_lists_shares_and_reads_a_file() -> None:
         connection.logoff()
         connection.close()
     assert received.getvalue() == content
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    "channel", [ReadWriteChannel.SMB2_CHANNEL_RDMA_V1, ReadWriteChannel.SMB2_CHANNEL_RDMA_V1_INVALIDATE]
+)
+def test_ksmbd_does_rdma_channel_io_on_our_buffers(transport: Transport, channel: ReadWriteChannel) -> None:
+    """SMB2 WRITE and READ of 1 MiB whose data ksmbd RDMA-reads from and RDMA-writes into our buffers."""
+    if transport.provider_name == "verbs" and channel == ReadWriteChannel.SMB2_CHANNEL_RDMA_V1_INVALIDATE:
+        pytest.skip("the verbs provider registers plain memory regions, which cannot be invalidated remotely")
+    connect_when_listening(transport).close()
+    name = f"channel-{uuid.uuid4().hex[:8]}.bin"
+    data = os.urandom(1024 * 1024)
+    with patch(ports=[5445], provider=transport.provider):
+        client = Client(Ksmbd(), (transport.address, 5445), name)
+        try:
+            assert client.rdma_write(data, channel) == len(data)
+            assert (SHARE_PATH / name).read_bytes() == data
+            sink = bytearray(len(data))
+            response, registration = client.rdma_read(sink, channel)
+            assert response["data_remaining"].get_value() == len(data)  # it came by RDMA
+            assert response["data_length"].get_value() == 0
+            assert sink == data
+            if channel == ReadWriteChannel.SMB2_CHANNEL_RDMA_V1_INVALIDATE:
+                assert not registration.region.valid  # ksmbd's send with invalidate
+            info = client.sock.info()
+            assert info.messages_sent < 20 and info.rdma_reads == info.rdma_writes == 0  # ksmbd did the RDMA
+        finally:
+            client.close()
+
+
+@pytest.mark.last(order=0)
+def test_ksmbd_stopped_mid_transfer() -> None:
+    """Clients on every transport writing by RDMA when ksmbd shuts down: each gets a clean error, none hangs."""
+    clients = []
+    for transport in (Transport("softiwarp", SIW), Transport("verbs", SIW), Transport("verbs", RXE)):
+        connect_when_listening(transport).close()
+        with patch(ports=[5445], provider=transport.provider):
+            clients.append(Client(Ksmbd(), (transport.address, 5445), f"stop-{uuid.uuid4().hex[:8]}.bin"))
+    outcomes: list[BaseException | None] = [None] * len(clients)
+
+    def keep_writing(index: int) -> None:
+        try:
+            while True:
+                clients[index].rdma_write(os.urandom(256 * 1024), ReadWriteChannel.SMB2_CHANNEL_RDMA_V1)
+        except Exception as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=keep_writing, args=(i,), daemon=True) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    subprocess.run([KSMBD_CONTROL, "--shutdown"], check=True, timeout=60)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a client hangs after ksmbd stopped"
+    from smbprotocol.exceptions import SMBConnectionClosed
+
+    for outcome in outcomes:
+        assert isinstance(outcome, SMBConnectionClosed | OSError), repr(outcome)
+    for client in clients:
+        assert client.sock.info().state == 7  # closed
+        client.sock.close()

@@ -1,0 +1,188 @@
+"""The SMB-Direct socket on the verbs provider against perftest on the same device, in one boot.
+
+Run in the interop guest (``make bench-verbs``); the guest CPU is emulated,
+so only the ratios mean anything.  Per device (rxe0, siw0):
+
+* framed message throughput (128 KiB messages) of the socket vs ``ib_send_bw`` (64 KiB);
+* ``rdma_write`` of 1 MiB buffers through the socket's RDMA API vs ``ib_write_bw`` (1 MiB);
+* the round trip of a 64-byte message vs twice ``ib_send_lat``'s typical one-way latency.
+
+perftest runs over rdma_cm (``-R``) with its server and client on the device's
+address, as our pair does.
+
+    python benchmarks/bench_verbs.py [--seconds S] [--large] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import struct
+import subprocess
+import time
+
+import trio
+from common import accept_and_connect
+
+from smbdirect_socket import Parameters
+from smbdirect_socket import trio as sdtrio
+from smbdirect_socket.rdma import get_provider
+
+DEVICES = {"rxe0": os.environ.get("RDMA_VM_RXE_ADDR", ""), "siw0": os.environ.get("RDMA_VM_SIW_ADDR", "")}
+MESSAGE = 128 * 1024
+
+
+def perftest(tool: str, device: str, address: str, size: int, seconds: float, port: int) -> dict[str, float]:
+    """Run a perftest tool's server and client on one device; its result row as numbers."""
+    common = [tool, "-d", device, "-R", "-s", str(size), "-p", str(port), "-F"]
+    common += ["-n", "1000"] if tool.endswith("_lat") else ["-D", str(max(int(seconds), 1))]
+    server = subprocess.Popen(common, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        output = subprocess.run([*common, address], capture_output=True, text=True, timeout=120).stdout
+    finally:
+        server.wait(timeout=60)
+    rows = [line.split() for line in output.splitlines() if re.match(r"\s*\d+\s+\d+\s", line)]
+    if not rows:
+        raise RuntimeError(f"{tool} printed no result:\n{output}")
+    numbers = [float(v) for v in rows[-1]]
+    if tool.endswith("_lat"):  # bytes iterations t_min t_max t_typical t_avg ...
+        return {"typical_us": numbers[4], "average_us": numbers[5]}
+    size_bytes, iterations, _, average = numbers[:4]
+    rate = average * 1e6 if average > 0 else size_bytes * iterations / max(int(seconds), 1)  # siw prints 0.00
+    return {"bytes_per_second": rate}
+
+
+async def socket_pair(address: str, port: int, parameters: Parameters) -> tuple[sdtrio.SMBDirectSocket, ...]:
+    provider = get_provider("verbs")
+    listener = sdtrio.socket(provider=provider, parameters=parameters)
+    await listener.bind((address, port))
+    listener.listen()
+
+    async def accept() -> sdtrio.SMBDirectSocket:
+        return (await listener.accept())[0]
+
+    async def connect() -> sdtrio.SMBDirectSocket:
+        sock = sdtrio.socket(provider=provider, parameters=parameters)
+        await sock.connect((address, port))
+        return sock
+
+    try:
+        return await accept_and_connect(accept, connect)
+    finally:
+        listener.close()
+
+
+async def framed_throughput(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSocket, seconds: float) -> float:
+    message = struct.pack(">I", MESSAGE) + bytes(MESSAGE)
+    moved = 0
+    done = False
+
+    async def drain() -> None:
+        while not done:
+            (length,) = struct.unpack(">I", await server.recv(4))
+            await server.recv(length)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            await client.send(message)
+            moved += MESSAGE
+        elapsed = time.perf_counter() - start
+        done = True
+        await client.send(struct.pack(">I", 1) + b"!")
+    return moved / elapsed
+
+
+async def write_throughput(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSocket, seconds: float) -> float:
+    target = bytearray(1024 * 1024)
+    registration = client.register_buffer(target, writable=True)
+    data = os.urandom(len(target))
+    moved = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        await server.rdma_write(data, registration.descriptors)
+        moved += len(data)
+    return moved / (time.perf_counter() - start)
+
+
+async def round_trip(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSocket, count: int) -> float:
+    message = struct.pack(">I", 60) + bytes(60)
+
+    async def echo() -> None:
+        for _ in range(count):
+            await server.recv(4)
+            await server.send(struct.pack(">I", 60) + await server.recv(60))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        start = time.perf_counter()
+        for _ in range(count):
+            await client.send(message)
+            await client.recv(4)
+            await client.recv(60)
+        return (time.perf_counter() - start) / count
+
+
+async def measure(device: str, address: str, seconds: float, parameters: Parameters) -> dict[str, object]:
+    client, server = await socket_pair(address, 7400, parameters)
+    ours = {
+        "framed_bytes_per_second": await framed_throughput(client, server, seconds),
+        "rdma_write_bytes_per_second": await write_throughput(client, server, seconds),
+        "round_trip_us": await round_trip(client, server, 200) * 1e6,
+    }
+    client.close()
+    server.close()
+    await trio.sleep(0.5)
+    baseline = {
+        "ib_send_bw": perftest("ib_send_bw", device, address, 65536, seconds, 18515),
+        "ib_write_bw": perftest("ib_write_bw", device, address, 1024 * 1024, seconds, 18516),
+        "ib_send_lat": perftest("ib_send_lat", device, address, 64, seconds, 18517),
+    }
+    send_bw = baseline["ib_send_bw"]["bytes_per_second"]
+    write_bw = baseline["ib_write_bw"]["bytes_per_second"]
+    lat = 2 * baseline["ib_send_lat"]["typical_us"]
+    ratios = {
+        "framed_vs_ib_send_bw": ours["framed_bytes_per_second"] / send_bw,
+        "rdma_write_vs_ib_write_bw": ours["rdma_write_bytes_per_second"] / write_bw,
+        "round_trip_vs_2x_ib_send_lat": ours["round_trip_us"] / lat,
+    }
+    print(f"{device}:")
+    print(
+        f"  framed {MESSAGE // 1024} KiB messages {ours['framed_bytes_per_second'] / 1e6:8.1f} MB/s"
+        f"  ib_send_bw {send_bw / 1e6:8.1f} MB/s  ratio {ratios['framed_vs_ib_send_bw']:.2f}x"
+    )
+    print(
+        f"  rdma_write 1 MiB            {ours['rdma_write_bytes_per_second'] / 1e6:8.1f} MB/s"
+        f"  ib_write_bw {write_bw / 1e6:7.1f} MB/s  ratio {ratios['rdma_write_vs_ib_write_bw']:.2f}x"
+    )
+    print(
+        f"  64-byte round trip          {ours['round_trip_us']:8.0f} us    2 x ib_send_lat {lat:6.0f} us"
+        f"  ratio {ratios['round_trip_vs_2x_ib_send_lat']:.2f}x"
+    )
+    return {"ours": ours, "baseline": baseline, "ratios": ratios}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--large", action="store_true", help="large-message parameters instead of Linux's")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    parameters = Parameters().with_large_messages() if args.large else Parameters()
+    print(f"parameters: {'large messages' if args.large else 'Linux defaults'}; the guest CPU is emulated")
+    results = {}
+    for device, address in DEVICES.items():
+        if not address:
+            raise SystemExit("run this in the interop guest: make bench-verbs")
+        results[device] = await measure(device, address, args.seconds, parameters)
+    if args.json:
+        with open(args.json, "w") as output:
+            json.dump(results, output, indent=2)
+
+
+if __name__ == "__main__":
+    trio.run(main)
