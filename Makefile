@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test lint docs bench demo interop clean
+.PHONY: install system-deps test lint docs bench bench-verbs demo interop clean
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ bench: install system-deps
 	$(PY) benchmarks/bench_socket.py
 	$(PY) benchmarks/bench_socket.py --large
 	$(PY) benchmarks/bench_gateway.py
+
+# The verbs benchmark against perftest, in one boot of the interop guest (as root).
+bench-verbs: install
+	tests/interop/vm/setup.sh
+	tests/interop/vm/run.sh --timeout 900 -- $(PY) benchmarks/bench_verbs.py
+	tests/interop/vm/run.sh --timeout 900 -- $(PY) benchmarks/bench_verbs.py --large
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -268,9 +268,23 @@ def _register(pd: Any, buffer: memoryview, access: Access) -> VerbsMemoryRegion:
 
 @dataclass
 class _Device:
+    """An open device, shared by the process's connections on it and closed with the last one
+    (a device is removed only once every user has let go of it)."""
+
     name: str
     context: Any
     iwarp: bool
+    users: int = 0
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0 and _open_devices.get(self.name) is self:
+            del _open_devices[self.name]
+            with contextlib.suppress(Exception):
+                self.context.close()
+
+
+_open_devices: dict[str, _Device] = {}
 
 
 @dataclass
@@ -393,6 +407,7 @@ class VerbsQueuePair(QueuePair):
 
     def __init__(self, device: _Device, cm_id: CmId, resources: _Resources) -> None:
         self.device = device
+        device.users += 1
         self._cm_id = cm_id
         self._r = resources
         self._r.epoll.register(cm_id.channel.fd, select.EPOLLIN)
@@ -467,6 +482,8 @@ class VerbsQueuePair(QueuePair):
         pv = load_pyverbs()
         tag = self._tag()
         wr = pv["wr"].SendWR(wr_id=tag, opcode=opcode, num_sge=1, sg=[sge], send_flags=_SEND_SIGNALED | flags, **extra)
+        if opcode == _WR_SEND_WITH_INV:  # libsiw takes the token from the RDMA fields, others from the union
+            wr.set_wr_rdma(extra["imm_data"], 0)
         try:
             self._r.qp.post_send(wr)
         except Exception as exc:
@@ -630,12 +647,15 @@ class VerbsQueuePair(QueuePair):
                 if self._error is not None and not self._outstanding():
                     raise self._error
                 if self._closed:
-                    raise RdmaError(errno.EPIPE, "queue pair is disconnected")
+                    raise self._error or RdmaError(errno.EPIPE, "queue pair is disconnected")
                 self._r.cq.req_notify()
                 self._poll_device(max_count)  # what completed before the request
                 if self._ready:
                     continue
-                await trio.lowlevel.wait_readable(self._r.epoll.fileno())
+                try:
+                    await trio.lowlevel.wait_readable(self._r.epoll.fileno())
+                except trio.ClosedResourceError:
+                    continue  # closed under us (a removed device): the loop says why
                 self._drain_channel()
         finally:
             self._waiting = False
@@ -676,7 +696,9 @@ class VerbsQueuePair(QueuePair):
                 else:
                     self._fail(Disconnected(errno.ECONNRESET, "the peer disconnected"))
             elif event.type is EventType.DEVICE_REMOVAL:
+                # rdma_cm waits for the id, and the kernel for every resource, to go: let go now.
                 self._fail(RdmaError(errno.ENODEV, f"RDMA device {self.device.name} was removed"))
+                self._close()
             elif event.type in (EventType.CONNECT_ERROR, EventType.UNREACHABLE, EventType.REJECTED):
                 self._fail(event.error("connection failed"))
 
@@ -763,6 +785,7 @@ class VerbsQueuePair(QueuePair):
         with contextlib.suppress(Exception):
             self._r.pd.close()
         self._cm_id.close()
+        self.device.release()
 
 
 # ---- connection set-up ------------------------------------------------------------------------
@@ -879,7 +902,6 @@ class VerbsProvider(Provider):
         if device is not None and device not in self._transports:
             raise RdmaError(errno.ENODEV, f"no RDMA device {device!r}; there are {', '.join(self._transports)}")
         self.device = device
-        self._devices: dict[str, _Device] = {}
 
     @staticmethod
     def devices() -> list[tuple[str, str]]:
@@ -897,10 +919,10 @@ class VerbsProvider(Provider):
             raise RdmaError(errno.EADDRNOTAVAIL, "rdma_cm bound no RDMA device to this address")
         if self.device is not None and name != self.device:
             raise RdmaError(errno.EADDRNOTAVAIL, f"the address is on RDMA device {name}, not {self.device}")
-        if name not in self._devices:
+        if name not in _open_devices:
             context = load_pyverbs()["device"].Context(name=name)
-            self._devices[name] = _Device(name, context, self._transports.get(name) == _IWARP)
-        return self._devices[name]
+            _open_devices[name] = _Device(name, context, self._transports.get(name) == _IWARP)
+        return _open_devices[name]
 
     async def connect(
         self,
