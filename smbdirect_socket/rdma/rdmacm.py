@@ -217,6 +217,12 @@ def unpack_sockaddr(raw: bytes) -> tuple[str, int]:
     return ("", 0)
 
 
+def route_address(pointer: int, *, peer: bool) -> tuple[str, int]:
+    """An ``rdma_cm_id``'s source or destination address (``rdma_get_local/peer_addr``)."""
+    offset = _ROUTE_OFFSET + (_SOCKADDR_SIZE if peer else 0)
+    return unpack_sockaddr(ctypes.string_at(pointer + offset, _SOCKADDR_SIZE))
+
+
 @dataclass(frozen=True)
 class CmEvent:
     """A copy of one ``rdma_cm_event`` (the original is acknowledged at once)."""
@@ -321,16 +327,13 @@ class CmId:
 
     # ---- addresses and the device -------------------------------------------------
 
-    def _route_address(self, offset: int) -> tuple[str, int]:
-        return unpack_sockaddr(ctypes.string_at(self.pointer + _ROUTE_OFFSET + offset, _SOCKADDR_SIZE))
-
     @property
     def local_address(self) -> tuple[str, int]:
-        return self._route_address(0)
+        return route_address(self.pointer, peer=False)
 
     @property
     def peer_address(self) -> tuple[str, int]:
-        return self._route_address(_SOCKADDR_SIZE)
+        return route_address(self.pointer, peer=True)
 
     @property
     def device_name(self) -> str | None:

@@ -61,7 +61,7 @@ from .base import (
     RdmaError,
     Status,
 )
-from .rdmacm import CmError, CmEvent, CmId, EventType, reject_request
+from .rdmacm import CmError, CmEvent, CmId, EventType, reject_request, route_address
 
 __all__ = ["VerbsListener", "VerbsProvider", "VerbsQueuePair", "load_pyverbs"]
 
@@ -478,23 +478,17 @@ class VerbsQueuePair(QueuePair):
             self._receives.append(receive)
         self._post_slot(len(buffer))
 
-    def _post(self, pending: _Pending, opcode: int, sge: Any, *, flags: int = 0, **extra: int) -> None:
+    def _post(
+        self, pending: _Pending, opcode: int, sge: Any, *, flags: int = 0, token: int = 0, address: int = 0
+    ) -> None:
+        """Post one send-queue request; ``token`` is the peer's (RDMA) or the one to invalidate."""
         pv = load_pyverbs()
         tag = self._tag()
-        wr = pv["wr"].SendWR(wr_id=tag, opcode=opcode, num_sge=1, sg=[sge], send_flags=_SEND_SIGNALED | flags, **extra)
-        if opcode == _WR_SEND_WITH_INV:  # libsiw takes the token from the RDMA fields, others from the union
-            wr.set_wr_rdma(extra["imm_data"], 0)
-        try:
-            self._r.qp.post_send(wr)
-        except Exception as exc:
-            self._release(pending)
-            raise RdmaError(errno.ENOMEM, f"cannot post to the send queue: {exc}") from None
-        self._pending[tag] = pending
-
-    def _post_rdma(self, pending: _Pending, opcode: int, sge: Any, token: int, address: int) -> None:
-        pv = load_pyverbs()
-        tag = self._tag()
-        wr = pv["wr"].SendWR(wr_id=tag, opcode=opcode, num_sge=1, sg=[sge], send_flags=_SEND_SIGNALED)
+        # The token to invalidate goes in the immediate-data union, and libsiw reads it from the RDMA fields.
+        imm_data = token if opcode == _WR_SEND_WITH_INV else 0
+        wr = pv["wr"].SendWR(
+            wr_id=tag, opcode=opcode, num_sge=1, sg=[sge], send_flags=_SEND_SIGNALED | flags, imm_data=imm_data
+        )
         wr.set_wr_rdma(token, address)
         try:
             self._r.qp.post_send(wr)
@@ -512,12 +506,11 @@ class VerbsQueuePair(QueuePair):
         slot.view[: len(view)] = view
         sge = load_pyverbs()["wr"].SGE(slot.address, len(view), slot.mr.lkey)
         flags = _SEND_SOLICITED if solicited else 0
+        pending = _Pending(wr_id, Opcode.SEND, slot=slot)
         if invalidate_token is None:
-            self._post(_Pending(wr_id, Opcode.SEND, slot=slot), _WR_SEND, sge, flags=flags)
+            self._post(pending, _WR_SEND, sge, flags=flags)
         else:
-            self._post(
-                _Pending(wr_id, Opcode.SEND, slot=slot), _WR_SEND_WITH_INV, sge, flags=flags, imm_data=invalidate_token
-            )
+            self._post(pending, _WR_SEND_WITH_INV, sge, flags=flags, token=invalidate_token)
 
     def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
         self._check_open()
@@ -530,7 +523,7 @@ class VerbsQueuePair(QueuePair):
         else:
             pending.region = region = _register(self._r.pd, view, Access(0))
             sge = load_pyverbs()["wr"].SGE(region.address, len(view), region.mr.lkey)
-        self._post_rdma(pending, _WR_RDMA_WRITE, sge, token, address)
+        self._post(pending, _WR_RDMA_WRITE, sge, token=token, address=address)
 
     def post_read(self, wr_id: int, into: memoryview, token: int, address: int) -> None:
         self._check_open()
@@ -539,7 +532,7 @@ class VerbsQueuePair(QueuePair):
             raise RdmaError(errno.EINVAL, "an RDMA read needs a writable buffer")
         region = _register(self._r.pd, view, Access.LOCAL_WRITE)
         sge = load_pyverbs()["wr"].SGE(region.address, len(view), region.mr.lkey)
-        self._post_rdma(_Pending(wr_id, Opcode.RDMA_READ, region=region), _WR_RDMA_READ, sge, token, address)
+        self._post(_Pending(wr_id, Opcode.RDMA_READ, region=region), _WR_RDMA_READ, sge, token=token, address=address)
 
     # ---- completions ---------------------------------------------------------------------
 
@@ -799,9 +792,7 @@ class VerbsConnectionRequest(ConnectionRequest):
         self.initiator_depth = event.initiator_depth
         self.responder_resources = event.responder_resources
         self._answered = False
-        cm_id = CmId.__new__(CmId)
-        cm_id.pointer = event.id
-        self.peer_address = CmId.peer_address.fget(cm_id)  # type: ignore[attr-defined]
+        self.peer_address = route_address(event.id, peer=True)
 
     def _answer(self) -> None:
         if self._answered:
