@@ -181,6 +181,8 @@ def _libraries() -> tuple[ctypes.CDLL, ctypes.CDLL]:
             "rdma_get_cm_event": (i, [p, ctypes.POINTER(ctypes.POINTER(_Event))]),
             "rdma_ack_cm_event": (i, [ctypes.POINTER(_Event)]),
             "rdma_init_qp_attr": (i, [p, ctypes.POINTER(QpAttributes), ctypes.POINTER(i)]),
+            "rdma_get_devices": (p, [ctypes.POINTER(i)]),
+            "rdma_free_devices": (None, [p]),  # type: ignore[dict-item]
         }
         for name, (restype, argtypes) in signatures.items():
             function = getattr(cm, name)
@@ -418,6 +420,19 @@ class CmId:
             self._cm.rdma_destroy_id(self.pointer)
             self.pointer = 0
             self.channel.close()
+
+
+def forget_removed_devices() -> None:
+    """Let librdmacm close its own handle on devices that are gone.
+
+    It notices only when asked for its device list, and the kernel finishes a
+    removal (``rdma link delete``) only once every handle is closed.
+    """
+    cm, _ = _libraries()
+    count = ctypes.c_int()
+    devices = cm.rdma_get_devices(ctypes.byref(count))
+    if devices:
+        cm.rdma_free_devices(devices)
 
 
 def reject_request(pointer: int, private_data: bytes = b"") -> None:

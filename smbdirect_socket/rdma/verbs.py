@@ -61,7 +61,7 @@ from .base import (
     RdmaError,
     Status,
 )
-from .rdmacm import CmError, CmEvent, CmId, EventType, reject_request, route_address
+from .rdmacm import CmError, CmEvent, CmId, EventType, forget_removed_devices, reject_request, route_address
 
 __all__ = ["VerbsListener", "VerbsProvider", "VerbsQueuePair", "load_pyverbs"]
 
@@ -692,6 +692,7 @@ class VerbsQueuePair(QueuePair):
                 # rdma_cm waits for the id, and the kernel for every resource, to go: let go now.
                 self._fail(RdmaError(errno.ENODEV, f"RDMA device {self.device.name} was removed"))
                 self._close()
+                forget_removed_devices()
             elif event.type in (EventType.CONNECT_ERROR, EventType.UNREACHABLE, EventType.REJECTED):
                 self._fail(event.error("connection failed"))
 
@@ -789,8 +790,10 @@ class VerbsConnectionRequest(ConnectionRequest):
         self._provider = provider
         self._pointer = event.id
         self.private_data = event.private_data
-        self.initiator_depth = event.initiator_depth
-        self.responder_resources = event.responder_resources
+        # rdma_cm reports the request from our side (its initiator_depth is the ORD we may
+        # use, the peer's IRD); the interface wants the peer's own ORD and IRD.
+        self.initiator_depth = event.responder_resources
+        self.responder_resources = event.initiator_depth
         self._answered = False
         self.peer_address = route_address(event.id, peer=True)
 
@@ -860,6 +863,8 @@ class VerbsListener(Listener):
             if event.type is EventType.CONNECT_REQUEST:
                 return VerbsConnectionRequest(self._provider, event)
             if event.type is EventType.DEVICE_REMOVAL:
+                self._cm_id.close()
+                forget_removed_devices()
                 raise RdmaError(errno.ENODEV, "the listener's RDMA device was removed")
 
     async def aclose(self) -> None:

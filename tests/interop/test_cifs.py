@@ -1,10 +1,11 @@
-"""The Linux kernel's SMB client, cifs.ko, mounts through our gateway over siw.
+"""The Linux kernel's SMB client, cifs.ko, mounts through our gateway over siw and rxe.
 
 cifs.ko reaches an RDMA server on port 5445 (then 445) whatever port it is
 given, and ksmbd holds 5445 on every RDMA device while it runs; so these tests
 stop ksmbd (they run late in the boot) and put Samba, which has no
 SMB-Direct, behind the gateway on 5445.  cifs.ko speaks SMB-Direct to the
-gateway (on siw0 with the software iWARP provider), which relays SMB2 to Samba over TCP and does cifs.ko's RDMA
+gateway (on siw0 with the software iWARP provider, on rxe0 with the verbs
+provider), which relays SMB2 to Samba over TCP and does cifs.ko's RDMA
 channel I/O itself: WRITE data is RDMA-read from cifs.ko's registered pages,
 READ data RDMA-written into them.
 """
@@ -23,6 +24,7 @@ from smbdirect_socket.rdma import get_provider
 from smbdirect_socket.samba import SambaServer, samba_available, samba_server
 
 SIW = os.environ.get("RDMA_VM_SIW_ADDR", "")
+RXE = os.environ.get("RDMA_VM_RXE_ADDR", "")
 KSMBD_CONTROL = os.environ.get("RDMA_VM_KSMBD_CONTROL", "")
 
 pytestmark = [
@@ -32,9 +34,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[tuple[Path, Gateway, SambaServer]]:
-    address, provider = SIW, "softiwarp"
+@pytest.fixture(params=[(SIW, "softiwarp"), (RXE, "verbs")], ids=["softiwarp-siw", "verbs-rxe"])
+def mounted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Gateway, SambaServer]]:
+    address, provider = request.param
     subprocess.run([KSMBD_CONTROL, "--shutdown"], timeout=60)  # it may be stopped already
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()

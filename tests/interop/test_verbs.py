@@ -1,8 +1,8 @@
 """The verbs provider on the guest's kernel devices: rxe0 (RoCE v2) and siw0 (iWARP).
 
 Our verbs provider against itself on both devices, against our software
-iWARP provider on siw (both directions, every operation), and the SMB-Direct
-socket over it.
+iWARP provider on siw (both directions, every operation), the SMB-Direct
+socket over it, and removal of the device under a live connection.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import struct
+import subprocess
 
 import pytest
 import trio
@@ -223,3 +224,55 @@ async def test_smbdirect_socket_over_verbs(address: str) -> None:
         assert await server.recv(4) == b""  # the peer's disconnect is the end of the stream
     server.close()
     listener.close()
+
+
+@pytest.mark.last(order=2)
+async def test_device_removed_under_a_connection() -> None:
+    """``rdma link delete rxe0`` mid-transfer: both ends fail with a clear error, siw carries on."""
+    verbs = get_provider("verbs")
+    client, server = await connected_pair(verbs, verbs, (RXE, 7351))
+    other_client, other_server = await connected_pair(verbs, verbs, (SIW, 7352))
+    region = server.register(memoryview(bytearray(MIB)), Access.REMOTE_WRITE | Access.LOCAL_WRITE)
+    errors: list[RdmaError] = []
+
+    async def keep_writing() -> None:
+        try:
+            for n in range(100_000):
+                client.post_write(n, b"x" * MIB, region.token, region.address)
+                completed = await client.get_completion()
+                if completed.status is not Status.SUCCESS:
+                    await client.get_completions()  # raises the cause
+        except RdmaError as exc:
+            errors.append(exc)
+
+    async def watch_server() -> None:
+        try:
+            while True:
+                await server.get_completions()
+        except RdmaError as exc:
+            errors.append(exc)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_writing)
+            nursery.start_soon(watch_server)
+            await trio.sleep(1)
+            # Not trio.run_process: a removal the process blocks would leave it unkillable in the kernel.
+            removal = subprocess.Popen(["rdma", "link", "delete", "rxe0"])
+            while removal.poll() is None:
+                await trio.sleep(0.1)
+    assert removal.returncode == 0
+    assert len(errors) == 2, errors
+    assert all(e.errno in (errno.ENODEV, errno.ECONNRESET) for e in errors), errors
+    assert any("removed" in str(e) for e in errors), errors
+    with trio.fail_after(30):
+        await client.disconnect()
+        await server.disconnect()
+    # The siw connection is untouched.
+    buffer = bytearray(16)
+    other_server.post_recv(1, memoryview(buffer))
+    other_client.post_send(2, b"still here")
+    assert (await completion(other_server)).status is Status.SUCCESS and buffer.startswith(b"still here")
+    await other_client.disconnect()
+    await other_server.disconnect()
+    subprocess.run(["rdma", "link", "add", "rxe0", "type", "rxe", "netdev", "rxenet0"], check=False)
