@@ -78,10 +78,10 @@ async def socket_pair(address: str, port: int, parameters: Parameters) -> tuple[
 async def framed_throughput(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSocket, seconds: float) -> float:
     message = struct.pack(">I", MESSAGE) + bytes(MESSAGE)
     moved = 0
-    done = False
 
-    async def drain() -> None:
-        while not done:
+    async def drain() -> None:  # until the one-byte message that ends the run
+        length = 0
+        while length != 1:
             (length,) = struct.unpack(">I", await server.recv(4))
             await server.recv(length)
 
@@ -92,7 +92,6 @@ async def framed_throughput(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDi
             await client.send(message)
             moved += MESSAGE
         elapsed = time.perf_counter() - start
-        done = True
         await client.send(struct.pack(">I", 1) + b"!")
     return moved / elapsed
 
