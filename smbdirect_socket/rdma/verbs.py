@@ -21,8 +21,9 @@ messages land in registered slots and are copied into the buffer the caller
 posted; RDMA reads land in the caller's buffer itself and RDMA writes are
 sent from it when it is writable, registered for the one operation.
 Registrations for the peer (:meth:`VerbsQueuePair.register`) register the
-caller's buffer in place (read-only buffers are copied once).  Local
-invalidation deregisters: plain memory regions cannot be invalidated.
+caller's buffer in place (read-only buffers are copied once) and, where the
+device has them, bind a type 2 memory window over it, which the peer can
+invalidate; a plain region (siw) cannot be.  Local invalidation deregisters.
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ _DISCONNECT_LINGER = 1.0
 _CAUSE_GRACE = 0.5
 _IWARP = 1  # IBV_TRANSPORT_IWARP
 
-_WC_WITH_INV = 1 << 3
-_WR_RDMA_WRITE, _WR_SEND, _WR_RDMA_READ, _WR_SEND_WITH_INV = 0, 2, 4, 9
+# IBV_WC_WITH_INV, and the kernel's IB_WC_WITH_INVALIDATE that rxe hands to user space unchanged.
+_WC_WITH_INV = 1 << 3 | 1 << 2
+_WR_RDMA_WRITE, _WR_SEND, _WR_RDMA_READ, _WR_BIND_MW, _WR_SEND_WITH_INV = 0, 2, 4, 8, 9
+_MW_TYPE_2 = 2
+_ACCESS_MW_BIND = 16
 _SEND_SIGNALED, _SEND_SOLICITED = 2, 4
 _QPS_INIT, _QPS_RTR, _QPS_RTS, _QPS_ERR = 1, 2, 3, 6
 _QP_STATE = 1
@@ -236,12 +240,18 @@ class VerbsMemoryRegion(MemoryRegion):
         self.length = len(view)
         self.access = access
         self.invalidated = False  # by the peer's send with invalidate
+        #: The type 2 memory window the peer addresses instead, where the device has them.
+        self.window: Any = None
 
     @property
     def valid(self) -> bool:
         return self.mr is not None and not self.invalidated
 
     def close(self) -> None:
+        if self.window is not None:
+            with contextlib.suppress(Exception):
+                self.window.close()
+            self.window = None
         if self.mr is not None:
             self.mr.close()
             self.mr = None
@@ -275,6 +285,8 @@ class _Device:
     context: Any
     iwarp: bool
     users: int = 0
+    #: Whether the device binds type 2 memory windows (found out on first use).
+    windows: bool | None = None
 
     def release(self) -> None:
         self.users -= 1
@@ -292,7 +304,7 @@ class _Pending:
     """A send-queue work request and what to release when it completes."""
 
     wr_id: int
-    opcode: Opcode
+    opcode: Opcode | None  # None: ours (a window bind), not reported
     slot: _Slot | None = None
     region: VerbsMemoryRegion | None = None
 
@@ -573,7 +585,7 @@ class VerbsQueuePair(QueuePair):
         slot = self._posted_slots.pop(wc.wr_id, None)
         if slot is not None:  # a receive
             if status is Status.SUCCESS:
-                invalidated = wc.imm_data if wc.wc_flags & _WC_WITH_INV else None
+                invalidated = wc.imm_data if wc.wc_flags & _WC_WITH_INV and wc.imm_data else None
                 for region in self._regions:
                     if region.token == invalidated:
                         region.invalidated = True
@@ -592,6 +604,10 @@ class VerbsQueuePair(QueuePair):
         if pending is None:
             return
         self._release(pending)
+        if pending.opcode is None:
+            if status is not Status.SUCCESS:
+                self._fail(RdmaError(errno.EIO, f"binding a memory window failed: {self._reason(wc.status)}"))
+            return
         if status is not Status.SUCCESS and not self._send_queue_failure:
             self._send_queue_failure = f"RDMA {pending.opcode.value} {self._reason(wc.status)}"
         reason = "" if status is Status.SUCCESS else self._reason(wc.status)
@@ -711,17 +727,53 @@ class VerbsQueuePair(QueuePair):
     # ---- memory ---------------------------------------------------------------------------
 
     def register(self, buffer: memoryview, access: Access) -> VerbsMemoryRegion:
+        """Register for the peer: through a type 2 memory window where the device has them
+        (the peer may then invalidate it with a send with invalidate), else a plain region."""
         self._check_open()
         if access & Access.REMOTE_WRITE:
             access |= Access.LOCAL_WRITE  # verbs requires it for remote writes
+        window = self._window()
         try:
-            region = _register(self._r.pd, buffer, access)
+            region = _register(self._r.pd, buffer, access | (_ACCESS_MW_BIND if window is not None else 0))
         except ValueError:
             raise
         except Exception as exc:
             raise RdmaError(getattr(exc, "error_code", 0) or errno.ENOMEM, f"cannot register memory: {exc}") from None
+        region.access = access
+        if window is not None:
+            self._bind(region, window)
         self._regions.add(region)
         return region
+
+    def _window(self) -> Any:
+        """A new type 2 memory window, or None when the device has none (siw)."""
+        if self.device.windows is False:
+            return None
+        try:
+            window = load_pyverbs()["mr"].MW(self._r.pd, _MW_TYPE_2)
+        except Exception:
+            self.device.windows = False
+            return None
+        self.device.windows = True
+        return window
+
+    def _bind(self, region: VerbsMemoryRegion, window: Any) -> None:
+        """Bind ``window`` over the region; the bind runs before anything posted after it."""
+        pv = load_pyverbs()
+        rights = int(region.access & (Access.REMOTE_READ | Access.REMOTE_WRITE))
+        info = pv["mr"].MWBindInfo(region.mr, region.address, region.length, rights)
+        tag = self._tag()
+        wr = pv["wr"].SendWR(wr_id=tag, opcode=_WR_BIND_MW, num_sge=0, send_flags=_SEND_SIGNALED)
+        wr.set_bind_wr(window, info)
+        try:
+            self._r.qp.post_send(wr)
+        except Exception as exc:
+            window.close()
+            region.close()
+            raise RdmaError(errno.ENOMEM, f"cannot bind a memory window: {exc}") from None
+        self._pending[tag] = _Pending(0, None)
+        region.window = window
+        region.token = wr.rkey
 
     def deregister(self, region: VerbsMemoryRegion) -> None:  # type: ignore[override]
         self._regions.discard(region)
