@@ -676,8 +676,7 @@ class VerbsQueuePair(QueuePair):
                 self._handle_cm_events()
                 if self._error is None:
                     await trio.lowlevel.wait_readable(self._cm_id.channel.fd)
-        if self._error is None:
-            self._error = RdmaError(errno.ECONNRESET, "the queue pair failed")
+        self._fail(RdmaError(errno.ECONNRESET, "the queue pair failed"))  # if rdma_cm said nothing
 
     def _drain_channel(self) -> None:
         events = 0
