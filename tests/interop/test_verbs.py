@@ -226,6 +226,31 @@ async def test_smbdirect_socket_over_verbs(address: str) -> None:
     listener.close()
 
 
+@pytest.mark.parametrize("address", DEVICES)
+async def test_nothing_listening_is_connection_refused(address: str) -> None:
+    with pytest.raises(RdmaError) as info:
+        await get_provider("verbs").connect((address, 7361), timeout=20)
+    assert info.value.errno == errno.ECONNREFUSED, info.value
+
+
+async def test_an_address_without_rdma_is_an_error() -> None:
+    with pytest.raises(OSError) as info:
+        await get_provider("verbs").connect(("127.0.0.1", 7362), timeout=20)
+    assert info.value.errno in (errno.ENODEV, errno.EADDRNOTAVAIL, errno.EHOSTUNREACH, errno.ENETUNREACH), info.value
+
+
+async def test_device_option_restricts_the_provider() -> None:
+    with pytest.raises(RdmaError) as info:
+        get_provider("verbs", device="mlx5_9")
+    assert info.value.errno == errno.ENODEV and "rxe0" in str(info.value)
+    siw_only = get_provider("verbs", device="siw0")
+    with pytest.raises(RdmaError) as info:
+        siw_only.listen((RXE, 7363))
+    assert info.value.errno == errno.EADDRNOTAVAIL and "rxe0" in str(info.value)
+    listener = siw_only.listen((SIW, 7363))
+    await listener.aclose()
+
+
 @pytest.mark.last(order=2)
 async def test_device_removed_under_a_connection() -> None:
     """``rdma link delete rxe0`` mid-transfer: both ends fail with a clear error, siw carries on."""
