@@ -95,7 +95,6 @@ _QP_STATE = 1
 _QPT_RC = 2
 _QP_ACCESS_FLAGS = 8
 
-_OPCODES = {0: Opcode.SEND, 1: Opcode.RDMA_WRITE, 2: Opcode.RDMA_READ, 128: Opcode.RECV}
 _STATUSES = {
     0: Status.SUCCESS,
     1: Status.LOCAL_LENGTH_ERROR,
