@@ -31,19 +31,13 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import ctypes
 import errno
-import importlib
-import importlib.util
 import os
 import select
 import socket
-import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
@@ -55,7 +49,6 @@ from .base import (
     ConnectionRequest,
     Disconnected,
     Listener,
-    MemoryRegion,
     Opcode,
     Provider,
     QueuePair,
@@ -63,22 +56,16 @@ from .base import (
     Status,
 )
 from .rdmacm import CmError, CmEvent, CmId, EventType, forget_removed_devices, reject_request, route_address
+from .verbs_loader import load_pyverbs
+from .verbs_memory import SMALLEST_SLOT, Slot, SlotPool, VerbsMemoryRegion, register_region
 
 __all__ = ["VerbsListener", "VerbsProvider", "VerbsQueuePair", "load_pyverbs"]
-
-#: Where distributions install pyverbs for their own Python (it matches their rdma-core).
-SYSTEM_PYVERBS = (Path("/usr/lib/python3/dist-packages"), Path("/usr/lib64/python3/site-packages"))
-_PYVERBS_HELP = (
-    "pyverbs is not importable: install the one that matches your rdma-core, "
-    "Debian/Ubuntu: apt install python3-pyverbs, Fedora/RHEL: dnf install python3-pyverbs"
-)
 
 _SEND_DEPTH = 512
 _RECEIVE_DEPTH = 512
 #: Receives posted beyond the caller's, so a message that comes before the first post_recv is kept.
 _RECEIVE_ALLOWANCE = 1
 _ALLOWANCE_SIZE = 64 * 1024 + 4096
-_SMALLEST_SLOT = 4096
 _DISCONNECT_LINGER = 1.0
 #: How long an error completion waits for rdma_cm to say why the queue pair failed.
 _CAUSE_GRACE = 0.5
@@ -122,44 +109,7 @@ _STATUS_NAMES = {
 # ---- pyverbs --------------------------------------------------------------------------
 
 
-_pyverbs: dict[str, ModuleType] = {}
 _creation_lock = threading.Lock()  # creating a completion channel: see _completion_channel
-
-
-def load_pyverbs() -> dict[str, ModuleType]:
-    """pyverbs' modules; the system's copy if the environment has none that works."""
-    if _pyverbs:
-        return _pyverbs
-    names = ("device", "pd", "cq", "qp", "mr", "wr", "addr", "pyverbs_error")
-    try:
-        modules = {name: importlib.import_module(f"pyverbs.{name}") for name in names}
-    except ImportError as first:
-        for directory in SYSTEM_PYVERBS:
-            init = directory / "pyverbs" / "__init__.py"
-            if not init.exists():
-                continue
-            for name in [n for n in sys.modules if n == "pyverbs" or n.startswith("pyverbs.")]:
-                del sys.modules[name]
-            spec = importlib.util.spec_from_file_location(
-                "pyverbs", init, submodule_search_locations=[str(init.parent)]
-            )
-            assert spec is not None and spec.loader is not None
-            package = importlib.util.module_from_spec(spec)
-            sys.modules["pyverbs"] = package
-            spec.loader.exec_module(package)
-            try:
-                modules = {name: importlib.import_module(f"pyverbs.{name}") for name in names}
-            except ImportError as exc:
-                raise RdmaError(errno.ENOPKG, f"{_PYVERBS_HELP} ({exc})") from None
-            break
-        else:
-            raise RdmaError(errno.ENOPKG, f"{_PYVERBS_HELP} ({first})") from None
-    _pyverbs.update(modules)
-    return _pyverbs
-
-
-def _buffer_address(view: memoryview) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 def _infiniband_event_fds() -> set[int]:
@@ -184,92 +134,6 @@ def _completion_channel(context: Any) -> tuple[Any, int]:
     fd = added.pop()
     os.set_blocking(fd, False)
     return channel, fd
-
-
-# ---- memory -----------------------------------------------------------------------------
-
-
-class _Slot:
-    """A registered buffer of ours, for sends and receives."""
-
-    __slots__ = ("address", "buffer", "mr", "view")
-
-    def __init__(self, pd: Any, size: int) -> None:
-        self.buffer = bytearray(size)
-        self.view = memoryview(self.buffer)
-        self.address = _buffer_address(self.view)
-        self.mr = load_pyverbs()["mr"].MR(pd, size, Access.LOCAL_WRITE, address=self.address)
-
-
-class _SlotPool:
-    """Registered slots in power-of-two sizes, reused (registration is the costly part)."""
-
-    def __init__(self, pd: Any) -> None:
-        self._pd = pd
-        self._free: dict[int, list[_Slot]] = collections.defaultdict(list)
-        self._all: list[_Slot] = []
-
-    def take(self, size: int) -> _Slot:
-        size = max(_SMALLEST_SLOT, 1 << max(size - 1, 0).bit_length())
-        free = self._free[size]
-        if free:
-            return free.pop()
-        slot = _Slot(self._pd, size)
-        self._all.append(slot)
-        return slot
-
-    def give(self, slot: _Slot) -> None:
-        self._free[len(slot.buffer)].append(slot)
-
-    def close(self) -> None:
-        for slot in self._all:
-            slot.mr.close()
-        self._all.clear()
-        self._free.clear()
-
-
-class VerbsMemoryRegion(MemoryRegion):
-    """A memory region registered for the peer: token is the rkey, address the virtual address."""
-
-    def __init__(self, mr: Any, view: memoryview, access: Access, address: int) -> None:
-        self.mr: Any = mr
-        self.view = view  # keeps the buffer alive and its size fixed while registered
-        self.token = mr.rkey
-        self.address = address
-        self.length = len(view)
-        self.access = access
-        self.invalidated = False  # by the peer's send with invalidate
-        #: The type 2 memory window the peer addresses instead, where the device has them.
-        self.window: Any = None
-
-    @property
-    def valid(self) -> bool:
-        return self.mr is not None and not self.invalidated
-
-    def close(self) -> None:
-        if self.window is not None:
-            with contextlib.suppress(Exception):
-                self.window.close()
-            self.window = None
-        if self.mr is not None:
-            self.mr.close()
-            self.mr = None
-            self.view.release()
-
-    def __repr__(self) -> str:
-        return f"<VerbsMemoryRegion token=0x{self.token:08x} length={self.length} {self.access!r}>"
-
-
-def _register(pd: Any, buffer: memoryview, access: Access) -> VerbsMemoryRegion:
-    """Register ``buffer`` in place, or a copy of it when it is read-only."""
-    view = memoryview(buffer).cast("B")
-    if view.readonly or not view.contiguous:
-        view = memoryview(bytearray(view))
-    if not len(view):
-        raise ValueError("cannot register an empty buffer")
-    address = _buffer_address(view)
-    mr = load_pyverbs()["mr"].MR(pd, len(view), int(access), address=address)
-    return VerbsMemoryRegion(mr, view, access, address)
 
 
 # ---- the queue pair ----------------------------------------------------------------------
@@ -304,7 +168,7 @@ class _Pending:
 
     wr_id: int
     opcode: Opcode | None  # None: ours (a window bind), not reported
-    slot: _Slot | None = None
+    slot: Slot | None = None
     region: VerbsMemoryRegion | None = None
 
 
@@ -316,7 +180,7 @@ class _Receive:
 
 @dataclass
 class _Arrived:
-    slot: _Slot
+    slot: Slot
     byte_len: int
     invalidated: int | None
     solicited: bool = False
@@ -329,7 +193,7 @@ class _Resources:
     channel_fd: int
     cq: Any
     qp: Any
-    pool: _SlotPool
+    pool: SlotPool
     epoll: select.epoll = field(default_factory=select.epoll)
 
 
@@ -345,7 +209,7 @@ def _create_resources(device: _Device) -> _Resources:
     except Exception as exc:
         pd.close()
         raise RdmaError(getattr(exc, "error_code", 0) or errno.ENOMEM, f"cannot create the queue pair: {exc}") from None
-    resources = _Resources(pd, channel, fd, cq, qp, _SlotPool(pd))
+    resources = _Resources(pd, channel, fd, cq, qp, SlotPool(pd))
     resources.epoll.register(fd, select.EPOLLIN)
     return resources
 
@@ -431,7 +295,7 @@ class VerbsQueuePair(QueuePair):
         self._next_tag = 1
         self._receives: collections.deque[_Receive] = collections.deque()
         self._arrived: collections.deque[_Arrived] = collections.deque()
-        self._posted_slots: dict[int, _Slot] = {}  # tag -> slot, in the order the device fills them
+        self._posted_slots: dict[int, Slot] = {}  # tag -> slot, in the order the device fills them
         self._ready: list[Completion] = []
         self._regions: set[VerbsMemoryRegion] = set()
         self._error: RdmaError | None = None
@@ -527,12 +391,12 @@ class VerbsQueuePair(QueuePair):
         self._check_open()
         view = memoryview(data).cast("B")
         pending = _Pending(wr_id, Opcode.RDMA_WRITE)
-        if view.readonly or len(view) < _SMALLEST_SLOT:
+        if view.readonly or len(view) < SMALLEST_SLOT:
             pending.slot = slot = self._r.pool.take(len(view))
             slot.view[: len(view)] = view
             sge = load_pyverbs()["wr"].SGE(slot.address, len(view), slot.mr.lkey)
         else:
-            pending.region = region = _register(self._r.pd, view, Access(0))
+            pending.region = region = register_region(self._r.pd, view, Access(0))
             sge = load_pyverbs()["wr"].SGE(region.address, len(view), region.mr.lkey)
         self._post(pending, _WR_RDMA_WRITE, sge, token=token, address=address)
 
@@ -541,7 +405,7 @@ class VerbsQueuePair(QueuePair):
         view = memoryview(into).cast("B")
         if view.readonly:
             raise RdmaError(errno.EINVAL, "an RDMA read needs a writable buffer")
-        region = _register(self._r.pd, view, Access.LOCAL_WRITE)
+        region = register_region(self._r.pd, view, Access.LOCAL_WRITE)
         sge = load_pyverbs()["wr"].SGE(region.address, len(view), region.mr.lkey)
         self._post(_Pending(wr_id, Opcode.RDMA_READ, region=region), _WR_RDMA_READ, sge, token=token, address=address)
 
@@ -732,7 +596,7 @@ class VerbsQueuePair(QueuePair):
             access |= Access.LOCAL_WRITE  # verbs requires it for remote writes
         window = self._window()
         try:
-            region = _register(self._r.pd, buffer, access | (_ACCESS_MW_BIND if window is not None else 0))
+            region = register_region(self._r.pd, buffer, access | (_ACCESS_MW_BIND if window is not None else 0))
         except ValueError:
             raise
         except Exception as exc:
