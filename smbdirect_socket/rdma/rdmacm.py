@@ -408,8 +408,7 @@ class CmId:
         _check(self._cm.rdma_accept(self.pointer, ctypes.byref(param)), "rdma_accept")
 
     def reject(self, private_data: bytes = b"") -> None:
-        data = ctypes.create_string_buffer(private_data, max(len(private_data), 1))
-        _check(self._cm.rdma_reject(self.pointer, data if private_data else None, len(private_data)), "rdma_reject")
+        _check(_reject(self.pointer, private_data), "rdma_reject")
 
     def disconnect(self) -> None:
         """Start a disconnect; harmless if the connection is already down."""
@@ -435,9 +434,14 @@ def forget_removed_devices() -> None:
         cm.rdma_free_devices(devices)
 
 
-def reject_request(pointer: int, private_data: bytes = b"") -> None:
-    """Reject and destroy a connection request's id still on the listener's channel."""
+def _reject(pointer: int, private_data: bytes) -> int:
     cm, _ = _libraries()
     data = ctypes.create_string_buffer(private_data, max(len(private_data), 1))
-    cm.rdma_reject(pointer, data if private_data else None, len(private_data))
-    cm.rdma_destroy_id(pointer)
+    result: int = cm.rdma_reject(pointer, data if private_data else None, len(private_data))
+    return result
+
+
+def reject_request(pointer: int, private_data: bytes = b"") -> None:
+    """Reject and destroy a connection request's id still on the listener's channel."""
+    _reject(pointer, private_data)
+    _libraries()[0].rdma_destroy_id(pointer)

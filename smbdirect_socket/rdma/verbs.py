@@ -183,14 +183,12 @@ class _Arrived:
     slot: Slot
     byte_len: int
     invalidated: int | None
-    solicited: bool = False
 
 
 @dataclass
 class _Resources:
     pd: Any
     channel: Any
-    channel_fd: int
     cq: Any
     qp: Any
     pool: SlotPool
@@ -209,7 +207,7 @@ def _create_resources(device: _Device) -> _Resources:
     except Exception as exc:
         pd.close()
         raise RdmaError(getattr(exc, "error_code", 0) or errno.ENOMEM, f"cannot create the queue pair: {exc}") from None
-    resources = _Resources(pd, channel, fd, cq, qp, SlotPool(pd))
+    resources = _Resources(pd, channel, cq, qp, SlotPool(pd))
     resources.epoll.register(fd, select.EPOLLIN)
     return resources
 
@@ -372,14 +370,22 @@ class VerbsQueuePair(QueuePair):
             raise RdmaError(errno.ENOMEM, f"cannot post to the send queue: {exc}") from None
         self._pending[tag] = pending
 
+    def _staged(self, view: memoryview) -> tuple[Slot, Any]:
+        """A copy of ``view`` in a registered slot, and its scatter-gather entry."""
+        slot = self._r.pool.take(len(view))
+        slot.view[: len(view)] = view
+        return slot, load_pyverbs()["wr"].SGE(slot.address, len(view), slot.mr.lkey)
+
+    @staticmethod
+    def _in_place(region: VerbsMemoryRegion) -> Any:
+        """The scatter-gather entry of a region registered for one operation."""
+        return load_pyverbs()["wr"].SGE(region.address, region.length, region.mr.lkey)
+
     def post_send(
         self, wr_id: int, data: Buffer, *, invalidate_token: int | None = None, solicited: bool = False
     ) -> None:
         self._check_open()
-        view = memoryview(data).cast("B")
-        slot = self._r.pool.take(len(view))
-        slot.view[: len(view)] = view
-        sge = load_pyverbs()["wr"].SGE(slot.address, len(view), slot.mr.lkey)
+        slot, sge = self._staged(memoryview(data).cast("B"))
         flags = _SEND_SOLICITED if solicited else 0
         pending = _Pending(wr_id, Opcode.SEND, slot=slot)
         if invalidate_token is None:
@@ -392,12 +398,10 @@ class VerbsQueuePair(QueuePair):
         view = memoryview(data).cast("B")
         pending = _Pending(wr_id, Opcode.RDMA_WRITE)
         if view.readonly or len(view) < SMALLEST_SLOT:
-            pending.slot = slot = self._r.pool.take(len(view))
-            slot.view[: len(view)] = view
-            sge = load_pyverbs()["wr"].SGE(slot.address, len(view), slot.mr.lkey)
+            pending.slot, sge = self._staged(view)
         else:
             pending.region = region = register_region(self._r.pd, view, Access(0))
-            sge = load_pyverbs()["wr"].SGE(region.address, len(view), region.mr.lkey)
+            sge = self._in_place(region)
         self._post(pending, _WR_RDMA_WRITE, sge, token=token, address=address)
 
     def post_read(self, wr_id: int, into: memoryview, token: int, address: int) -> None:
@@ -406,8 +410,8 @@ class VerbsQueuePair(QueuePair):
         if view.readonly:
             raise RdmaError(errno.EINVAL, "an RDMA read needs a writable buffer")
         region = register_region(self._r.pd, view, Access.LOCAL_WRITE)
-        sge = load_pyverbs()["wr"].SGE(region.address, len(view), region.mr.lkey)
-        self._post(_Pending(wr_id, Opcode.RDMA_READ, region=region), _WR_RDMA_READ, sge, token=token, address=address)
+        pending = _Pending(wr_id, Opcode.RDMA_READ, region=region)
+        self._post(pending, _WR_RDMA_READ, self._in_place(region), token=token, address=address)
 
     # ---- completions ---------------------------------------------------------------------
 
@@ -435,7 +439,6 @@ class VerbsQueuePair(QueuePair):
                     Opcode.RECV,
                     byte_len=arrived.byte_len,
                     invalidated_token=arrived.invalidated,
-                    solicited=arrived.solicited,
                 )
             )
         self._r.pool.give(arrived.slot)
@@ -655,7 +658,7 @@ class VerbsQueuePair(QueuePair):
         if self._closed:
             return
         with trio.move_on_after(_DISCONNECT_LINGER):
-            while self._error is None and any(p.opcode is not Opcode.RECV for p in self._pending.values()):
+            while self._error is None and self._pending:  # sends, RDMA and binds (receives are slots)
                 try:
                     await self.get_completions()
                 except (RdmaError, trio.BusyResourceError):
@@ -786,6 +789,16 @@ class VerbsListener(Listener):
         await trio.lowlevel.checkpoint()
 
 
+def _device_transports() -> dict[str, int]:
+    """Each RDMA device's name and ``IBV_TRANSPORT_*`` (none when there is none)."""
+    pv = load_pyverbs()  # a missing pyverbs is an error of its own
+    try:
+        found = pv["device"].get_device_list()
+    except Exception:
+        return {}
+    return {d.name.decode(): d.transport_type for d in found}
+
+
 class VerbsProvider(Provider):
     """RDMA on the machine's devices, through pyverbs and rdma_cm.
 
@@ -797,12 +810,7 @@ class VerbsProvider(Provider):
     name = "verbs"
 
     def __init__(self, *, device: str | None = None) -> None:
-        pv = load_pyverbs()
-        try:
-            found = pv["device"].get_device_list()
-        except Exception:
-            found = []
-        self._transports = {d.name.decode(): d.transport_type for d in found}
+        self._transports = _device_transports()
         if not self._transports:
             raise RdmaError(
                 errno.ENODEV,
@@ -816,12 +824,7 @@ class VerbsProvider(Provider):
     @staticmethod
     def devices() -> list[tuple[str, str]]:
         """(name, transport) of every RDMA device: transport is ``"iwarp"`` or ``"ib"`` (InfiniBand, RoCE)."""
-        pv = load_pyverbs()
-        try:
-            found = pv["device"].get_device_list()
-        except Exception:
-            return []
-        return [(d.name.decode(), "iwarp" if d.transport_type == _IWARP else "ib") for d in found]
+        return [(name, "iwarp" if kind == _IWARP else "ib") for name, kind in _device_transports().items()]
 
     def device_for(self, cm_id: CmId) -> _Device:
         name = cm_id.device_name
