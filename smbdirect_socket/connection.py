@@ -2,9 +2,14 @@
 
 :class:`Connection` posts the receives the protocol asks for, sends its PDUs,
 feeds it receive completions and the trio clock, and wakes the tasks that
-wait to send or receive.  One background task polls completions and runs
-the protocol's timers (negotiate, idle, keepalive); senders post their own
-fragments, so a send costs no task switch while credits last.
+wait to send or receive.
+
+Completions are polled by one task at a time.  A task waiting to send or
+receive polls the queue pair itself, so a message costs no switch to another
+task, the way a TCP socket's reader is woken by the kernel directly; while
+no such task waits, a background task polls (so the peer's keepalives and
+credits are answered) and it always runs the protocol's timers (negotiate,
+idle, keepalive).  Senders post their own fragments.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ __all__ = ["Connection", "Registration"]
 
 _RECEIVE_WR_BASE = 1 << 32  # receive work request ids; sends use small ids
 _RDMA_WR_BASE = 1 << 48  # RDMA read/write work request ids
+#: How long the background task leaves the polling to a task that just polled:
+#: such a task usually comes straight back, and taking it over costs a switch.
+_HANDOVER_GRACE = 0.001
 
 
 @attrs.frozen
@@ -82,6 +90,13 @@ class Connection:
         self._receive_buffers: dict[int, bytearray] = {}
         self._next_receive = _RECEIVE_WR_BASE
         self._changed = trio.lowlevel.ParkingLot()
+        # The task polling the queue pair now (its cancel scope), and whether it
+        # is the background task, which a waiting task takes the polling from.
+        self._poller: trio.CancelScope | None = None
+        self._background_polls = False
+        self._last_task_poll = -math.inf
+        self._poll_free = trio.lowlevel.ParkingLot()
+        self._timer: trio.CancelScope | None = None  # the background task's, due at the protocol's deadline
         self._done = trio.Event()
         self._scope: trio.CancelScope | None = None
         #: Called after every change of state, data or credits.
@@ -136,7 +151,7 @@ class Connection:
         self._carry_out()  # the first receive is posted before anything can arrive
         trio.lowlevel.spawn_system_task(self._run, name="smbdirect connection")
         while self.protocol.state is State.NEGOTIATING:
-            await self._changed.park()
+            await self.wait_changed()
         if self.protocol.state is not State.CONNECTED:
             raise _os_error(self.protocol.error or OSError(errno.ECONNABORTED, "negotiation failed"))
 
@@ -154,18 +169,36 @@ class Connection:
         except LocalProtocolError as exc:
             raise OSError(exc.errno, str(exc)) from None
         self._carry_out()
+        waited = False
         while self.protocol.pending_send_bytes and self.protocol.state is State.CONNECTED:
-            await self._changed.park()
+            await self.wait_changed()
+            waited = True
         self._raise_if_failed()
-        await trio.lowlevel.checkpoint()
+        if not waited:
+            await trio.lowlevel.checkpoint()
 
     async def wait_changed(self) -> None:
-        """Wait until something happens: data, credits, the end of the connection."""
+        """Wait until something may have happened: data, credits, the end of the connection.
+
+        It may return with nothing new (callers check their condition again).
+        """
+        poller = self._poller
+        if not self._open():
+            await trio.lowlevel.checkpoint()
+            return
+        if poller is None:
+            await self._poll(background=False)
+            return
+        if self._background_polls:
+            # Take the polling over: we are woken when it is free, and the
+            # background task keeps off for its grace.
+            self._last_task_poll = trio.current_time()
+            poller.cancel()
         await self._changed.park()
 
     async def wait_writable(self) -> None:
         while not self.protocol.can_send and self.protocol.state is State.CONNECTED:
-            await self._changed.park()
+            await self.wait_changed()
 
     def read(self, nbytes: int) -> bytes:
         data = self.protocol.read(nbytes)
@@ -235,7 +268,7 @@ class Connection:
                 raise OSError(exc.errno, str(exc)) from None
         try:
             while any(self._rdma_results[w] is None for w in wr_ids) and self.protocol.state is not State.CLOSED:
-                await self._changed.park()
+                await self.wait_changed()
             results = [self._rdma_results[w] for w in wr_ids]
         finally:
             for w in wr_ids:
@@ -283,7 +316,8 @@ class Connection:
         for action in self.protocol.actions():
             if isinstance(action, SendPDU):
                 try:
-                    self.qp.post_send(0, action.data, invalidate_token=action.invalidate_token)
+                    # Unsignaled: only a failure completes (nothing waits for a send's success).
+                    self.qp.post_send(0, action.data, invalidate_token=action.invalidate_token, signaled=False)
                 except RdmaError as exc:
                     self.protocol.connection_lost(exc)
             elif isinstance(action, PostReceives):
@@ -300,6 +334,11 @@ class Connection:
             pass
         if disconnect and self._scope is not None:
             self._scope.cancel()
+        if self._poller is not None and self.protocol.state is State.CLOSED:
+            self._poller.cancel()  # a waiting task looks again: it must not wait for the wire
+        deadline = self.protocol.next_deadline()
+        if deadline is not None and self._timer is not None and deadline < self._timer.deadline:
+            self._timer.deadline = deadline
         self._changed.unpark_all()
         for callback in self.on_change:
             callback()
@@ -324,27 +363,46 @@ class Connection:
     def _open(self) -> bool:
         return self.protocol.state is not State.CLOSED
 
-    async def _run(self) -> None:
-        """Poll completions and run the timers until the connection ends."""
-        with trio.CancelScope() as self._scope:
+    async def _poll(self, *, background: bool) -> None:
+        """Take what completed from the queue pair and act on it (one task at a time)."""
+        completions: list[Completion] = []
+        with trio.CancelScope() as self._poller:
+            self._background_polls = background
             try:
-                while self._open():
-                    # One timer scope for many polls: its deadline follows the protocol's.
-                    with trio.CancelScope() as timer:
-                        while self._open():
-                            deadline = self.protocol.next_deadline()
-                            timer.deadline = math.inf if deadline is None else deadline
-                            completions = await self.qp.get_completions()
-                            now = trio.current_time()
-                            for completion in completions:
-                                self._complete(completion, now)
-                            self._carry_out()
-                    if timer.cancelled_caught:
-                        self.protocol.handle_timer(trio.current_time())
-                        self._carry_out()
+                completions = await self.qp.get_completions()
             except (RdmaError, OSError) as exc:
                 self.protocol.connection_lost(exc)
-                self._carry_out()
+            finally:
+                self._poller = None
+                if not background:
+                    self._last_task_poll = trio.current_time()
+                    self._poll_free.unpark_all()  # the background task takes over after its grace
+                self._changed.unpark_all()  # a task that waits may poll now
+        now = trio.current_time()
+        for completion in completions:
+            self._complete(completion, now)
+        self._carry_out()
+
+    async def _run(self) -> None:
+        """Poll while no other task does, and run the timers, until the connection ends."""
+        with trio.CancelScope() as self._scope:
+            while self._open():
+                deadline = self.protocol.next_deadline()
+                # _carry_out brings the deadline forward when the protocol's comes earlier;
+                # one that moved later fires early and changes nothing.
+                with trio.move_on_at(math.inf if deadline is None else deadline) as self._timer:
+                    while True:
+                        if self._poller is not None:
+                            await self._poll_free.park()  # woken when that task stops polling
+                        elif trio.current_time() >= self._last_task_poll + _HANDOVER_GRACE:
+                            await self._poll(background=True)
+                            break
+                        # Sleeping through the grace, later polls' ends do not wake us.
+                        await trio.sleep_until(self._last_task_poll + _HANDOVER_GRACE)
+                timer, self._timer = self._timer, None
+                if timer.cancelled_caught:
+                    self.protocol.handle_timer(trio.current_time())
+                    self._carry_out()
         with trio.CancelScope(shield=True), contextlib.suppress(RdmaError, OSError):
             await self.qp.disconnect()
         self._changed.unpark_all()

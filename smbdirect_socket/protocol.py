@@ -314,10 +314,11 @@ class SMBDirectProtocol:
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` must be called, if any."""
-        deadlines = [
-            d for d in (self._negotiate_deadline, self._idle_deadline, self._keepalive_deadline) if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        earliest = None
+        for deadline in (self._negotiate_deadline, self._idle_deadline, self._keepalive_deadline):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def connection_lost(self, error: Exception) -> None:
         """The transport below failed or the peer disconnected."""

@@ -407,12 +407,14 @@ class SMBDirectSocket(trio.socket.SocketType):
         connection = self._connected()
         protocol = connection.protocol
         partial = self._partial
+        waited = False  # a receive that waited has been a checkpoint already
         while True:
             self._check_open()
             if size == 0:
                 break
             if not self.bytestream and size == _LENGTH.size and not partial and protocol.message_start() is not None:
-                await trio.lowlevel.checkpoint()
+                if not waited:
+                    await trio.lowlevel.checkpoint()
                 return _LENGTH.pack(connection.consume_message_start())
             if len(partial) + protocol.readable >= (1 if self.bytestream else size) or protocol.state is State.CLOSED:
                 break
@@ -425,6 +427,7 @@ class SMBDirectSocket(trio.socket.SocketType):
             if flags & _stdlib_socket.MSG_DONTWAIT:
                 _error(errno.EAGAIN, "not enough data reassembled")
             await connection.wait_changed()
+            waited = True
         available = len(partial) + protocol.readable
         if size and available >= (1 if self.bytestream else size):
             take = min(size, available)
@@ -435,10 +438,12 @@ class SMBDirectSocket(trio.socket.SocketType):
                     data += connection.read(take - len(data))
             else:
                 data = connection.read(take)
-            await trio.lowlevel.checkpoint()
+            if not waited:
+                await trio.lowlevel.checkpoint()
             return data
         if not size or (not available and (connection.at_eof or self._shut_down)):
-            await trio.lowlevel.checkpoint()
+            if not waited:
+                await trio.lowlevel.checkpoint()
             return b""
         # The connection ended before the bytes asked for could arrive.
         raise connection.error or OSError(errno.ECONNRESET, "connection ended")

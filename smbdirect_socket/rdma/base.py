@@ -119,9 +119,19 @@ class QueuePair(abc.ABC):
 
     @abc.abstractmethod
     def post_send(
-        self, wr_id: int, data: Buffer, *, invalidate_token: int | None = None, solicited: bool = False
+        self,
+        wr_id: int,
+        data: Buffer,
+        *,
+        invalidate_token: int | None = None,
+        solicited: bool = False,
+        signaled: bool = True,
     ) -> None:
-        """Send a message; with ``invalidate_token`` the peer invalidates that token."""
+        """Send a message; with ``invalidate_token`` the peer invalidates that token.
+
+        Unless ``signaled``, a send that succeeds reports no completion (as one
+        posted without ``IBV_SEND_SIGNALED``); a failed or flushed one does.
+        """
 
     @abc.abstractmethod
     def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:

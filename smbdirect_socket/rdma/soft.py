@@ -141,8 +141,9 @@ class SoftQueuePair(QueuePair):
         *,
         invalidate_token: int | None = None,
         solicited: bool = False,
+        signaled: bool = True,
     ) -> None:
-        self.core.post_send(wr_id, data, invalidate_token=invalidate_token, solicited=solicited)
+        self.core.post_send(wr_id, data, invalidate_token=invalidate_token, solicited=solicited, signaled=signaled)
         self._transmit()
 
     def post_write(self, wr_id: int, data: bytes | bytearray | memoryview, token: int, address: int) -> None:
@@ -163,6 +164,7 @@ class SoftQueuePair(QueuePair):
         which only reads while nobody waits here (it must answer RDMA reads
         and notice a Terminate even then).
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._consumers += 1
         try:
             blocked = False
@@ -170,7 +172,7 @@ class SoftQueuePair(QueuePair):
                 completions = self.core.poll_many(max_count)
                 if completions:
                     if not blocked:
-                        await trio.lowlevel.checkpoint()
+                        await trio.lowlevel.cancel_shielded_checkpoint()  # cancelled, they would be lost
                     return completions
                 if self.core.error is not None:
                     raise self.core.error
@@ -214,9 +216,12 @@ class SoftQueuePair(QueuePair):
         return self.core.error
 
     async def disconnect(self) -> None:
-        """Flush everything and close TCP gracefully (a FIN, no Terminate)."""
+        """Send what was posted, flush the rest and close TCP gracefully (a FIN, no Terminate)."""
         self.core.close()
-        if not self._closed and not self._consumers:
+        self._notify()  # tasks waiting for completions see the close and leave
+        while self._consumers and not self._closed:
+            await trio.sleep(0)
+        if not self._closed:
             await self._linger()
         self._close_socket()
         self._notify()

@@ -170,6 +170,8 @@ class _Pending:
     opcode: Opcode | None  # None: ours (a window bind), not reported
     slot: Slot | None = None
     region: VerbsMemoryRegion | None = None
+    #: Whether success is reported (the device signals every request: slots are freed on completion).
+    signaled: bool = True
 
 
 @dataclass
@@ -382,12 +384,18 @@ class VerbsQueuePair(QueuePair):
         return load_pyverbs()["wr"].SGE(region.address, region.length, region.mr.lkey)
 
     def post_send(
-        self, wr_id: int, data: Buffer, *, invalidate_token: int | None = None, solicited: bool = False
+        self,
+        wr_id: int,
+        data: Buffer,
+        *,
+        invalidate_token: int | None = None,
+        solicited: bool = False,
+        signaled: bool = True,
     ) -> None:
         self._check_open()
         slot, sge = self._staged(memoryview(data).cast("B"))
         flags = _SEND_SOLICITED if solicited else 0
-        pending = _Pending(wr_id, Opcode.SEND, slot=slot)
+        pending = _Pending(wr_id, Opcode.SEND, slot=slot, signaled=signaled)
         if invalidate_token is None:
             self._post(pending, _WR_SEND, sge, flags=flags)
         else:
@@ -474,6 +482,8 @@ class VerbsQueuePair(QueuePair):
             if status is not Status.SUCCESS:
                 self._fail(RdmaError(errno.EIO, f"binding a memory window failed: {self._reason(wc.status)}"))
             return
+        if status is Status.SUCCESS and not pending.signaled:
+            return
         if status is not Status.SUCCESS and not self._send_queue_failure:
             self._send_queue_failure = f"RDMA {pending.opcode.value} {self._reason(wc.status)}"
         reason = "" if status is Status.SUCCESS else self._reason(wc.status)
@@ -510,14 +520,17 @@ class VerbsQueuePair(QueuePair):
     async def get_completions(self, max_count: int = 64) -> list[Completion]:
         if self._waiting:
             raise trio.BusyResourceError("another task is already waiting for completions")
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._waiting = True
         try:
             while True:
                 completions = self.poll_completions(max_count)
                 if completions:
-                    if any(c.status is not Status.SUCCESS for c in completions) and self._error is None:
-                        await self._learn_cause()
-                    await trio.lowlevel.checkpoint()
+                    # Shielded from here on: cancelled, the completions would be lost.
+                    with trio.CancelScope(shield=True):
+                        if any(c.status is not Status.SUCCESS for c in completions) and self._error is None:
+                            await self._learn_cause()
+                        await trio.lowlevel.checkpoint()
                     return completions
                 if self._error is not None and not self._outstanding():
                     raise self._error

@@ -37,13 +37,14 @@ DEFAULT_MAX_FPDU = 65536
 
 
 class _Send:
-    __slots__ = ("data", "invalidate_token", "solicited", "wr_id")
+    __slots__ = ("data", "invalidate_token", "signaled", "solicited", "wr_id")
 
-    def __init__(self, wr_id: int, data: Buffer, invalidate_token: int | None, solicited: bool) -> None:
+    def __init__(self, wr_id: int, data: Buffer, invalidate_token: int | None, solicited: bool, signaled: bool) -> None:
         self.wr_id = wr_id
         self.data = data
         self.invalidate_token = invalidate_token
         self.solicited = solicited
+        self.signaled = signaled
 
 
 class _Write:
@@ -128,8 +129,9 @@ class IwarpQueuePair:
         # Output: buffers to write in order, and completions due once the
         # byte count written reaches their mark.
         self._output: deque[Buffer] = deque()
-        # A mark without a completion is the end of a Read Response (IRD accounting).
-        self._marks: deque[tuple[int, Completion | None]] = deque()
+        # A mark without a completion is the end of a Read Response (IRD accounting);
+        # the flag says whether a successful completion is reported (signaled).
+        self._marks: deque[tuple[int, Completion | None, bool]] = deque()
         self._queued = 0  # bytes ever queued
         self._written = 0  # bytes ever written
         self._responses_queued = 0  # inbound reads answered but not yet written
@@ -160,9 +162,15 @@ class IwarpQueuePair:
         self._receives.append(_Receive(wr_id, view))
 
     def post_send(
-        self, wr_id: int, data: Buffer, *, invalidate_token: int | None = None, solicited: bool = False
+        self,
+        wr_id: int,
+        data: Buffer,
+        *,
+        invalidate_token: int | None = None,
+        solicited: bool = False,
+        signaled: bool = True,
     ) -> None:
-        self._post(_Send(wr_id, data, invalidate_token, solicited), Opcode.SEND)
+        self._post(_Send(wr_id, data, invalidate_token, solicited, signaled), Opcode.SEND)
 
     def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
         self._post(_Write(wr_id, data, token, address), Opcode.RDMA_WRITE)
@@ -222,10 +230,10 @@ class IwarpQueuePair:
                 self._output[0] = memoryview(head)[count:]
                 count = 0
         while self._marks and self._marks[0][0] <= self._written:
-            completion = self._marks.popleft()[1]
+            _, completion, signaled = self._marks.popleft()
             if completion is None:
                 self._responses_queued -= 1  # a Read Response is out
-            else:
+            elif signaled:
                 self._completions.append(completion)
 
     def data_to_send(self) -> bytes:
@@ -254,12 +262,11 @@ class IwarpQueuePair:
             self._enter_error(error)
 
     def close(self) -> None:
-        """Graceful close: flush everything, send nothing more (no Terminate)."""
+        """Graceful close (no Terminate): what is framed still goes out, as posted
+        sends do on a device; requests not yet framed and receives are flushed."""
         if not self._dead:
             self.closed = True
-            self._flush_all()
-            self._output.clear()
-            self._queued = self._written
+            self._flush_all(framed=False)
 
     @property
     def _dead(self) -> bool:
@@ -284,13 +291,16 @@ class IwarpQueuePair:
                 self._queue(ddp.encode_read_request(next(self._read_msn), read), b"")
                 continue
             self._pending.popleft()
+            signaled = True
             if isinstance(request, _Send):
                 self._emit_send(request)
                 opcode = Opcode.SEND
+                signaled = request.signaled
             else:
                 self._emit_tagged(Op.WRITE, request.token, request.address, request.data)
                 opcode = Opcode.RDMA_WRITE
-            self._marks.append((self._queued, Completion(request.wr_id, opcode, byte_len=len(request.data))))
+            completion = Completion(request.wr_id, opcode, byte_len=len(request.data))
+            self._marks.append((self._queued, completion, signaled))
 
     def _queue(self, header: bytes, payload: Buffer) -> None:
         """Queue one FPDU."""
@@ -442,7 +452,7 @@ class IwarpQueuePair:
             data = b""
         self._responses_queued += 1
         self._emit_tagged(Op.READ_RESPONSE, request.sink_token, request.sink_offset, data)
-        self._marks.append((self._queued, None))
+        self._marks.append((self._queued, None, False))
 
     def _on_read_response(self, segment: Segment) -> None:
         if not self._outstanding_reads:
@@ -500,9 +510,12 @@ class IwarpQueuePair:
         self._output.clear()
         self._queued = self._written
 
-    def _flush_all(self) -> None:
-        flushed = [Completion(c.wr_id, c.opcode, Status.FLUSHED) for _, c in self._marks if c is not None]
-        self._marks.clear()
+    def _flush_all(self, *, framed: bool = True) -> None:
+        """Flush every request (but those already framed, unless ``framed``) and every receive."""
+        flushed = []
+        if framed:
+            flushed = [Completion(c.wr_id, c.opcode, Status.FLUSHED) for _, c, _ in self._marks if c is not None]
+            self._marks.clear()
         for request in (*self._outstanding_reads, *self._pending):
             if isinstance(request, _Read) and request.rtr:
                 continue
