@@ -6,7 +6,8 @@ current time, and collects
 
 * :meth:`~SMBDirectProtocol.actions`: receive buffers to post and PDUs to
   send, in the order they must reach the queue pair (a receive is always
-  posted before the message that grants its credit is sent);
+  posted before the message that grants its credit is sent); what the
+  receives since the last call allow to send is worked out here, once;
 * :meth:`~SMBDirectProtocol.next_event`: :class:`Connected` and
   :class:`Terminated`;
 * :meth:`~SMBDirectProtocol.next_deadline`: when to call
@@ -169,6 +170,7 @@ class SMBDirectProtocol:
         self._message_remaining = 0  # bytes still due for the message being reassembled
         self._response_owed = False  # the peer set RESPONSE_REQUESTED
         self._send_keepalive = False  # our idle timer expired
+        self._flush_due = False  # receives came in: what to send is worked out in actions()
         # send side
         self._send_credits = 0
         self._outgoing: deque[_Outgoing] = deque()
@@ -256,7 +258,7 @@ class SMBDirectProtocol:
             error = exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc))
             self._fail(error)
             return
-        self._flush()
+        self._flush_due = True  # once for all the receives before the caller collects the actions
 
     def send_message(self, payload: Buffer, *, invalidate_token: int | None = None) -> None:
         """Queue one upper-layer message (no 4-byte length header) for sending.
@@ -340,6 +342,8 @@ class SMBDirectProtocol:
 
     def actions(self) -> list[Action]:
         """Receive postings and sends due now, in order; the list is handed over."""
+        if self._flush_due:
+            self._flush()
         actions, self._actions = self._actions, []
         return actions
 
@@ -527,6 +531,7 @@ class SMBDirectProtocol:
 
     def _flush(self) -> None:
         """Send what credits allow: data fragments first, then a credit message if due."""
+        self._flush_due = False
         if self.state is not State.CONNECTED:
             return
         self._refill()

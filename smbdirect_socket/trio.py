@@ -55,7 +55,9 @@ __all__ = [
     "socket",
 ]
 
-_ALLOWED_FLAGS = _stdlib_socket.MSG_DONTWAIT | _stdlib_socket.MSG_WAITALL | _stdlib_socket.MSG_NOSIGNAL
+# Plain ints: tested on every send and receive, and enum flag arithmetic is slow.
+_MSG_DONTWAIT = int(_stdlib_socket.MSG_DONTWAIT)
+_ALLOWED_FLAGS = int(_MSG_DONTWAIT | _stdlib_socket.MSG_WAITALL | _stdlib_socket.MSG_NOSIGNAL)
 _LENGTH = struct.Struct(">I")
 _INVALIDATE = struct.Struct("=I")
 Address = tuple[Any, ...]
@@ -363,7 +365,7 @@ class SMBDirectSocket(trio.socket.SocketType):
         if not len(payload):
             await trio.lowlevel.checkpoint()
             return 0
-        if flags & _stdlib_socket.MSG_DONTWAIT and not connection.protocol.can_send:
+        if flags & _MSG_DONTWAIT and not connection.protocol.can_send:
             _error(errno.EAGAIN, "no send credits")
         await connection.send_message(payload, token)
         return sent
@@ -424,7 +426,7 @@ class SMBDirectSocket(trio.socket.SocketType):
                 # arrive.  Kept on the socket, it survives a cancelled receive.
                 partial += connection.read(protocol.readable)
                 continue
-            if flags & _stdlib_socket.MSG_DONTWAIT:
+            if flags & _MSG_DONTWAIT:
                 _error(errno.EAGAIN, "not enough data reassembled")
             await connection.wait_changed()
             waited = True

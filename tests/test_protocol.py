@@ -187,6 +187,7 @@ def test_client_terminates_on_short_response() -> None:
 def test_client_accepts_ksmbd_response() -> None:
     client = client_after(bytes.fromhex("0001 0001 0001 0000 ff00 fe00 00000000 00008000 54050000 54050000 56a70200"))
     assert client.state is State.CONNECTED
+    client.actions()  # what the response lets us send is worked out here
     assert client.send_credits == 253  # one went on the initial grant
     assert client.negotiated is not None and client.negotiated.max_read_write_size == 8 * 1024 * 1024
 
@@ -313,6 +314,7 @@ def test_peer_sending_without_credit() -> None:
     # The client holds 4 credits; a fifth message is a violation, even with a buffer posted.
     for _ in range(4):
         pair.server.receive(data_message(), 0.0)
+        pair.server.actions()  # the grant of the fourth credit goes out with the first
     assert pair.server.state is State.CONNECTED
     pair.server._posted += 1  # a buffer is there: only the credit is missing
     pair.server.receive(data_message(), 0.0)

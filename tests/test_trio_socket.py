@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import random
@@ -524,3 +525,37 @@ async def test_connect_nowait() -> None:
     assert info.value.errno == errno.EISCONN
     for sock in (client, accepted, listener):
         sock.close()
+
+
+async def test_a_waiting_task_takes_its_completions_itself(mock_clock: trio.testing.MockClock) -> None:
+    """Senders and receivers that wait poll the queue pair themselves: the background
+    task, which would cost a task switch per message, is not woken for them.  (The
+    clock stands still, so its grace after a task's poll never ends.)"""
+    client, server = await connected_pair()
+    steps: collections.Counter[str] = collections.Counter()
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps[task.name] += 1
+
+    message = struct.pack(">I", 60) + bytes(range(60))
+
+    async def echo() -> None:
+        for _ in range(200):
+            assert await server.recv(4) == message[:4]
+            body = await server.recv(60)
+            await server.send(message[:4] + body)
+
+    counter = CountSteps()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo)
+            for _ in range(200):
+                await client.send(message)
+                assert await client.recv(4) + await client.recv(60) == message
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert steps["smbdirect connection"] <= 8  # both connections' background tasks
+    client.close()
+    server.close()

@@ -11,6 +11,7 @@ STag, the InfiniBand rkey) and an offset.
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import socket
 from typing import NamedTuple
@@ -132,6 +133,12 @@ class QueuePair(abc.ABC):
         Unless ``signaled``, a send that succeeds reports no completion (as one
         posted without ``IBV_SEND_SIGNALED``); a failed or flushed one does.
         """
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Post the work requests of a ``with`` block together, as one doorbell
+        rings for a chain of them: a provider may hold them until the block
+        ends and then send them in one go.  By default each goes at once."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:

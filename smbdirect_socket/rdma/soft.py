@@ -94,6 +94,25 @@ def _address(sock: trio.socket.SocketType, peer: bool) -> tuple[str, int]:
     return (name[0], name[1])
 
 
+class _Batch:
+    """The ``with`` block of :meth:`SoftQueuePair.batch`: one write for all it posted."""
+
+    __slots__ = ("_qp",)
+
+    def __init__(self, qp: SoftQueuePair) -> None:
+        self._qp = qp
+
+    def __enter__(self) -> None:
+        self._qp._batched += 1
+
+    def __exit__(self, *exc: object) -> None:
+        qp = self._qp
+        qp._batched -= 1
+        if not qp._batched:
+            qp._notify()
+            qp._transmit()
+
+
 class SoftQueuePair(QueuePair):
     """A queue pair whose wire is a TCP connection.
 
@@ -125,6 +144,11 @@ class SoftQueuePair(QueuePair):
         self._consumer_wait: trio.CancelScope | None = None
         self._reader_idle = trio.lowlevel.ParkingLot()
         self._socket_free = trio.lowlevel.ParkingLot()
+        # One receive buffer, reused: the queue pair copies out what it keeps.
+        self._received = bytearray(_RECEIVE_SIZE)
+        self._received_view = memoryview(self._received)
+        self._batched = 0  # depth of batch() blocks: posting waits for the outermost to end
+        self._batch = _Batch(self)
         self._reader_scope = spawn_background("smbdirect softiwarp reader", self._reader)
         self._writer_scope = spawn_background("smbdirect softiwarp writer", self._writer)
 
@@ -132,7 +156,11 @@ class SoftQueuePair(QueuePair):
 
     def post_recv(self, wr_id: int, buffer: memoryview) -> None:
         self.core.post_recv(wr_id, buffer)
-        self._notify()
+        if not self._batched:
+            self._notify()
+
+    def batch(self) -> _Batch:
+        return self._batch
 
     def post_send(
         self,
@@ -144,15 +172,18 @@ class SoftQueuePair(QueuePair):
         signaled: bool = True,
     ) -> None:
         self.core.post_send(wr_id, data, invalidate_token=invalidate_token, solicited=solicited, signaled=signaled)
-        self._transmit()
+        if not self._batched:
+            self._transmit()
 
     def post_write(self, wr_id: int, data: bytes | bytearray | memoryview, token: int, address: int) -> None:
         self.core.post_write(wr_id, data, token, address)
-        self._transmit()
+        if not self._batched:
+            self._transmit()
 
     def post_read(self, wr_id: int, into: memoryview, token: int, address: int) -> None:
         self.core.post_read(wr_id, into, token, address)
-        self._transmit()
+        if not self._batched:
+            self._transmit()
 
     def poll_completions(self, max_count: int = 64) -> list[Completion]:
         return self.core.poll_many(max_count)
@@ -296,17 +327,17 @@ class SoftQueuePair(QueuePair):
     def _read_once(self) -> None:
         """Read what the socket has and feed it to the queue pair."""
         try:
-            data = self._sock.recv(_RECEIVE_SIZE)
+            count = self._sock.recv_into(self._received)
         except BlockingIOError:
             return
         except OSError as exc:
             self._lost(RdmaError(errno.ECONNRESET, f"connection lost: {exc}"))
             return
-        if not data:
+        if not count:
             if not self.core.closed:
                 self._lost(Disconnected(errno.ECONNRESET, "peer closed the connection"))
             return
-        self.core.receive_bytes(data)
+        self.core.receive_bytes(self._received_view[:count])
         self._notify()
         self._transmit()
 

@@ -293,3 +293,48 @@ def test_responder_waits_for_initiator() -> None:
     wire.a.post_send(2, b"first")
     wire.run()
     assert [c.opcode for c in completions(wire.a)] == [Opcode.SEND, Opcode.RECV]
+
+
+def test_unsignaled_sends_complete_only_when_they_fail() -> None:
+    wire = Wire()
+    buffer = bytearray(100)
+    wire.b.post_recv(1, memoryview(buffer))
+    wire.a.post_send(10, b"quiet", signaled=False)
+    wire.a.post_send(11, b"loud")
+    wire.run()
+    assert [c.wr_id for c in completions(wire.a)] == [11]
+    assert bytes(buffer[:5]) == b"quiet"
+    # A failure is reported whether signaled or not.
+    wire.a.post_send(12, b"never sent", signaled=False)
+    wire.a.connection_lost(RdmaError(errno.ECONNRESET, "gone"))
+    assert [(c.wr_id, c.status) for c in completions(wire.a)] == [(12, Status.FLUSHED)]
+
+
+def test_graceful_close_still_sends_what_was_posted() -> None:
+    wire = Wire()
+    buffer = bytearray(100)
+    wire.b.post_recv(1, memoryview(buffer))
+    wire.a.post_send(10, b"last words")
+    wire.a.close()
+    assert wire.a.wants_to_send  # framed before the close: it goes out, as on a device
+    wire.run()
+    assert [(c.wr_id, bytes(buffer[: c.byte_len])) for c in completions(wire.b)] == [(1, b"last words")]
+
+
+def test_segments_survive_the_reuse_of_the_receive_buffer() -> None:
+    """TCP delivers into one reused buffer: an FPDU cut in two must still arrive whole."""
+    wire = Wire()
+    buffers = [bytearray(3000) for _ in range(3)]
+    for i, buffer in enumerate(buffers):
+        wire.b.post_recv(i, memoryview(buffer))
+    messages = [bytes([65 + i]) * 2500 for i in range(3)]
+    for i, message in enumerate(messages):
+        wire.a.post_send(i, message)
+    stream = wire.a.data_to_send()
+    reused = bytearray(1000)
+    for start in range(0, len(stream), len(reused)):
+        chunk = stream[start : start + len(reused)]
+        reused[: len(chunk)] = chunk
+        wire.b.receive_bytes(memoryview(reused)[: len(chunk)])
+        reused[:] = bytes(len(reused))  # the caller reuses its buffer at once
+    assert [bytes(b[:2500]) for b in buffers] == messages

@@ -371,3 +371,37 @@ async def test_peer_vanishing_mid_message(server_side: tuple[SoftListener, trio.
     assert victim.error is not None and victim.error.errno == errno.ECONNRESET
     assert str(victim.error) == "[Errno 104] peer closed the connection"
     await assert_listener_still_serves(listener, accepted)
+
+
+async def test_a_cancelled_wait_loses_no_completion() -> None:
+    client, server = await pair()
+    server.post_recv(1, memoryview(bytearray(64)))
+    client.post_send(2, b"ping")
+    with trio.fail_after(5):
+        while not server.core._completions:
+            await trio.sleep(0.001)  # the reader task hands the send to the server's queue pair
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await server.get_completions()
+    assert scope.cancelled_caught
+    assert [c.wr_id for c in server.poll_completions()] == [1]
+    await client.disconnect()
+    await server.disconnect()
+
+
+async def test_a_batch_goes_out_in_one_write_when_it_ends() -> None:
+    client, server = await pair()
+    for i in range(3):
+        server.post_recv(i, memoryview(bytearray(64)))
+    with client.batch():
+        for i in range(3):
+            client.post_send(10 + i, bytes([i]) * 10, signaled=False)
+        assert client.core.wants_to_send  # held until the block ends
+    assert not client.core.wants_to_send
+    received = []
+    with trio.fail_after(5):
+        while len(received) < 3:
+            received += await server.get_completions()
+    assert [c.wr_id for c in received] == [0, 1, 2]
+    await client.disconnect()
+    await server.disconnect()

@@ -261,18 +261,26 @@ def frame_fpdu(segment: bytes, crc: bool) -> bytes:
 class FpduReader:
     """Cuts a byte stream into DDP segments; raises :class:`MpaError` on a bad CRC.
 
-    Segments are views of the immutable bytes fed in: never copied, and
-    valid for as long as the caller keeps them.
+    Segments are views of the data fed in, never copied: valid until the next
+    :meth:`feed`, which may reuse the caller's buffer.  Only the incomplete
+    FPDU at the end of a feed is copied, to be completed by the next.
     """
 
     def __init__(self, crc: bool) -> None:
         self.crc = crc
-        self._data = b""
+        self._data: Buffer = b""
         self._offset = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: Buffer) -> None:
+        """Take the next bytes; the previous feed's segments must not be used any more."""
         rest = len(self._data) - self._offset
-        self._data = self._data[self._offset :] + data if rest else data
+        self._data = b"".join((memoryview(self._data)[self._offset :], data)) if rest else data
+        self._offset = 0
+
+    def keep_rest(self) -> None:
+        """Copy out the incomplete FPDU left, so the buffer last fed may be reused."""
+        rest = memoryview(self._data)[self._offset :]
+        self._data = bytes(rest)
         self._offset = 0
 
     def next_segment(self) -> memoryview | None:

@@ -199,20 +199,25 @@ class IwarpQueuePair:
 
     # ---- I/O side -----------------------------------------------------------------
 
-    def receive_bytes(self, data: bytes) -> None:
-        """Feed bytes TCP delivered."""
+    def receive_bytes(self, data: Buffer) -> None:
+        """Feed bytes TCP delivered; ``data`` may be reused once this returns."""
         if self._dead:
             return
-        self._reader.feed(data)
+        reader = self._reader
+        reader.feed(data)
         try:
-            while (segment := self._reader.next_segment()) is not None:
+            while (segment := reader.next_segment()) is not None:
                 self._handle(segment)
                 if self._dead:
                     return
+            reader.keep_rest()
         except MpaError as exc:
             self._terminate(str(exc), Terminate(Layer.LLP, ddp.LLP_MPA, MPA_CRC_ERROR))
+            return
         except TerminateError as exc:
             self._terminate(str(exc), exc.terminate)
+            return
+        self._pump()  # once for all the segments: the first may have let us transmit, a response freed ORD
 
     def output(self, max_buffers: int = 512) -> list[Buffer]:
         """The next buffers to write, in order (they stay queued until :meth:`written`)."""
@@ -347,7 +352,6 @@ class IwarpQueuePair:
         if not self._may_transmit:
             self._may_transmit = True  # the initiator spoke first: we may answer
         self._handlers.get(segment.op, self._on_send)(segment)
-        self._pump()
 
     def _on_send(self, segment: Segment) -> None:
         if segment.msn != self._expected_send_msn:
