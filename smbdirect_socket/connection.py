@@ -316,8 +316,9 @@ class Connection:
         """Do what the protocol asked: post receives, post sends, disconnect."""
         disconnect = False
         qp = self.qp
-        with qp.batch():  # everything the protocol asked for goes out in one write
-            for action in self.protocol.actions():
+        actions = self.protocol.actions()
+        with qp.batch() if actions else contextlib.nullcontext():  # all of it goes out in one write
+            for action in actions:
                 if isinstance(action, SendPDU):
                     try:
                         # Unsignaled: only a failure completes (nothing waits for a send's success).
@@ -343,7 +344,8 @@ class Connection:
         deadline = self.protocol.next_deadline()
         if deadline is not None and self._timer is not None and deadline < self._timer.deadline:
             self._timer.deadline = deadline
-        self._changed.unpark_all()
+        if self._changed:  # (an empty parking lot still costs a few calls)
+            self._changed.unpark_all()
         for callback in self.on_change:
             callback()
 
@@ -380,11 +382,13 @@ class Connection:
                 self.protocol.connection_lost(exc)
             finally:
                 self._poller = None
+                now = trio.current_time()
                 if not background:
-                    self._last_task_poll = trio.current_time()
-                    self._poll_free.unpark_all()  # the background task takes over after its grace
-                self._changed.unpark_all()  # a task that waits may poll now
-        now = trio.current_time()
+                    self._last_task_poll = now
+                    if self._poll_free:
+                        self._poll_free.unpark_all()  # the background task takes over after its grace
+                if self._changed:
+                    self._changed.unpark_all()  # a task that waits may poll now
         for completion in completions:
             self._complete(completion, now)
         self._carry_out()

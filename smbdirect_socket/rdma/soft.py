@@ -109,8 +109,9 @@ class _Batch:
         qp = self._qp
         qp._batched -= 1
         if not qp._batched:
-            qp._notify()
-            qp._transmit()
+            qp._notify()  # a receive posted to a dead queue pair completes at once
+            if qp.core.wants_to_send:
+                qp._transmit()
 
 
 class SoftQueuePair(QueuePair):
@@ -304,8 +305,13 @@ class SoftQueuePair(QueuePair):
             self._close_socket()  # the Terminate is out: close, as siw does
 
     def _notify(self) -> None:
-        """Wake the tasks waiting for completions, the one reading the socket too."""
-        self._completed.unpark_all()
+        """Wake the tasks waiting for completions, the one reading the socket too,
+        if there is anything for them: completions, or the end."""
+        core = self.core
+        if not (core.completions_ready or core.closed or core.error is not None or self._closed):
+            return
+        if self._completed:
+            self._completed.unpark_all()
         if self._consumer_wait is not None:
             self._consumer_wait.cancel()
 

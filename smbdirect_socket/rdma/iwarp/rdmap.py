@@ -151,7 +151,9 @@ class IwarpQueuePair:
     # ---- posting (verbs) --------------------------------------------------------
 
     def post_recv(self, wr_id: int, buffer: memoryview) -> None:
-        view = memoryview(buffer).cast("B")
+        view = memoryview(buffer)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
         if view.readonly:
             raise ValueError("a receive buffer must be writable")
         if self._dead:
@@ -170,7 +172,12 @@ class IwarpQueuePair:
         solicited: bool = False,
         signaled: bool = True,
     ) -> None:
-        self._post(_Send(wr_id, data, invalidate_token, solicited, signaled), Opcode.SEND)
+        if self._pending or self._rtr_pending or not self._may_transmit or self._dead:
+            self._post(_Send(wr_id, data, invalidate_token, solicited, signaled), Opcode.SEND)
+        elif len(self._outstanding_reads) >= self._max_send_wr:
+            raise RdmaError(errno.ENOMEM, f"send queue full ({self._max_send_wr} work requests)")
+        else:
+            self._emit_send(wr_id, data, invalidate_token, solicited, signaled)  # nothing waits ahead of it
 
     def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
         self._post(_Write(wr_id, data, token, address), Opcode.RDMA_WRITE)
@@ -251,6 +258,10 @@ class IwarpQueuePair:
     def wants_to_send(self) -> bool:
         return bool(self._output)
 
+    @property
+    def completions_ready(self) -> bool:
+        return bool(self._completions)
+
     def poll(self) -> Completion | None:
         return self._completions.popleft() if self._completions else None
 
@@ -296,16 +307,14 @@ class IwarpQueuePair:
                 self._queue(ddp.encode_read_request(next(self._read_msn), read), b"")
                 continue
             self._pending.popleft()
-            signaled = True
             if isinstance(request, _Send):
-                self._emit_send(request)
-                opcode = Opcode.SEND
-                signaled = request.signaled
+                self._emit_send(
+                    request.wr_id, request.data, request.invalidate_token, request.solicited, request.signaled
+                )
             else:
                 self._emit_tagged(Op.WRITE, request.token, request.address, request.data)
-                opcode = Opcode.RDMA_WRITE
-            completion = Completion(request.wr_id, opcode, byte_len=len(request.data))
-            self._marks.append((self._queued, completion, signaled))
+                completion = Completion(request.wr_id, Opcode.RDMA_WRITE, byte_len=len(request.data))
+                self._marks.append((self._queued, completion, True))
 
     def _queue(self, header: bytes, payload: Buffer) -> None:
         """Queue one FPDU."""
@@ -331,15 +340,22 @@ class IwarpQueuePair:
         for start in range(0, len(view), size):
             yield start, view[start : start + size], start + size >= len(view)
 
-    def _emit_send(self, request: _Send) -> None:
-        if request.invalidate_token is None:
-            op = Op.SEND_SE if request.solicited else Op.SEND
+    def _emit_send(
+        self, wr_id: int, data: Buffer, invalidate_token: int | None, solicited: bool, signaled: bool
+    ) -> None:
+        """Frame one Send and mark where it completes."""
+        if invalidate_token is None:
+            op = Op.SEND_SE if solicited else Op.SEND
         else:
-            op = Op.SEND_SE_INVALIDATE if request.solicited else Op.SEND_INVALIDATE
+            op = Op.SEND_SE_INVALIDATE if solicited else Op.SEND_INVALIDATE
         msn = next(self._send_msn)
-        word = request.invalidate_token or 0
-        for start, chunk, last in self._chunks(request.data, self._untagged_chunk):
-            self._queue(ddp.untagged_header(op, last, ddp.QN_SEND, msn, start, word), chunk)
+        word = invalidate_token or 0
+        if len(data) <= self._untagged_chunk:  # one FPDU: most sends
+            self._queue(ddp.untagged_header(op, True, ddp.QN_SEND, msn, 0, word), data)
+        else:
+            for start, chunk, last in self._chunks(data, self._untagged_chunk):
+                self._queue(ddp.untagged_header(op, last, ddp.QN_SEND, msn, start, word), chunk)
+        self._marks.append((self._queued, Completion(wr_id, Opcode.SEND, byte_len=len(data)), signaled))
 
     def _emit_tagged(self, op: Op, token: int, address: int, data: Buffer) -> None:
         for start, chunk, last in self._chunks(data, self._tagged_chunk):
