@@ -143,7 +143,7 @@ class SoftQueuePair(QueuePair):
         self._last_consumer = -math.inf
         self._reader_wait: trio.CancelScope | None = None
         self._consumer_wait: trio.CancelScope | None = None
-        self._reader_idle = trio.lowlevel.ParkingLot()
+        self._no_consumers = trio.lowlevel.ParkingLot()  # woken when the last waiting task leaves, or at close
         self._socket_free = trio.lowlevel.ParkingLot()
         # One receive buffer, reused: the queue pair copies out what it keeps.
         self._received = bytearray(_RECEIVE_SIZE)
@@ -232,7 +232,7 @@ class SoftQueuePair(QueuePair):
             self._consumers -= 1
             if not self._consumers:
                 self._last_consumer = trio.current_time()
-                self._reader_idle.unpark_all()
+                self._no_consumers.unpark_all()
 
     def register(self, buffer: memoryview, access: Access) -> SoftMemoryRegion:
         return self.core.register(buffer, access)
@@ -252,7 +252,7 @@ class SoftQueuePair(QueuePair):
         self.core.close()
         self._notify()  # tasks waiting for completions see the close and leave
         while self._consumers and not self._closed:
-            await trio.sleep(0)
+            await self._no_consumers.park()
         if not self._closed:
             await self._linger()
         self._close_socket()
@@ -327,7 +327,7 @@ class SoftQueuePair(QueuePair):
             self._writer_scope.cancel()
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
-            self._reader_idle.unpark_all()
+            self._no_consumers.unpark_all()
             self._socket_free.unpark_all()
 
     def _read_once(self) -> None:
@@ -353,7 +353,7 @@ class SoftQueuePair(QueuePair):
             # A task that just took completions usually comes straight back:
             # leave the socket to it, and look again now and then.
             if self._consumers:
-                await self._reader_idle.park()  # woken when the last waiting task leaves
+                await self._no_consumers.park()  # woken when the last waiting task leaves
                 continue
             idle = trio.current_time() - self._last_consumer
             if idle < _HANDOVER_GRACE:

@@ -17,8 +17,12 @@ from smbdirect_socket.rdma.iwarp.rdmap import IwarpQueuePair
 class Wire:
     """An initiator and a responder; ``run`` carries bytes until both are idle."""
 
-    def __init__(self, crc: bool = False, max_fpdu: int = 65536, ord_: int = 8, ird: int = 8) -> None:
-        self.a = IwarpQueuePair(Negotiation(crc=crc, ord=ord_, ird=ird), initiator=True, max_fpdu=max_fpdu)
+    def __init__(
+        self, crc: bool = False, max_fpdu: int = 65536, ord_: int = 8, ird: int = 8, **initiator_queues: int
+    ) -> None:
+        self.a = IwarpQueuePair(
+            Negotiation(crc=crc, ord=ord_, ird=ird), initiator=True, max_fpdu=max_fpdu, **initiator_queues
+        )
         self.b = IwarpQueuePair(Negotiation(crc=crc, ord=ord_, ird=ird), initiator=False, max_fpdu=max_fpdu)
         self.sent_by = {id(self.a): bytearray(), id(self.b): bytearray()}
 
@@ -338,3 +342,32 @@ def test_segments_survive_the_reuse_of_the_receive_buffer() -> None:
         wire.b.receive_bytes(memoryview(reused)[: len(chunk)])
         reused[:] = bytes(len(reused))  # the caller reuses its buffer at once
     assert [bytes(b[:2500]) for b in buffers] == messages
+
+
+def test_full_queues_refuse_work_and_the_queue_pair_carries_on() -> None:
+    wire = Wire(max_send_wr=1, max_recv_wr=1)
+    a, b = wire.a, wire.b
+    memory = bytearray(b"x" * 64)
+    region = b.register(memoryview(memory), Access.REMOTE_READ)
+    into = bytearray(64)
+    a.post_read(1, memoryview(into), region.token, 0)  # outstanding until its response: the queue is full
+    with pytest.raises(RdmaError) as info:
+        a.post_send(2, b"framed at once, but no room")
+    assert (info.value.errno, info.value.strerror) == (errno.ENOMEM, "send queue full (1 work requests)")
+    a.post_recv(3, memoryview(bytearray(64)))
+    with pytest.raises(RdmaError) as info:
+        a.post_recv(4, memoryview(bytearray(64)))
+    assert (info.value.errno, info.value.strerror) == (errno.ENOMEM, "receive queue full (1 work requests)")
+    wire.run()
+    assert [(c.wr_id, c.status) for c in completions(a)] == [(1, Status.SUCCESS)]
+    assert into == memory
+    # The responder queues sends until the initiator speaks: there a second one finds no room.
+    quiet = IwarpQueuePair(Negotiation(crc=False, ord=8, ird=8), initiator=False, max_send_wr=1)
+    quiet.post_send(5, b"waits for the initiator")
+    with pytest.raises(RdmaError) as info:
+        quiet.post_send(6, b"no room behind it")
+    assert info.value.errno == errno.ENOMEM
+    b.post_recv(7, memoryview(bytearray(64)))
+    a.post_send(8, b"room again")
+    wire.run()
+    assert [c.wr_id for c in completions(b)] == [7] and [c.wr_id for c in completions(a)] == [8]

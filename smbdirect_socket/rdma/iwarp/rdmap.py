@@ -174,9 +174,8 @@ class IwarpQueuePair:
     ) -> None:
         if self._pending or self._rtr_pending or not self._may_transmit or self._dead:
             self._post(_Send(wr_id, data, invalidate_token, solicited, signaled), Opcode.SEND)
-        elif len(self._outstanding_reads) >= self._max_send_wr:
-            raise RdmaError(errno.ENOMEM, f"send queue full ({self._max_send_wr} work requests)")
         else:
+            self._check_send_queue()
             self._emit_send(wr_id, data, invalidate_token, solicited, signaled)  # nothing waits ahead of it
 
     def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
@@ -194,10 +193,14 @@ class IwarpQueuePair:
         if self._dead:
             self._completions.append(Completion(request.wr_id, opcode, Status.FLUSHED))
             return
-        if len(self._pending) + len(self._outstanding_reads) >= self._max_send_wr:
-            raise RdmaError(errno.ENOMEM, f"send queue full ({self._max_send_wr} work requests)")
+        self._check_send_queue()
         self._pending.append(request)
         self._pump()
+
+    def _check_send_queue(self) -> None:
+        """Requests waiting to be framed and reads waiting for their response fill the send queue."""
+        if len(self._pending) + len(self._outstanding_reads) >= self._max_send_wr:
+            raise RdmaError(errno.ENOMEM, f"send queue full ({self._max_send_wr} work requests)")
 
     # ---- memory -------------------------------------------------------------------
 
