@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -188,7 +189,10 @@ def test_ksmbd_stopped_mid_transfer() -> None:
         # ksmbd waits without a timeout for its RDMA reads and writes: say where, not hang.
         stack = Path(f"/proc/{shutdown.pid}/stack").read_text(errors="replace")
         states = [(repr(outcome), client.sock.info().state) for outcome, client in zip(outcomes, clients, strict=True)]
-        pytest.fail(f"ksmbd's shutdown still waits after 60 s; clients {states}; in the kernel:\n{stack}")
+        kernel_log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()[-30:]
+        message = f"ksmbd's shutdown still waits after 60 s; clients {states}; in the kernel:\n{stack}"
+        print(message, *kernel_log, sep="\n", file=sys.__stderr__, flush=True)  # kept if the run is aborted
+        pytest.fail(message)
     for thread in threads:
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads), "a client hangs after ksmbd stopped"
