@@ -27,6 +27,7 @@ need() {  # install the Debian packages that are missing
 need qemu-system-x86 rdma-core ibverbs-utils ibverbs-providers librdmacm1 rdmacm-utils perftest \
   python3-pyverbs cifs-utils busybox-static iproute2 kmod xz-utils cpio build-essential bc flex bison \
   libelf-dev libssl-dev linux-source-6.12
+need libglib2.0-0 libnl-3-200 libnl-genl-3-200  # what the unpacked ksmbd-tools (step 3) links to
 version=$(dpkg-query -W -f='${Version}' linux-source-6.12)
 KVER="${version%%-*}+deb12-amd64"
 need "linux-image-$KVER-unsigned" "linux-headers-$KVER"
