@@ -42,21 +42,31 @@ async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
     return bytes(data)
 
 
+async def receive_message(stream: trio.SocketStream) -> bytes:
+    """One length-framed message, read as SMB reads it: the 4-byte length, then the body.
+
+    This works on TCP, on byte-stream SMB-Direct and on SMB-Direct's default
+    (kernel) framing, where the first 4 bytes of a message are its length.
+    """
+    header = await receive_exactly(stream, 4)
+    return header + await receive_exactly(stream, struct.unpack(">I", header)[0])
+
+
 async def round_trip(pair: tuple[trio.SocketStream, trio.SocketStream], count: int) -> float:
-    """Seconds per round trip of a 64-byte message (framed, so SMB-Direct streams carry it too)."""
+    """Seconds per round trip of a 64-byte framed message."""
     client, server = pair
     message = struct.pack(">I", 60) + bytes(60)
 
     async def echo() -> None:
         for _ in range(count):
-            await server.send_all(await receive_exactly(server, 64))
+            await server.send_all(await receive_message(server))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
         start = time.perf_counter()
         for _ in range(count):
             await client.send_all(message)
-            await receive_exactly(client, 64)
+            await receive_message(client)
         elapsed = time.perf_counter() - start
     await client.aclose()
     await server.aclose()

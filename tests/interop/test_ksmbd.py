@@ -161,6 +161,20 @@ def test_ksmbd_does_rdma_channel_io_on_our_buffers(transport: Transport, channel
             client.close()
 
 
+def ksmbd_stacks() -> str:
+    """The kernel stacks of ksmbd's threads and of every task blocked uninterruptibly."""
+    stacks = []
+    for task in Path("/proc").glob("[0-9]*/task/[0-9]*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if name.startswith("ksmbd") or state == "D":
+                stacks.append(f"{name} ({task.name}, {state}):\n{(task / 'stack').read_text()}")
+        except OSError:  # the task ended meanwhile
+            continue
+    return "\n".join(stacks)
+
+
 @pytest.mark.last(order=0)
 def test_ksmbd_stopped_mid_transfer() -> None:
     """Clients on every transport writing by RDMA when ksmbd shuts down: each gets a clean error, none hangs."""
@@ -187,10 +201,9 @@ def test_ksmbd_stopped_mid_transfer() -> None:
         assert shutdown.wait(timeout=60) == 0
     except subprocess.TimeoutExpired:
         # ksmbd waits without a timeout for its RDMA reads and writes: say where, not hang.
-        stack = Path(f"/proc/{shutdown.pid}/stack").read_text(errors="replace")
         states = [(repr(outcome), client.sock.info().state) for outcome, client in zip(outcomes, clients, strict=True)]
         kernel_log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()[-30:]
-        message = f"ksmbd's shutdown still waits after 60 s; clients {states}; in the kernel:\n{stack}"
+        message = f"ksmbd's shutdown still waits after 60 s; clients {states}; in the kernel:\n{ksmbd_stacks()}"
         print(message, *kernel_log, sep="\n", file=sys.__stderr__, flush=True)  # kept if the run is aborted
         pytest.fail(message)
     for thread in threads:
