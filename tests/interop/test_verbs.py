@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import struct
 import subprocess
 
@@ -168,6 +169,53 @@ async def test_forged_token_fails_that_connection_only(address: str) -> None:
             await qp.disconnect()
     finally:
         await listener.aclose()
+
+
+@pytest.mark.parametrize("address", DEVICES)
+async def test_cancelled_waits_lose_no_completion(address: str) -> None:
+    """A wait for completions cancelled at any moment takes none with it: each arrives once, in order."""
+    verbs = get_provider("verbs")
+    a, b = await connected_pair(verbs, verbs, (address, 7371))
+    try:
+        # Cancelled before it starts: the call takes nothing from the device.
+        b.post_recv(0, memoryview(bytearray(64)))
+        a.post_send(1, b"ping", signaled=False)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await b.get_completions()
+        assert scope.cancelled_caught
+        taken: list[int] = []
+        with trio.fail_after(30):
+            while not taken:
+                await trio.sleep(0.001)
+                taken = [c.wr_id for c in b.poll_completions()]
+        assert taken == [0]
+        # Cancelled at random moments while messages arrive.
+        count = 300
+        buffers = [bytearray(64) for _ in range(count)]
+        for index, buffer in enumerate(buffers):
+            b.post_recv(index, memoryview(buffer))
+        received: list[int] = []
+
+        async def receive_with_random_timeouts() -> None:
+            rng = random.Random(7371)
+            while len(received) < count:
+                with trio.move_on_after(rng.uniform(0, 0.002)):
+                    received.extend(c.wr_id for c in await b.get_completions() if c.opcode is Opcode.RECV)
+
+        with trio.move_on_after(60):  # then the assertion names what was lost
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive_with_random_timeouts)
+                for index in range(count):
+                    a.post_send(1000 + index, struct.pack("!I", index), signaled=False)
+                    if index % 16 == 15:
+                        assert a.poll_completions() == []  # frees the sends' slots; unsignaled, none reports
+                        await trio.sleep(0.001)  # let some arrive while a wait is under way
+        assert received == list(range(count))
+        assert [struct.unpack_from("!I", buffer)[0] for buffer in buffers] == list(range(count))
+    finally:
+        await a.disconnect()
+        await b.disconnect()
 
 
 @pytest.mark.parametrize("verbs_side", ["client", "server"])
