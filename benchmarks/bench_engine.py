@@ -187,7 +187,7 @@ async def main(seconds: float) -> dict[str, dict[str, float]]:
     report(
         "64 B round trip",
         await engine_round_trip(count),
-        await round_trip(await tcp_streams(), count),
+        await round_trip(await tcp_streams(), count, length_first=False),
         "us",
         1e6,
         "<= 1.5",

@@ -8,7 +8,8 @@ Printed per case: SMB-Direct, TCP and the ratio.
 * throughput of framed 128 KiB messages (4-byte length + message) on sockets
   with the kernel's default framing, read back as SMB reads them (length,
   then body);
-* the round trip of a 64-byte framed message, the same way;
+* the round trip of a 64-byte framed message, the same way, and read at once
+  (64 bytes) on byte-stream sockets;
 * connection set-up time.
 
     python benchmarks/bench_trio.py [--seconds S] [--large] [--json FILE]
@@ -127,9 +128,17 @@ async def main(seconds: float, large: bool) -> dict[str, dict[str, float]]:
     )
     count = max(100, int(seconds * 1000))
     report(
-        "64-byte round trip",
+        "64-byte round trip, framed",
         await round_trip(await smbdirect_pair(False, parameters), count),
         await round_trip(await tcp_streams(), count),
+        "us",
+        1e6,
+        "<= 1.5",
+    )
+    report(
+        "64-byte round trip, one read",
+        await round_trip(await smbdirect_pair(True, parameters), count, length_first=False),
+        await round_trip(await tcp_streams(), count, length_first=False),
         "us",
         1e6,
         "<= 1.5",

@@ -52,21 +52,31 @@ async def receive_message(stream: trio.SocketStream) -> bytes:
     return header + await receive_exactly(stream, struct.unpack(">I", header)[0])
 
 
-async def round_trip(pair: tuple[trio.SocketStream, trio.SocketStream], count: int) -> float:
-    """Seconds per round trip of a 64-byte framed message."""
+async def round_trip(
+    pair: tuple[trio.SocketStream, trio.SocketStream], count: int, *, length_first: bool = True
+) -> float:
+    """Seconds per round trip of a 64-byte framed message.
+
+    With ``length_first`` each end reads the length, then the body, as SMB
+    does (and as SMB-Direct's default framing requires); otherwise all 64
+    bytes at once, the baseline for a layer that delivers whole messages.
+    """
     client, server = pair
     message = struct.pack(">I", 60) + bytes(60)
 
+    async def receive(stream: trio.SocketStream) -> bytes:
+        return await (receive_message(stream) if length_first else receive_exactly(stream, 64))
+
     async def echo() -> None:
         for _ in range(count):
-            await server.send_all(await receive_message(server))
+            await server.send_all(await receive(server))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
         start = time.perf_counter()
         for _ in range(count):
             await client.send_all(message)
-            await receive_message(client)
+            await receive(client)
         elapsed = time.perf_counter() - start
     await client.aclose()
     await server.aclose()

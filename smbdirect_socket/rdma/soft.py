@@ -232,7 +232,8 @@ class SoftQueuePair(QueuePair):
             self._consumers -= 1
             if not self._consumers:
                 self._last_consumer = trio.current_time()
-                self._no_consumers.unpark_all()
+                if self._no_consumers:
+                    self._no_consumers.unpark_all()
 
     def register(self, buffer: memoryview, access: Access) -> SoftMemoryRegion:
         return self.core.register(buffer, access)
@@ -350,14 +351,15 @@ class SoftQueuePair(QueuePair):
     async def _reader(self) -> None:
         """Read while no task waits for completions."""
         while not (self._closed or self._lingering):
-            # A task that just took completions usually comes straight back:
-            # leave the socket to it, and look again now and then.
-            if self._consumers:
-                await self._no_consumers.park()  # woken when the last waiting task leaves
-                continue
+            # A task that just took completions usually comes straight back: leave
+            # the socket to it.  Sleeping through the grace (not parked), the reader
+            # is not woken by every task that leaves meanwhile.
             idle = trio.current_time() - self._last_consumer
             if idle < _HANDOVER_GRACE:
                 await trio.sleep(_HANDOVER_GRACE - idle)
+                continue
+            if self._consumers:
+                await self._no_consumers.park()  # woken when the last waiting task leaves
                 continue
             with trio.CancelScope() as self._reader_wait:
                 await trio.lowlevel.wait_readable(self._sock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import random
@@ -387,6 +388,45 @@ async def test_a_cancelled_wait_loses_no_completion() -> None:
     assert [c.wr_id for c in server.poll_completions()] == [1]
     await client.disconnect()
     await server.disconnect()
+
+
+async def test_tasks_that_come_straight_back_do_not_wake_the_reader(mock_clock: trio.testing.MockClock) -> None:
+    """A ping-pong's tasks take their completions and come straight back for more: they
+    read the socket themselves, and the reader task sleeps through its grace instead of
+    being woken each time one leaves.  (The clock stands still: the grace never ends.)"""
+    client, server = await pair()
+    steps: collections.Counter[str] = collections.Counter()
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps[task.name] += 1
+
+    async def next_receive(qp: SoftQueuePair) -> None:
+        while not any(c.opcode is Opcode.RECV for c in await qp.get_completions()):
+            pass
+
+    async def echo() -> None:
+        for _ in range(200):
+            await next_receive(server)
+            server.post_recv(1, memoryview(bytearray(64)))
+            server.post_send(2, b"pong", signaled=False)
+
+    counter = CountSteps()
+    server.post_recv(1, memoryview(bytearray(64)))
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo)
+            for _ in range(200):
+                client.post_recv(1, memoryview(bytearray(64)))
+                client.post_send(2, b"ping", signaled=False)
+                await next_receive(client)
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert steps["smbdirect softiwarp reader"] <= 4  # both queue pairs' (before: one per message)
+    async with trio.open_nursery() as nursery:  # together: each lingers for the other's FIN
+        nursery.start_soon(client.disconnect)
+        nursery.start_soon(server.disconnect)
 
 
 async def test_a_batch_goes_out_in_one_write_when_it_ends() -> None:
