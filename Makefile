@@ -59,4 +59,4 @@ demo: install system-deps
 # The kernel interop suite: one boot of a guest with siw, rxe, ksmbd and cifs.ko.
 interop: install
 	tests/interop/vm/setup.sh
-	tests/interop/vm/run.sh --smb --timeout 900 -- timeout -s ABRT 780 $(PY) -m pytest -p no:cacheprovider -v tests/interop
+	tests/interop/vm/run.sh --smb --timeout 1800 -- timeout -s ABRT 1500 $(PY) -m pytest -p no:cacheprovider -v --durations=15 tests/interop
