@@ -197,6 +197,7 @@ def test_ksmbd_stopped_mid_transfer() -> None:
         with patch(ports=[5445], provider=transport.provider):
             clients.append(Client(Ksmbd(), (transport.address, 5445), f"stop-{uuid.uuid4().hex[:8]}.bin"))
     outcomes: list[BaseException | None] = [None] * len(clients)
+    done = [0] * len(clients)
 
     def keep_busy(index: int) -> None:
         client, data = clients[index], os.urandom(256 * 1024)
@@ -207,13 +208,17 @@ def test_ksmbd_stopped_mid_transfer() -> None:
                 else:
                     client.file.write(data[:32768], 0)
                     assert client.file.read(0, 32768) == data[:32768]
+                done[index] += 1
         except Exception as exc:
             outcomes[index] = exc
 
     threads = [threading.Thread(target=keep_busy, args=(i,), daemon=True) for i in range(len(clients))]
     for thread in threads:
         thread.start()
-    time.sleep(2)
+    deadline = time.monotonic() + 30
+    while min(done) < 2 and time.monotonic() < deadline:  # every client is under way
+        time.sleep(0.1)
+    assert min(done) >= 2 and not any(outcomes), (done, outcomes)
     shutdown = subprocess.Popen([KSMBD_CONTROL, "--shutdown"])
     try:
         assert shutdown.wait(timeout=60) == 0
