@@ -182,13 +182,8 @@ def test_ksmbd_stopped_mid_transfer() -> None:
     """Clients on every transport busy when ksmbd shuts down: each gets a clean error, none hangs.
 
     The rxe client writes by RDMA (ksmbd RDMA-reads its buffer); the siw clients
-    write and read inline (SMB2 WRITE and READ in fragmented SMB-Direct
-    messages).  ksmbd waits for each of its RDMA reads and writes without a
-    timeout, and siw in Linux 6.12 leaves some of them uncompleted when ksmbd's
-    disconnect comes in the middle: its shutdown then hangs in the kernel
-    (``smb_direct_rdma_xmit`` under ``smb2_write`` or ``smb2_read``) whatever
-    the peer does, while our clients have their errors.  RoCE's disconnect
-    moves the queue pair to the error state first, which flushes everything.
+    write and read inline: a ksmbd shutdown that races its own RDMA I/O on siw
+    hangs in the kernel whatever the peer does (docs/verbs.md says why).
     """
     transports = (Transport("softiwarp", SIW), Transport("verbs", SIW), Transport("verbs", RXE))
     clients = []
