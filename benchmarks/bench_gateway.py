@@ -37,8 +37,8 @@ from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
 from smbdirect_socket import Parameters, SMBDirectSocket, patch
-from smbdirect_socket.gateway import Gateway, gateway_thread
-from smbdirect_socket.samba import SambaServer, samba_available, samba_server
+from smbdirect_socket.smb.gateway import Gateway, gateway_thread
+from smbdirect_socket.smb.samba import SambaServer, samba_available, samba_server
 
 CHUNK = 1024 * 1024
 

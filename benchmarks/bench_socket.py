@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 from smbdirect_socket import SOL_SMBDIRECT, Parameters, create_connection, create_server, patch
-from smbdirect_socket.gateway import Gateway, gateway_thread
 from smbdirect_socket.options import SMBDIRECT_BYTESTREAM
-from smbdirect_socket.samba import samba_available, samba_server
+from smbdirect_socket.smb.gateway import Gateway, gateway_thread
+from smbdirect_socket.smb.samba import samba_available, samba_server
 
 Pair = tuple[Any, Any]
 

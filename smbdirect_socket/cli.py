@@ -12,9 +12,9 @@ from functools import partial
 import trio
 
 from . import run
-from .gateway import Gateway
 from .parameters import Parameters
 from .rdma import get_provider
+from .smb.gateway import Gateway
 
 __all__ = ["main"]
 

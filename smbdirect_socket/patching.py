@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import blocking, smb_clients
+from . import blocking
 from .constants import IPPROTO_SMBDIRECT, SMBDIRECT_IWARP_PORT, SMBDIRECT_PORT, SOL_SMBDIRECT
 from .options import SMBDIRECT_BYTESTREAM
 from .parameters import Parameters
@@ -234,10 +234,12 @@ def patch(
 
     ``ports`` None routes every port; ``parameters`` apply to each SMB-Direct
     connection (for example ``Parameters().with_large_messages()`` towards the
-    gateway).  ``fit_smb_clients`` applies :func:`smbdirect_socket.smb_clients.fit_sizes`.
+    gateway).  ``fit_smb_clients`` applies :func:`smbdirect_socket.smb.clients.fit_sizes`.
     """
     if fit_smb_clients:
-        smb_clients.fit_sizes()
+        from .smb.clients import fit_sizes  # the SMB part, only when asked for
+
+        fit_sizes()
     route = Route(
         None if ports is None else frozenset(ports), frozenset(hosts), fallback, bytestream, parameters, provider
     )

@@ -19,7 +19,7 @@ from smbdirect_socket import options as opt
 from smbdirect_socket import trio as sdtrio
 from smbdirect_socket.constants import SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE
 from smbdirect_socket.rdma import get_provider
-from smbdirect_socket.rdma.iwarp.mpa import MpaFrame
+from smbdirect_socket.rdma.soft.mpa import MpaFrame
 
 
 async def listening(**kwargs: object) -> sdtrio.SMBDirectSocket:

@@ -2,10 +2,10 @@
 
 Providers by name:
 
-* ``"softiwarp"`` (:class:`~smbdirect_socket.rdma.soft.SoftIwarpProvider`):
+* ``"softiwarp"`` (:class:`~smbdirect_socket.rdma.soft.provider.SoftIwarpProvider`):
   software iWARP over TCP, the embedded default; runs on any machine and
   talks to Linux siw, iWARP NICs and other instances of this library.
-* ``"verbs"`` (:class:`~smbdirect_socket.rdma.verbs.VerbsProvider`): real
+* ``"verbs"`` (:class:`~smbdirect_socket.rdma.verbs.provider.VerbsProvider`): real
   RDMA devices (InfiniBand, RoCE, iWARP NICs, and Linux rxe and siw) through
   pyverbs and rdma_cm.
 
@@ -54,11 +54,11 @@ def get_provider(name: str | None = None, **options: Any) -> Provider:
     """The provider called ``name`` (default: ``$SMBDIRECT_PROVIDER`` or softiwarp)."""
     name = name or os.environ.get("SMBDIRECT_PROVIDER") or "softiwarp"
     if name == "softiwarp":
-        from .soft import SoftIwarpProvider
+        from .soft.provider import SoftIwarpProvider
 
         return SoftIwarpProvider(**options)
     if name == "verbs":
-        from .verbs import VerbsProvider
+        from .verbs.provider import VerbsProvider
 
         return VerbsProvider(**options)
     raise ValueError(f"unknown RDMA provider {name!r}; known: {', '.join(PROVIDERS)}")

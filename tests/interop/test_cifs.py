@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from smbdirect_socket.gateway import Gateway, gateway_thread
 from smbdirect_socket.rdma import get_provider
-from smbdirect_socket.samba import SambaServer, samba_available, samba_server
+from smbdirect_socket.smb.gateway import Gateway, gateway_thread
+from smbdirect_socket.smb.samba import SambaServer, samba_available, samba_server
 
 SIW = os.environ.get("RDMA_VM_SIW_ADDR", "")
 RXE = os.environ.get("RDMA_VM_RXE_ADDR", "")

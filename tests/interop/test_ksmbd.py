@@ -24,7 +24,7 @@ from smbprotocol.open import ReadWriteChannel
 
 from smbdirect_socket import SMBDirectSocket, create_connection, patch
 from smbdirect_socket.rdma import Provider, get_provider
-from smbdirect_socket.smb_clients import io_limits
+from smbdirect_socket.smb.clients import io_limits
 
 from ..smb.rdma_client import Client
 

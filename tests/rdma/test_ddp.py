@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smbdirect_socket.rdma.iwarp import ddp
-from smbdirect_socket.rdma.iwarp.ddp import Layer, Op, Terminate, TerminateError
+from smbdirect_socket.rdma.soft import ddp
+from smbdirect_socket.rdma.soft.ddp import Layer, Op, Terminate, TerminateError
 
 SEND_QN5 = bytes.fromhex("0014 4143 00000000 00000005 00000001 00000000")
 

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from smbdirect_socket.rdma.iwarp import ddp
-from smbdirect_socket.rdma.iwarp.mpa import (
+from smbdirect_socket.rdma.soft import ddp
+from smbdirect_socket.rdma.soft.mpa import (
     FpduReader,
     MpaError,
     MpaFrame,

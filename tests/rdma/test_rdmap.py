@@ -8,10 +8,10 @@ import random
 import pytest
 
 from smbdirect_socket.rdma import Access, Completion, Opcode, RdmaError, Status
-from smbdirect_socket.rdma.iwarp import ddp
-from smbdirect_socket.rdma.iwarp.ddp import Layer, Op, Terminate
-from smbdirect_socket.rdma.iwarp.mpa import FpduReader, Negotiation, frame_fpdu
-from smbdirect_socket.rdma.iwarp.rdmap import IwarpQueuePair
+from smbdirect_socket.rdma.soft import ddp
+from smbdirect_socket.rdma.soft.ddp import Layer, Op, Terminate
+from smbdirect_socket.rdma.soft.mpa import FpduReader, Negotiation, frame_fpdu
+from smbdirect_socket.rdma.soft.rdmap import IwarpQueuePair
 
 
 class Wire:

@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from smbdirect_socket.rdma import Access, Opcode, RdmaError, Status, get_provider
-from smbdirect_socket.rdma.iwarp import ddp
-from smbdirect_socket.rdma.iwarp.ddp import Layer, Op, Terminate
-from smbdirect_socket.rdma.iwarp.mpa import FpduReader, MpaFrame, frame_fpdu
-from smbdirect_socket.rdma.soft import SoftListener, SoftQueuePair
+from smbdirect_socket.rdma.soft import ddp
+from smbdirect_socket.rdma.soft.ddp import Layer, Op, Terminate
+from smbdirect_socket.rdma.soft.mpa import FpduReader, MpaFrame, frame_fpdu
+from smbdirect_socket.rdma.soft.provider import SoftListener, SoftQueuePair
 
 
 async def pair(

@@ -14,7 +14,7 @@ import socket
 import pytest
 
 from smbdirect_socket.rdma import RdmaError, get_provider
-from smbdirect_socket.rdma.rdmacm import EventChannel, pack_sockaddr, unpack_sockaddr
+from smbdirect_socket.rdma.verbs.rdmacm import EventChannel, pack_sockaddr, unpack_sockaddr
 
 HAS_DEVICE = os.path.isdir("/sys/class/infiniband") and bool(os.listdir("/sys/class/infiniband"))
 pytestmark = pytest.mark.skipif(HAS_DEVICE, reason="this machine has an RDMA device")

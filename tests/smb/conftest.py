@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from smbdirect_socket.gateway import Gateway, gateway_thread
-from smbdirect_socket.samba import SambaServer, samba_available, samba_server
+from smbdirect_socket.smb.gateway import Gateway, gateway_thread
+from smbdirect_socket.smb.samba import SambaServer, samba_available, samba_server
 
 
 @pytest.fixture(scope="session")

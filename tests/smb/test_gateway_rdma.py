@@ -17,8 +17,8 @@ from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 from smbprotocol.open import ReadWriteChannel
 
 from smbdirect_socket import BufferDescriptorV1, Parameters, patch
-from smbdirect_socket.gateway import Gateway
-from smbdirect_socket.samba import SambaServer
+from smbdirect_socket.smb.gateway import Gateway
+from smbdirect_socket.smb.samba import SambaServer
 
 from .rdma_client import Client
 

@@ -12,9 +12,9 @@ import smbclient
 from impacket.smbconnection import SMBConnection
 
 from smbdirect_socket import Parameters, patch
-from smbdirect_socket.gateway import Gateway
-from smbdirect_socket.samba import SambaServer
-from smbdirect_socket.smb_clients import io_limits
+from smbdirect_socket.smb.clients import io_limits
+from smbdirect_socket.smb.gateway import Gateway
+from smbdirect_socket.smb.samba import SambaServer
 
 FOUR_MIB = 4 * 1024 * 1024
 

@@ -14,7 +14,7 @@ import struct
 
 import attrs
 
-from .pdu import BufferDescriptorV1
+from ..pdu import BufferDescriptorV1
 
 __all__ = [
     "CHANNEL_NONE",

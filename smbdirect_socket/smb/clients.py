@@ -9,7 +9,7 @@ SMB2 negotiate.  No SMB2 byte on the wire is rewritten.
 
 One line, before the client connects::
 
-    smbdirect_socket.smb_clients.fit_sizes()
+    smbdirect_socket.smb.clients.fit_sizes()
 
 :func:`smbdirect_socket.patch` and ``python -m smbdirect_socket.run`` do it
 for you.  Connections that are not SMB-Direct keep their sizes.
@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from .blocking import SMBDirectSocket
+from ..blocking import SMBDirectSocket
 
 __all__ = ["IoLimits", "fit_sizes", "io_limits"]
 

@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Iterator
 
 from ..base import Access, Buffer, Completion, Opcode, RdmaError, Status
-from ..memory import AccessFault, MemoryAccessError, MemoryTable, SoftMemoryRegion
 from . import ddp
 from .ddp import Layer, Op, ReadRequest, Segment, Terminate, TerminateError
+from .memory import AccessFault, MemoryAccessError, MemoryTable, SoftMemoryRegion
 from .mpa import MPA_CRC_ERROR, FpduReader, MpaError, Negotiation, fpdu_pieces
 
 __all__ = ["IwarpQueuePair"]

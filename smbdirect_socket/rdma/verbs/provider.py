@@ -42,7 +42,7 @@ from typing import Any
 
 import trio
 
-from .base import (
+from ..base import (
     Access,
     Buffer,
     Completion,
@@ -55,9 +55,9 @@ from .base import (
     RdmaError,
     Status,
 )
+from .loader import load_pyverbs
+from .memory import SMALLEST_SLOT, Slot, SlotPool, VerbsMemoryRegion, register_region
 from .rdmacm import CmError, CmEvent, CmId, EventType, forget_removed_devices, reject_request, route_address
-from .verbs_loader import load_pyverbs
-from .verbs_memory import SMALLEST_SLOT, Slot, SlotPool, VerbsMemoryRegion, register_region
 
 __all__ = ["VerbsListener", "VerbsProvider", "VerbsQueuePair", "load_pyverbs"]
 

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from smbdirect_socket import Parameters, create_connection, smb2
-from smbdirect_socket.gateway import Gateway, gateway_thread
+from smbdirect_socket import Parameters, create_connection
+from smbdirect_socket.smb import smb2
+from smbdirect_socket.smb.gateway import Gateway, gateway_thread
 
 
 def framed(payload: bytes) -> bytes:

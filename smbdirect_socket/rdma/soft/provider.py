@@ -3,7 +3,7 @@
 It speaks the wire of Linux siw and iWARP NICs (MPA v2 with RFC 6581 setup,
 DDP, RDMAP), so it works between any two machines and against real kernels
 (ksmbd and cifs.ko on siw).  The protocol work is
-:class:`~smbdirect_socket.rdma.iwarp.rdmap.IwarpQueuePair`; this module only
+:class:`~smbdirect_socket.rdma.soft.rdmap.IwarpQueuePair`; this module only
 moves bytes.
 
 Each queue pair runs two background tasks: a reader that feeds received
@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .._tasks import spawn_background
-from .base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
-from .iwarp.mpa import (
+from ..._tasks import spawn_background
+from ..base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
+from .memory import SoftMemoryRegion
+from .mpa import (
     IRD_P2P,
     MAX_PRIVATE_DATA,
     ORD_READ_RTR,
@@ -37,8 +38,7 @@ from .iwarp.mpa import (
     check_reply,
     reject_reply,
 )
-from .iwarp.rdmap import DEFAULT_MAX_FPDU, IwarpQueuePair
-from .memory import SoftMemoryRegion
+from .rdmap import DEFAULT_MAX_FPDU, IwarpQueuePair
 
 __all__ = ["SoftIwarpProvider", "SoftQueuePair"]
 

@@ -7,8 +7,8 @@ import contextlib
 import ctypes
 from typing import Any
 
-from .base import Access, MemoryRegion
-from .verbs_loader import load_pyverbs
+from ..base import Access, MemoryRegion
+from .loader import load_pyverbs
 
 __all__ = ["SMALLEST_SLOT", "Slot", "SlotPool", "VerbsMemoryRegion", "buffer_address", "register_region"]
 

@@ -26,13 +26,13 @@ from functools import partial
 import attrs
 import trio
 
+from .. import trio as sdtrio
+from ..constants import SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE as INVALIDATE
+from ..constants import SMBDIRECT_IWARP_PORT, SOL_SMBDIRECT
+from ..parameters import Parameters
+from ..pdu import BufferDescriptorV1
+from ..rdma import Provider
 from . import smb2
-from . import trio as sdtrio
-from .constants import SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE as INVALIDATE
-from .constants import SMBDIRECT_IWARP_PORT, SOL_SMBDIRECT
-from .parameters import Parameters
-from .pdu import BufferDescriptorV1
-from .rdma import Provider
 
 __all__ = ["Gateway", "gateway_thread", "serve_gateway"]
 

@@ -6,7 +6,8 @@ import struct
 
 import pytest
 
-from smbdirect_socket import BufferDescriptorV1, smb2
+from smbdirect_socket import BufferDescriptorV1
+from smbdirect_socket.smb import smb2
 
 
 def header(command: int, message_id: int, *, flags: int = 0, status: int = 0, credits: int = 1) -> bytes:

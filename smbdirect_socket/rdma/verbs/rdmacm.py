@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .base import RdmaError
+from ..base import RdmaError
 
 __all__ = ["CmError", "CmEvent", "CmId", "EventChannel", "EventType", "QpAttributes"]
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from .base import RdmaError
+from ..base import RdmaError
 
 __all__ = ["SYSTEM_PYVERBS", "load_pyverbs"]
 

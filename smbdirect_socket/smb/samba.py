@@ -1,6 +1,6 @@
 """A private Samba ``smbd`` on a loopback port, for tests, the demo and benchmarks.
 
-Samba has no SMB-Direct; the gateway (:mod:`smbdirect_socket.gateway`) puts
+Samba has no SMB-Direct; the gateway (:mod:`smbdirect_socket.smb.gateway`) puts
 it behind one.  :func:`samba_server` starts ``smbd`` from a temporary
 directory with its own configuration, user and share, waits until it
 listens, and stops it afterwards.  It needs Debian's ``samba`` package and

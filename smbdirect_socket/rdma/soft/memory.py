@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import secrets
 
-from .base import Access, MemoryRegion
+from ..base import Access, MemoryRegion
 
 __all__ = ["AccessFault", "MemoryAccessError", "MemoryTable", "SoftMemoryRegion"]
 

@@ -1,1 +1,0 @@
-"""Software iWARP: MPA, DDP and RDMAP as Linux siw speaks them."""

@@ -1,0 +1,1 @@
+"""The verbs provider: real RDMA devices through pyverbs and rdma_cm."""
