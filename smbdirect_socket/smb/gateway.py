@@ -14,30 +14,37 @@ this project can carry 8 MiB READ and WRITE inline.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
 import queue
+import socket as _socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from functools import partial
 
 import attrs
 import trio
 
 from .. import trio as sdtrio
+from ..connection import Connection
 from ..constants import SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE as INVALIDATE
 from ..constants import SMBDIRECT_IWARP_PORT, SOL_SMBDIRECT
 from ..parameters import Parameters
 from ..pdu import BufferDescriptorV1
-from ..rdma import Provider
+from ..rdma import ConnectionRequest, Provider, get_provider
 from . import smb2
+from .limits import ByteBudget, GatewayLimits
 
-__all__ = ["Gateway", "gateway_thread", "serve_gateway"]
+__all__ = ["Gateway", "GatewayLimits", "gateway_thread", "serve_gateway", "translate"]
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">I")
+_BACKLOG = 64
+#: WRITE data goes from the client's buffers to the server through a buffer this large (or the session's budget).
+_CHUNK = 1024 * 1024
 
 
 class _TcpMessages:
@@ -55,13 +62,18 @@ class _TcpMessages:
             self._buffer += chunk
         return True
 
-    async def receive(self) -> bytes | None:
-        """The next message, or None at a clean end of stream."""
+    async def receive(self, limit: int) -> bytes | None:
+        """The next message, or None at a clean end of stream; one over ``limit`` bytes is EMSGSIZE."""
         if not await self._fill(_HEADER.size):
             if self._buffer:
                 raise trio.BrokenResourceError("server closed the connection inside a message header")
             return None
-        total = _HEADER.size + _HEADER.unpack_from(self._buffer)[0]
+        length = _HEADER.unpack_from(self._buffer)[0]
+        if length > limit:
+            raise OSError(
+                errno.EMSGSIZE, f"the server's reply of {length} bytes is more than the client takes ({limit})"
+            )
+        total = _HEADER.size + length
         if not await self._fill(total):
             raise trio.BrokenResourceError("server closed the connection inside a message")
         message = bytes(self._buffer[:total])
@@ -71,17 +83,25 @@ class _TcpMessages:
 
 @attrs.define
 class Gateway:
-    """Relays SMB-Direct clients to the TCP SMB server at ``target``."""
+    """Relays SMB-Direct clients to the TCP SMB server at ``target``, within ``limits``."""
 
     target: tuple[str, int]
     parameters: Parameters = attrs.field(factory=lambda: Parameters().with_large_messages())
     provider: Provider | None = None
-    #: Connections being relayed now, and relayed in all.
-    active: int = 0
-    served: int = 0
+    limits: GatewayLimits = attrs.field(factory=GatewayLimits, kw_only=True)
+    #: Connections now (those setting up included), sessions relayed in all, connections refused by a limit.
+    active: int = attrs.field(default=0, init=False)
+    served: int = attrs.field(default=0, init=False)
+    refused: int = attrs.field(default=0, init=False)
     #: Bytes moved by RDMA channel I/O: read from clients (WRITE), written to them (READ).
-    rdma_read_bytes: int = 0
-    rdma_write_bytes: int = 0
+    rdma_read_bytes: int = attrs.field(default=0, init=False)
+    rdma_write_bytes: int = attrs.field(default=0, init=False)
+    #: RDMA bytes all sessions hold (``used``, ``peak``), within ``limits.rdma_bytes_total``.
+    rdma: ByteBudget = attrs.field(init=False)
+    _per_address: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+
+    def __attrs_post_init__(self) -> None:
+        self.rdma = ByteBudget(self.limits.rdma_bytes_total)
 
     async def serve(
         self,
@@ -89,46 +109,227 @@ class Gateway:
         *,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen for SMB-Direct at ``listen``; reports the bound address when started."""
-        sock = sdtrio.socket(provider=self.provider, parameters=self.parameters)
-        with sock:
-            await sock.bind(listen)
-            sock.listen(64)
-            task_status.started(sock.getsockname())
+        """Listen for SMB-Direct at ``listen``; reports the bound address when started.
+
+        Connection requests are taken straight from the RDMA engine, so that the
+        limits count and time connections from their MPA request on.
+        """
+        listener = (self.provider or get_provider()).listen(listen, _BACKLOG)
+        try:
+            task_status.started(listener.address)
             async with trio.open_nursery() as nursery:
                 while True:
-                    client, peer = await sock.accept()
-                    nursery.start_soon(self.relay, client, peer)
+                    request = await listener.get_request()
+                    if self._admit(request.peer_address[0]):
+                        nursery.start_soon(self._session, request)
+                    else:
+                        nursery.start_soon(request.reject)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
 
-    async def relay(self, client: sdtrio.SMBDirectSocket, peer: tuple[str, int]) -> None:
-        """Carry one client's SMB2 messages to its own TCP connection and back."""
-        self.active += 1
-        self.served += 1
+    def _admit(self, address: str) -> bool:
+        limits = self.limits
+        if self.active >= limits.max_connections:
+            reason = f"{self.active} connections, the most allowed (max_connections)"
+        elif self._per_address[address] >= limits.max_connections_per_address:
+            reason = f"{self._per_address[address]} connections from it, the most allowed (max_connections_per_address)"
+        else:
+            self.active += 1
+            self._per_address[address] += 1
+            return True
+        self.refused += 1
+        log.warning("client %s: refused: %s", address, reason)
+        return False
+
+    async def _session(self, request: ConnectionRequest) -> None:
+        """One client from its MPA request to its end: the session boundary."""
+        peer = request.peer_address
         try:
-            with client:
-                try:
-                    server = await trio.open_tcp_stream(*self.target)
-                except OSError as exc:
-                    log.warning("client %s: target %s:%s unreachable: %s", peer[0], *self.target, exc)
-                    return
-                async with server:
-                    await _Relay(self, client, server, peer).run()
+            # The set-up deadline is the negotiation timer's: on expiry the engine
+            # drops the connection itself.
+            setup = self.parameters.replace(
+                negotiate_timeout_msec=min(
+                    self.parameters.negotiate_timeout_msec, int(self.limits.setup_timeout * 1000)
+                )
+            )
+            try:
+                connection = await Connection.accept(request, setup)
+            except OSError as exc:
+                log.info("client %s: SMB-Direct set-up failed: %s", peer[0], exc)
+                return
+            family = _socket.AF_INET6 if ":" in peer[0] else _socket.AF_INET
+            client = sdtrio.SMBDirectSocket(family, provider=self.provider, parameters=self.parameters)
+            client._attach(connection)
+            await self._relay(client, peer)
+        except Exception as exc:  # whatever one client does ends its session only
+            _log_end(peer, exc)
         finally:
             self.active -= 1
+            self._per_address[peer[0]] -= 1
+            if not self._per_address[peer[0]]:
+                del self._per_address[peer[0]]
+
+    async def _relay(self, client: sdtrio.SMBDirectSocket, peer: tuple[str, int]) -> None:
+        """Carry one client's SMB2 messages to its own TCP connection and back."""
+        self.served += 1
+        with client:
+            try:
+                server = await trio.open_tcp_stream(*self.target)
+            except OSError as exc:
+                log.warning("client %s: target %s:%s unreachable: %s", peer[0], *self.target, exc)
+                return
+            async with server:
+                await _Relay(self, client, server, peer).run()
 
 
-def _cover(descriptors: list[BufferDescriptorV1], length: int) -> list[BufferDescriptorV1]:
-    """The leading part of ``descriptors`` that covers exactly ``length`` bytes."""
+_EXPECTED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, smb2.Smb2Error)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _log_end(peer: tuple[str, int], exc: Exception) -> None:
+    """Log why a session ended: a malformed request as a warning, a lost peer as info, a bug with its traceback."""
+    leaves = list(_leaves(exc))
+    reason = "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves)
+    if not all(isinstance(leaf, _EXPECTED) for leaf in leaves):
+        log.error("client %s: session ended by an unexpected error; the gateway carries on", peer[0], exc_info=exc)
+    elif any(isinstance(leaf, smb2.Smb2Error) for leaf in leaves):
+        log.warning("client %s: session ended: %s", peer[0], reason)
+    else:
+        log.info("client %s: session ended: %s", peer[0], reason)
+
+
+def _span(descriptors: list[BufferDescriptorV1], offset: int, length: int) -> list[BufferDescriptorV1]:
+    """The part of ``descriptors`` that holds bytes [offset, offset + length) of their concatenation."""
     covered = []
     for descriptor in descriptors:
         if length <= 0:
             break
-        take = min(descriptor.length, length)
-        covered.append(attrs.evolve(descriptor, length=take))
+        if offset >= descriptor.length:
+            offset -= descriptor.length
+            continue
+        take = min(descriptor.length - offset, length)
+        covered.append(BufferDescriptorV1(descriptor.offset + offset, descriptor.token, take))
+        offset = 0
         length -= take
     if length > 0:
         raise smb2.Smb2Error("the buffer descriptors are shorter than the I/O")
     return covered
+
+
+@attrs.frozen
+class PendingRead:
+    """A READ whose data goes by RDMA into the client's ``descriptors`` when the server answers."""
+
+    descriptors: list[BufferDescriptorV1]
+    invalidate: bool
+    length: int
+
+
+@attrs.frozen
+class Part:
+    """One command of a translated request: ``head`` (NextCommand set), then for an
+    RDMA WRITE ``length`` bytes RDMA-read from ``source``, then ``pad`` zero bytes."""
+
+    head: bytes
+    pad: int
+    source: list[BufferDescriptorV1] = attrs.field(factory=list)
+    length: int = 0
+
+
+@attrs.frozen
+class Translation:
+    """A request as it goes to the server, and what the gateway holds for it."""
+
+    parts: list[Part]
+    reads: dict[int, PendingRead]
+    #: MessageId -> token to invalidate with the response of an RDMA WRITE.
+    write_tokens: dict[int, int]
+    #: The buffer the WRITE data passes through, a chunk at a time.
+    chunk: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(part.head) + part.length + part.pad for part in self.parts)
+
+    @property
+    def hold(self) -> int:
+        """RDMA bytes the session holds for it: READ data to come, and the WRITE chunk."""
+        return sum(read.length for read in self.reads.values()) + self.chunk
+
+
+def translate(
+    commands: list[smb2.Command], limits: GatewayLimits, max_read_write_size: int = 0, in_use: Set[int] = frozenset()
+) -> Translation:
+    """The request ``commands`` make, RDMA channel I/O made ordinary, within ``limits``: sans-IO.
+
+    Raises only :class:`~smbdirect_socket.smb.smb2.Smb2Error`, with the status a
+    server would answer every command with.  ``in_use``: MessageIds of RDMA
+    I/O still pending.
+    """
+    if len(commands) > limits.max_compound_commands:
+        raise smb2.Smb2Error(
+            f"{len(commands)} commands in a compound, more than {limits.max_compound_commands}",
+            smb2.STATUS_INSUFFICIENT_RESOURCES,
+        )
+    heads: list[smb2.Command] = []
+    sources: list[tuple[list[BufferDescriptorV1], int]] = []
+    reads: dict[int, PendingRead] = {}
+    write_tokens: dict[int, int] = {}
+    for command in commands:
+        channel = command.channel()
+        if channel == smb2.CHANNEL_NONE:
+            heads.append(command)
+            sources.append(([], 0))
+            continue
+        if channel not in (smb2.CHANNEL_RDMA_V1, smb2.CHANNEL_RDMA_V1_INVALIDATE):
+            raise smb2.Smb2Error(f"channel {channel} is not supported")
+        if command.flags & smb2.FLAG_SIGNED:
+            raise smb2.Smb2Error("RDMA channel I/O must not be signed")
+        message_id = command.message_id
+        if message_id in in_use or message_id in reads or message_id in write_tokens:
+            raise smb2.Smb2Error(f"MessageId {message_id} is already in use")
+        descriptors = command.descriptors()
+        invalidate = channel == smb2.CHANNEL_RDMA_V1_INVALIDATE
+        length = command.read_length() if command.command == smb2.READ else command.write_length()
+        if max_read_write_size and length > max_read_write_size:
+            raise smb2.Smb2Error(f"{length} bytes exceed the negotiated max read/write size {max_read_write_size}")
+        source = _span(descriptors, 0, length)  # the buffers must hold what is asked
+        if command.command == smb2.READ:
+            reads[message_id] = PendingRead(descriptors, invalidate, length)
+            heads.append(command.as_plain_read())
+            sources.append(([], 0))
+        else:
+            if invalidate:
+                write_tokens[message_id] = descriptors[0].token
+            heads.append(command.as_inline_write(length))
+            sources.append((source, length))
+    parts = [
+        Part(head, pad, source, length)
+        for (head, pad), (source, length) in zip(
+            smb2.chain(heads, [length for _, length in sources]), sources, strict=True
+        )
+    ]
+    chunk = min(_CHUNK, limits.rdma_bytes_per_session, max(length for _, length in sources))
+    translation = Translation(parts, reads, write_tokens, chunk)
+    if translation.size > limits.max_compound_bytes:
+        raise smb2.Smb2Error(
+            f"a request of {translation.size} bytes, more than {limits.max_compound_bytes}",
+            smb2.STATUS_INSUFFICIENT_RESOURCES,
+        )
+    if translation.hold > limits.rdma_bytes_per_session:
+        raise smb2.Smb2Error(
+            f"RDMA I/O of {translation.hold} bytes at once, more than {limits.rdma_bytes_per_session}",
+            smb2.STATUS_INSUFFICIENT_RESOURCES,
+        )
+    return translation
 
 
 @attrs.define
@@ -136,91 +337,103 @@ class _Relay:
     """One client: its SMB-Direct socket, its TCP connection, and its RDMA channel I/O.
 
     READ and WRITE requests with Channel RDMA_V1(_INVALIDATE) go to the server
-    as ordinary ones: WRITE data is RDMA-read from the client's buffers first;
-    READ data coming back is RDMA-written into them and the response says
-    so (DataLength 0, DataRemaining n), sent with invalidate when asked.
+    as ordinary ones: WRITE data is RDMA-read from the client's buffers and
+    streamed to the server a chunk at a time; READ data coming back is
+    RDMA-written into them and the response says so (DataLength 0,
+    DataRemaining n), sent with invalidate when asked.  The RDMA bytes held
+    are counted against the session's budget and the gateway's.
     """
 
     gateway: Gateway
     client: sdtrio.SMBDirectSocket
     server: trio.SocketStream
     peer: tuple[str, int]
-    #: MessageId -> (descriptors, invalidate) of READs whose data goes by RDMA.
-    reads: dict[int, tuple[list[BufferDescriptorV1], bool]] = attrs.field(factory=dict)
+    reads: dict[int, PendingRead] = attrs.field(factory=dict)
     #: MessageId -> token to invalidate with the response of an RDMA WRITE.
     write_tokens: dict[int, int] = attrs.field(factory=dict)
+    rdma: ByteBudget = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.rdma = ByteBudget(self.gateway.limits.rdma_bytes_per_session)
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._upstream, nursery.cancel_scope)
-            nursery.start_soon(self._downstream, nursery.cancel_scope)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._upstream, nursery.cancel_scope)
+                nursery.start_soon(self._downstream, nursery.cancel_scope)
+        finally:
+            self.gateway.rdma.release(self.rdma.used)  # READ data the server never sent
+
+    async def _reserve(self, size: int) -> None:
+        await self.rdma.acquire(size)
+        try:
+            await self.gateway.rdma.acquire(size)
+        except BaseException:
+            self.rdma.release(size)
+            raise
+
+    def _release(self, size: int) -> None:
+        self.rdma.release(size)
+        self.gateway.rdma.release(size)
 
     async def _upstream(self, done: trio.CancelScope) -> None:
-        try:
-            while header := await self.client.recv(_HEADER.size):
-                (length,) = _HEADER.unpack(header)
-                message = await self.client.recv(length) if length else b""
-                await self._forward(message)
-        except (OSError, trio.BrokenResourceError) as exc:
-            log.info("client %s: %s", self.peer[0], exc)
+        while header := await self.client.recv(_HEADER.size):
+            (length,) = _HEADER.unpack(header)
+            message = await self.client.recv(length) if length else b""
+            await self._forward(message)
         done.cancel()
 
     async def _forward(self, message: bytes) -> None:
         if not smb2.is_smb2(message):  # SMB1 negotiate, encrypted or compressed: as is
             await self.server.send_all(_HEADER.pack(len(message)) + message)
             return
+        commands = smb2.split(message)  # no framing to answer by: the session ends, as a server disconnects
         try:
-            commands = smb2.split(message)
-        except smb2.Smb2Error as exc:  # no framing to answer by: a server disconnects too
-            raise OSError(errno.EPROTO, f"malformed SMB2 message: {exc}") from None
-        try:
-            translated = [await self._translate_request(command) for command in commands]
+            translation = translate(
+                commands,
+                self.gateway.limits,
+                self.client.info().max_read_write_size,
+                self.reads.keys() | self.write_tokens.keys(),
+            )
         except smb2.Smb2Error as exc:
             log.warning("client %s: answering %s with status %#x", self.peer[0], exc, exc.status)
-            for command in commands:
-                self.reads.pop(command.message_id, None)
-                self.write_tokens.pop(command.message_id, None)
             answer = smb2.join([smb2.error_response(command, exc.status) for command in commands])
             await self.client.send(_HEADER.pack(len(answer)) + answer)
             return
-        if translated != commands:
-            message = smb2.join(translated)
-        await self.server.send_all(_HEADER.pack(len(message)) + message)
+        await self._reserve(translation.hold)
+        self.reads.update(translation.reads)
+        self.write_tokens.update(translation.write_tokens)
+        try:
+            await self._send(translation)
+        finally:
+            self._release(translation.chunk)
 
-    async def _translate_request(self, command: smb2.Command) -> smb2.Command:
-        channel = command.channel()
-        if channel == smb2.CHANNEL_NONE:
-            return command
-        if channel not in (smb2.CHANNEL_RDMA_V1, smb2.CHANNEL_RDMA_V1_INVALIDATE):
-            raise smb2.Smb2Error(f"channel {channel} is not supported")
-        if command.flags & smb2.FLAG_SIGNED:
-            raise smb2.Smb2Error("RDMA channel I/O must not be signed")
-        descriptors = command.descriptors()
-        invalidate = channel == smb2.CHANNEL_RDMA_V1_INVALIDATE
-        length = command.read_length() if command.command == smb2.READ else command.write_length()
-        limit = self.client.info().max_read_write_size
-        if limit and length > limit:
-            raise smb2.Smb2Error(f"{length} bytes exceed the negotiated max read/write size {limit}")
-        if command.command == smb2.READ:
-            _cover(descriptors, length)  # the buffers must hold what is asked
-            self.reads[command.message_id] = (descriptors, invalidate)
-            return command.as_plain_read()
-        data = bytearray(length)
-        if length:
-            await self.client.rdma_read(data, _cover(descriptors, length))
-            self.gateway.rdma_read_bytes += length
-        if invalidate:
-            self.write_tokens[command.message_id] = descriptors[0].token
-        return command.as_inline_write(bytes(data))
+    async def _send(self, translation: Translation) -> None:
+        pending = [_HEADER.pack(translation.size)]
+        for part in translation.parts:
+            pending.append(part.head)
+            if part.length:
+                await self.server.send_all(b"".join(pending))
+                pending = []
+                await self._copy_write_data(part, translation.chunk)
+            pending.append(bytes(part.pad))
+        await self.server.send_all(b"".join(pending))
+
+    async def _copy_write_data(self, part: Part, chunk: int) -> None:
+        """RDMA-read a WRITE's data from the client into the server, ``chunk`` bytes at a time."""
+        for offset in range(0, part.length, chunk):
+            data = bytearray(min(chunk, part.length - offset))
+            await self.client.rdma_read(data, _span(part.source, offset, len(data)))
+            self.gateway.rdma_read_bytes += len(data)
+            await self.server.send_all(data)
 
     async def _downstream(self, done: trio.CancelScope) -> None:
         messages = _TcpMessages(self.server)
-        try:
-            while (message := await messages.receive()) is not None:
-                await self._answer(message)
-        except (OSError, trio.BrokenResourceError, smb2.Smb2Error) as exc:
-            # EMSGSIZE: the server answered with more than the client can reassemble.
-            log.warning("client %s: relaying the server's reply failed: %s", self.peer[0], exc)
+        # The largest reply a client can take inline, and the READ data it awaits by RDMA.
+        while (
+            message := await messages.receive(self.client.info().max_fragmented_send_size + self.rdma.used)
+        ) is not None:
+            await self._answer(message)
         done.cancel()
 
     async def _answer(self, message: bytes) -> None:
@@ -234,15 +447,18 @@ class _Relay:
         for command in commands:
             final = not (command.flags & smb2.FLAG_ASYNC and command.status == smb2.STATUS_PENDING)
             if final and command.message_id in self.reads:
-                descriptors, invalidate = self.reads.pop(command.message_id)
-                if command.status == 0:
-                    data = command.read_response_data()
-                    if data:
-                        await self.client.rdma_write(data, _cover(descriptors, len(data)))
-                        self.gateway.rdma_write_bytes += len(data)
-                    command = command.as_rdma_read_response(len(data))
-                if invalidate and token is None:
-                    token = descriptors[0].token
+                read = self.reads.pop(command.message_id)
+                try:
+                    if command.status == 0:
+                        data = command.read_response_data()
+                        if data:
+                            await self.client.rdma_write(data, _span(read.descriptors, 0, len(data)))
+                            self.gateway.rdma_write_bytes += len(data)
+                        command = command.as_rdma_read_response(len(data))
+                finally:
+                    self._release(read.length)
+                if read.invalidate and token is None:
+                    token = read.descriptors[0].token
             elif final and command.message_id in self.write_tokens:
                 written_token = self.write_tokens.pop(command.message_id)
                 token = written_token if token is None else token
@@ -258,10 +474,16 @@ async def serve_gateway(
     *,
     parameters: Parameters | None = None,
     provider: Provider | None = None,
+    limits: GatewayLimits | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a :class:`Gateway` from ``listen`` (SMB-Direct) to ``target`` (TCP) until cancelled."""
-    gateway = Gateway(target, provider=provider) if parameters is None else Gateway(target, parameters, provider)
+    gateway = Gateway(
+        target,
+        parameters or Parameters().with_large_messages(),
+        provider,
+        limits=limits or GatewayLimits(),
+    )
     await gateway.serve(listen, task_status=task_status)
 
 

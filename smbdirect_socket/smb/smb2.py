@@ -11,17 +11,22 @@ translate passes unchanged.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import attrs
 
+from ..errors import ProtocolError
 from ..pdu import BufferDescriptorV1
 
 __all__ = [
     "CHANNEL_NONE",
     "CHANNEL_RDMA_V1",
     "CHANNEL_RDMA_V1_INVALIDATE",
+    "STATUS_INSUFFICIENT_RESOURCES",
+    "STATUS_INVALID_PARAMETER",
     "Command",
     "Smb2Error",
+    "chain",
     "error_response",
     "is_smb2",
     "join",
@@ -40,6 +45,7 @@ CHANNEL_RDMA_V1 = 1
 CHANNEL_RDMA_V1_INVALIDATE = 2
 STATUS_PENDING = 0x00000103
 STATUS_INVALID_PARAMETER = 0xC000000D
+STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
 
 _HEADER = struct.Struct("<4sHHIHHIIQ")  # up to and including MessageId
 # READ request body: Length, Offset, FileId, MinimumCount, Channel, RemainingBytes, info offset, info length
@@ -58,11 +64,26 @@ class Smb2Error(ValueError):
         self.status = status
 
 
+def _unpack(layout: struct.Struct, data: bytes, what: str) -> tuple[Any, ...]:
+    """The fields of the body ``layout`` after the header, or Smb2Error when it is cut short."""
+    if len(data) < HEADER_SIZE + layout.size:
+        raise Smb2Error(f"SMB2 {what} is truncated")
+    return layout.unpack_from(data, HEADER_SIZE)
+
+
+def _check_header(instance: Command, attribute: attrs.Attribute[bytes], data: bytes) -> None:
+    if len(data) < HEADER_SIZE:
+        raise Smb2Error(f"SMB2 command of {len(data)} bytes has no whole header")
+
+
 @attrs.frozen
 class Command:
-    """One command of a chain: its bytes (header and body, no padding)."""
+    """One command of a chain: its bytes (header and body, no padding).
 
-    data: bytes
+    Every accessor raises only :class:`Smb2Error` for bytes that do not fit.
+    """
+
+    data: bytes = attrs.field(validator=_check_header)
 
     @property
     def command(self) -> int:
@@ -84,54 +105,52 @@ class Command:
         """The RDMA channel of a READ or WRITE request (CHANNEL_NONE for anything else)."""
         if self.flags & FLAG_SERVER_TO_REDIR or self.command not in (READ, WRITE):
             return CHANNEL_NONE
-        body = _READ if self.command == READ else _WRITE
-        if len(self.data) < HEADER_SIZE + body.size:
-            raise Smb2Error(f"SMB2 {'READ' if self.command == READ else 'WRITE'} request is truncated")
-        fields = body.unpack_from(self.data, HEADER_SIZE)
-        return int(fields[7] if self.command == READ else fields[5])
+        if self.command == READ:
+            return int(_unpack(_READ, self.data, "READ request")[7])
+        return int(_unpack(_WRITE, self.data, "WRITE request")[5])
 
     def descriptors(self) -> list[BufferDescriptorV1]:
         """The Buffer Descriptor V1 list of a READ or WRITE request with an RDMA channel."""
         if self.command == READ:
-            info_offset, info_length = _READ.unpack_from(self.data, HEADER_SIZE)[9:11]
+            info_offset, info_length = _unpack(_READ, self.data, "READ request")[9:11]
         else:
-            info_offset, info_length = _WRITE.unpack_from(self.data, HEADER_SIZE)[7:9]
+            info_offset, info_length = _unpack(_WRITE, self.data, "WRITE request")[7:9]
         if info_length == 0 or info_length % 16 or info_offset + info_length > len(self.data):
             raise Smb2Error(f"channel info [{info_offset}, +{info_length}) is not a descriptor list in the message")
         try:
             return BufferDescriptorV1.unpack_list(self.data[info_offset : info_offset + info_length])
-        except ValueError as exc:
+        except (ValueError, ProtocolError) as exc:
             raise Smb2Error(f"bad buffer descriptors: {exc}") from None
 
     def read_length(self) -> int:
-        return int(_READ.unpack_from(self.data, HEADER_SIZE)[3])
+        return int(_unpack(_READ, self.data, "READ request")[3])
 
     def write_length(self) -> int:
         """Bytes an RDMA WRITE carries in the client's buffers (RemainingBytes)."""
-        return int(_WRITE.unpack_from(self.data, HEADER_SIZE)[6])
+        return int(_unpack(_WRITE, self.data, "WRITE request")[6])
 
     def as_plain_read(self) -> Command:
         """This READ request with Channel NONE and no channel info."""
-        size, pad, flags, length, offset, file_id, minimum, _, _, _, _ = _READ.unpack_from(self.data, HEADER_SIZE)
+        size, pad, flags, length, offset, file_id, minimum, _, _, _, _ = _unpack(_READ, self.data, "READ request")
         body = _READ.pack(size, pad, flags, length, offset, file_id, minimum, CHANNEL_NONE, 0, 0, 0)
         return Command(self.data[:HEADER_SIZE] + body + b"\x00")
 
-    def as_inline_write(self, data: bytes) -> Command:
-        """This WRITE request carrying ``data`` inline, Channel NONE."""
-        size, _, _, offset, file_id, _, _, _, _, flags = _WRITE.unpack_from(self.data, HEADER_SIZE)
-        body = _WRITE.pack(size, HEADER_SIZE + _WRITE.size, len(data), offset, file_id, CHANNEL_NONE, 0, 0, 0, flags)
-        return Command(self.data[:HEADER_SIZE] + body + data)
+    def as_inline_write(self, length: int) -> Command:
+        """This WRITE request with Channel NONE, to be followed by ``length`` bytes of inline data."""
+        size, _, _, offset, file_id, _, _, _, _, flags = _unpack(_WRITE, self.data, "WRITE request")
+        body = _WRITE.pack(size, HEADER_SIZE + _WRITE.size, length, offset, file_id, CHANNEL_NONE, 0, 0, 0, flags)
+        return Command(self.data[:HEADER_SIZE] + body)
 
     def read_response_data(self) -> memoryview:
         """The data of a successful READ response."""
-        data_offset, _, data_length = _READ_RESPONSE.unpack_from(self.data, HEADER_SIZE)[1:4]
+        data_offset, _, data_length = _unpack(_READ_RESPONSE, self.data, "READ response")[1:4]
         if data_offset + data_length > len(self.data):
             raise Smb2Error("READ response data runs past the message")
         return memoryview(self.data)[data_offset : data_offset + data_length]
 
     def as_rdma_read_response(self, written: int) -> Command:
         """This READ response after its data went by RDMA: DataLength 0, DataRemaining ``written``."""
-        size, _, reserved, _, _, flags = _READ_RESPONSE.unpack_from(self.data, HEADER_SIZE)
+        size, _, reserved, _, _, flags = _unpack(_READ_RESPONSE, self.data, "READ response")
         body = _READ_RESPONSE.pack(size, HEADER_SIZE + _READ_RESPONSE.size, reserved, 0, written, flags)
         # No buffer byte: cifs.ko takes a response longer than DataOffset for inline data.
         return Command(self.data[:HEADER_SIZE] + body)
@@ -157,17 +176,27 @@ def split(message: bytes) -> list[Command]:
         offset += next_command
 
 
+def chain(commands: list[Command], following: list[int] | None = None) -> list[tuple[bytes, int]]:
+    """Each command with NextCommand linking it to the next, and the zero bytes padding it to 8.
+
+    ``following[i]`` more bytes of command ``i`` go between it and its padding
+    (data the gateway streams after a WRITE header).
+    """
+    following = following or [0] * len(commands)
+    linked = []
+    for index, (command, more) in enumerate(zip(commands, following, strict=True)):
+        last = index == len(commands) - 1
+        size = len(command.data) + more
+        pad = 0 if last else -size % 8
+        data = bytearray(command.data)
+        struct.pack_into("<I", data, 20, 0 if last else size + pad)
+        linked.append((bytes(data), pad))
+    return linked
+
+
 def join(commands: list[Command]) -> bytes:
     """A message chaining ``commands``, each padded to 8 bytes, NextCommand rewritten."""
-    parts = []
-    for index, command in enumerate(commands):
-        data = bytearray(command.data)
-        last = index == len(commands) - 1
-        if not last:
-            data += bytes(-len(data) % 8)
-        struct.pack_into("<I", data, 20, 0 if last else len(data))
-        parts.append(bytes(data))
-    return b"".join(parts)
+    return b"".join(data + bytes(pad) for data, pad in chain(commands))
 
 
 def is_smb2(message: bytes) -> bool:

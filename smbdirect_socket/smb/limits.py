@@ -1,0 +1,80 @@
+"""The gateway's bounds: what one client, and all of them together, may hold.
+
+:class:`GatewayLimits` is the user's setting (``Gateway(limits=...)``, the
+``smbdirect gateway`` flags); :class:`ByteBudget` is the accounting that
+enforces the RDMA byte bounds, a ``trio.CapacityLimiter`` counted in bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+__all__ = ["ByteBudget", "GatewayLimits"]
+
+MiB = 1024 * 1024
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class GatewayLimits:
+    """Bounds of a :class:`~smbdirect_socket.smb.gateway.Gateway` (sizes in bytes, times in seconds).
+
+    The defaults let a client of this project with large messages (8 MiB READ
+    and WRITE) run at full speed and keep a hostile one to a few MiB; see
+    docs/limits.md for what each costs and what a client over it gets.
+    """
+
+    #: Connections at once, from set-up to close; one more is refused at the MPA step.
+    max_connections: int = attrs.field(default=256, validator=_positive)
+    #: Connections at once from one peer address.
+    max_connections_per_address: int = attrs.field(default=32, validator=_positive)
+    #: From the MPA request to the end of SMB-Direct negotiation; then the connection is dropped.
+    setup_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: RDMA bytes one session may hold: READ data awaited from the server, WRITE data being read.
+    rdma_bytes_per_session: int = attrs.field(default=16 * MiB, validator=_positive)
+    #: RDMA bytes all sessions together may hold; a session waits for its share.
+    rdma_bytes_total: int = attrs.field(default=256 * MiB, validator=_positive)
+    #: Commands in one compound request.
+    max_compound_commands: int = attrs.field(default=32, validator=_positive)
+    #: Bytes of one request as it goes to the server, RDMA WRITE data included.
+    max_compound_bytes: int = attrs.field(default=16 * MiB + 64 * 1024, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.rdma_bytes_per_session > self.rdma_bytes_total:
+            raise ValueError(
+                f"rdma_bytes_per_session ({self.rdma_bytes_per_session}) exceeds "
+                f"rdma_bytes_total ({self.rdma_bytes_total})"
+            )
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes held at once: :meth:`acquire` waits until they fit.
+
+    ``peak`` is the most ever held, for tests and the curious.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    async def acquire(self, size: int) -> None:
+        if size > self.capacity:
+            raise ValueError(f"{size} bytes can never fit a budget of {self.capacity}")
+        await trio.lowlevel.checkpoint()
+        while self.used + size > self.capacity:
+            await self._waiters.park()
+        self.used += size
+        self.peak = max(self.peak, self.used)
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._waiters.unpark_all()

@@ -1,0 +1,253 @@
+"""The gateway against hostile clients, and its bounds (no Samba needed).
+
+The target is a stand-in SMB2 server that reads each request a chunk at a
+time, keeping none of it, and answers with a success response carrying a
+4-byte body (an ECHO response's) for the request's first command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from smbdirect_socket import BufferDescriptorV1, Parameters, create_connection
+from smbdirect_socket.connection import iwarp_private_data
+from smbdirect_socket.rdma.soft.provider import SoftIwarpProvider
+from smbdirect_socket.smb import smb2
+from smbdirect_socket.smb.gateway import Gateway, GatewayLimits, gateway_thread
+
+LARGE = Parameters().with_large_messages()
+ECHO = 0x000D
+MiB = 1024 * 1024
+
+
+class SinkServer:
+    """A Direct-TCP SMB2 server stand-in: ``received`` holds each request's size."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.received: list[int] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            file = conn.makefile("rb")
+            while header := file.read(4):
+                (size,) = struct.unpack(">I", header)
+                first = file.read(min(size, 64))
+                left = size - len(first)
+                while left:
+                    left -= len(file.read(min(left, MiB)))
+                self.received.append(size)
+                response = bytearray(first)
+                struct.pack_into("<II", response, 16, smb2.FLAG_SERVER_TO_REDIR, 0)  # Flags, NextCommand
+                response += struct.pack("<HH", 4, 0)
+                conn.sendall(struct.pack(">I", len(response)) + response)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def target() -> Iterator[SinkServer]:
+    server = SinkServer()
+    yield server
+    server.close()
+
+
+def request(command: int, message_id: int, body: bytes) -> bytes:
+    header = struct.pack("<4sHHIHHIIQ", b"\xfeSMB", 64, 1, 0, command, 1, 0, 0, message_id)
+    return header + bytes(64 - len(header)) + body
+
+
+def echo(message_id: int) -> bytes:
+    return request(ECHO, message_id, struct.pack("<HH", 4, 0))
+
+
+def rdma_read(message_id: int, descriptors: list[BufferDescriptorV1], length: int) -> bytes:
+    info = BufferDescriptorV1.pack_list(descriptors)
+    body = struct.pack("<HBBIQ16sIIIHH", 49, 0, 0, length, 0, bytes(16), 0, 1, 0, 64 + 48, len(info))
+    return request(smb2.READ, message_id, body + info)
+
+
+def rdma_write(message_id: int, descriptors: list[BufferDescriptorV1], length: int) -> bytes:
+    info = BufferDescriptorV1.pack_list(descriptors)
+    body = struct.pack("<HHIQ16sIIHHI", 49, 0, 0, 0, bytes(16), 1, length, 64 + 48, len(info), 0)
+    return request(smb2.WRITE, message_id, body + info)
+
+
+def send(sock: socket.socket, message: bytes) -> None:
+    sock.sendall(struct.pack(">I", len(message)) + message)
+
+
+def receive(sock: socket.socket) -> bytes:
+    header = sock.recv(4)
+    if not header:
+        return b""
+    return sock.recv(struct.unpack(">I", header)[0])
+
+
+def statuses(sock: socket.socket, message: bytes) -> list[tuple[int, int]]:
+    send(sock, message)
+    return [(command.message_id, command.status) for command in smb2.split(receive(sock))]
+
+
+def test_echo_then_rdma_read_reusing_its_message_id_ends_only_that_session(
+    target: SinkServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's 4-byte ECHO answer taken for the READ's: a malformed READ response."""
+    gateway = Gateway(target.address)
+    with gateway_thread(gateway) as address, create_connection(address, timeout=10) as other:
+        assert statuses(other, echo(5)) == [(5, 0)]
+        with create_connection(address, timeout=10) as hostile, caplog.at_level(logging.WARNING):
+            buffer = bytearray(4096)
+            registration = hostile.register_buffer(buffer, writable=True)
+            send(hostile, echo(1))
+            send(hostile, rdma_read(1, registration.descriptors, 4096))
+            while receive(hostile):  # the ECHO may be answered first; then the session ends
+                pass
+        assert statuses(other, echo(6)) == [(6, 0)]  # the gateway and the other session carry on
+        assert gateway.active == 1 and gateway.rdma.used == 0
+    ended = [r for r in caplog.records if r.name == "smbdirect_socket.smb.gateway" and "session ended" in r.message]
+    assert len(ended) == 1 and "READ response is truncated" in ended[0].message
+
+
+def test_compound_over_the_command_count_is_refused(target: SinkServer) -> None:
+    gateway = Gateway(target.address, limits=GatewayLimits(max_compound_commands=4))
+    chain = smb2.join([smb2.Command(echo(i)) for i in range(5)])
+    with gateway_thread(gateway) as address, create_connection(address, timeout=10) as client:
+        assert statuses(client, chain) == [(i, smb2.STATUS_INSUFFICIENT_RESOURCES) for i in range(5)]
+        assert target.received == []  # nothing reached the server
+        assert statuses(client, smb2.join([smb2.Command(echo(i)) for i in range(4)])) == [(0, 0)]
+
+
+def hostile_compound(registration_descriptors: list[BufferDescriptorV1], count: int = 16) -> bytes:
+    """``count`` RDMA WRITEs of 8 MiB each, all from the same 8 MiB buffer: 2 KiB on the wire."""
+    return smb2.join([smb2.Command(rdma_write(i, registration_descriptors, 8 * MiB)) for i in range(count)])
+
+
+def test_hostile_compound_is_refused_by_default(target: SinkServer) -> None:
+    gateway = Gateway(target.address)
+    with gateway_thread(gateway) as address, create_connection(address, timeout=10, parameters=LARGE) as client:
+        registration = client.register_buffer(bytearray(8 * MiB))
+        message = hostile_compound(registration.descriptors)
+        assert len(message) <= 2048
+        assert statuses(client, message) == [(i, smb2.STATUS_INSUFFICIENT_RESOURCES) for i in range(16)]
+        assert gateway.rdma.peak == 0 and gateway.rdma_read_bytes == 0 and target.received == []
+
+
+def test_hostile_compound_let_through_stays_within_the_session_budget(target: SinkServer) -> None:
+    """With the compound bounds raised, 128 MiB of WRITE data pass through 1 MiB at a time."""
+    limits = GatewayLimits(max_compound_bytes=256 * MiB, rdma_bytes_per_session=8 * MiB)
+    gateway = Gateway(target.address, limits=limits)
+    with gateway_thread(gateway) as address, create_connection(address, timeout=60, parameters=LARGE) as client:
+        registration = client.register_buffer(bytearray(8 * MiB))
+        assert statuses(client, hostile_compound(registration.descriptors)) == [(0, 0)]
+        assert target.received == [16 * (8 * MiB + 64 + 48)]
+        assert gateway.rdma_read_bytes == 128 * MiB
+        assert gateway.rdma.peak == MiB and gateway.rdma.used == 0
+
+
+def test_rdma_reads_beyond_the_session_budget_are_refused(target: SinkServer) -> None:
+    limits = GatewayLimits(rdma_bytes_per_session=8 * MiB)
+    gateway = Gateway(target.address, limits=limits)
+    with gateway_thread(gateway) as address, create_connection(address, timeout=10, parameters=LARGE) as client:
+        registration = client.register_buffer(bytearray(8 * MiB), writable=True)
+        two = smb2.join([smb2.Command(rdma_read(i, registration.descriptors, 8 * MiB)) for i in (1, 2)])
+        assert statuses(client, two) == [
+            (1, smb2.STATUS_INSUFFICIENT_RESOURCES),
+            (2, smb2.STATUS_INSUFFICIENT_RESOURCES),
+        ]
+        assert gateway.rdma.peak == 0
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match="rdma_bytes_per_session"):
+        GatewayLimits(rdma_bytes_per_session=2 * MiB, rdma_bytes_total=MiB)
+    with pytest.raises(ValueError, match="setup_timeout"):
+        GatewayLimits(setup_timeout=0)
+
+
+def test_connections_are_bounded_in_all_and_per_address(target: SinkServer) -> None:
+    gateway = Gateway(target.address, limits=GatewayLimits(max_connections=2, max_connections_per_address=1))
+    with gateway_thread(gateway) as address, contextlib.ExitStack() as stack:
+        first = stack.enter_context(create_connection(address, timeout=10))
+        with pytest.raises(OSError) as refused:
+            create_connection(address, timeout=10)  # a second from 127.0.0.1, refused at the MPA step
+        assert refused.value.errno == errno.ECONNREFUSED
+        second = stack.enter_context(create_connection(address, timeout=10, source_address=("127.0.0.2", 0)))
+        with pytest.raises(OSError) as refused:
+            create_connection(address, timeout=10, source_address=("127.0.0.3", 0))  # a third in all
+        assert refused.value.errno == errno.ECONNREFUSED
+        assert gateway.refused == 2
+        for sock, message_id in ((first, 1), (second, 2)):
+            assert statuses(sock, echo(message_id)) == [(message_id, 0)]
+        first.close()
+        deadline = time.monotonic() + 5
+        while gateway.active > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with create_connection(address, timeout=10) as again:  # its place is free again
+            assert statuses(again, echo(3)) == [(3, 0)]
+
+
+async def stall_after_mpa(address: tuple[str, int], hold: float) -> float:
+    """Connect RDMA (MPA done), never negotiate SMB-Direct: seconds until the gateway drops us."""
+    qp = await SoftIwarpProvider().connect(address, iwarp_private_data(Parameters()))
+    start = trio.current_time()
+    with trio.move_on_after(hold):
+        with contextlib.suppress(OSError):
+            while True:
+                await qp.get_completion()  # nothing arrives; the disconnect flushes or fails us
+        return trio.current_time() - start
+    await qp.disconnect()
+    return hold
+
+
+def test_connection_that_never_negotiates_is_dropped_after_the_setup_timeout(target: SinkServer) -> None:
+    gateway = Gateway(target.address, limits=GatewayLimits(max_connections=1, setup_timeout=0.5))
+    with gateway_thread(gateway) as address:
+        dropped_after = trio.run(stall_after_mpa, address, 10.0)
+        assert 0.4 < dropped_after < 3
+        deadline = time.monotonic() + 5
+        while gateway.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with create_connection(address, timeout=10) as client:  # the only place is free again
+            assert statuses(client, echo(1)) == [(1, 0)]
+        assert gateway.served == 1
+
+
+def test_reply_over_what_the_client_can_take_ends_its_session(target: SinkServer) -> None:
+    """The bound on a server reply: the client's fragmented size plus READ data it awaits by RDMA."""
+    with socket.create_server(("127.0.0.1", 0)) as liar:
+        gateway = Gateway(liar.getsockname())
+
+        def answer_huge() -> None:
+            conn, _ = liar.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(struct.pack(">I", 1 << 30))  # announces 1 GiB: never buffered
+                conn.recv(1)
+
+        threading.Thread(target=answer_huge, daemon=True).start()
+        with gateway_thread(gateway) as address, create_connection(address, timeout=10) as client:
+            send(client, echo(1))
+            assert receive(client) == b""
+        assert gateway.active == 0
