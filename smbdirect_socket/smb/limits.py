@@ -31,20 +31,33 @@ class GatewayLimits:
     docs/limits.md for what each costs and what a client over it gets.
     """
 
-    #: Connections at once, from set-up to close; one more is refused at the MPA step.
-    max_connections: int = attrs.field(default=256, validator=_positive)
-    #: Connections at once from one peer address.
-    max_connections_per_address: int = attrs.field(default=32, validator=_positive)
-    #: From the MPA request to the end of SMB-Direct negotiation; then the connection is dropped.
-    setup_timeout: float = attrs.field(default=10.0, validator=_positive)
-    #: RDMA bytes one session may hold: READ data awaited from the server, WRITE data being read.
-    rdma_bytes_per_session: int = attrs.field(default=16 * MiB, validator=_positive)
-    #: RDMA bytes all sessions together may hold; a session waits for its share.
-    rdma_bytes_total: int = attrs.field(default=256 * MiB, validator=_positive)
-    #: Commands in one compound request.
-    max_compound_commands: int = attrs.field(default=32, validator=_positive)
-    #: Bytes of one request as it goes to the server, RDMA WRITE data included.
-    max_compound_bytes: int = attrs.field(default=16 * MiB + 64 * 1024, validator=_positive)
+    max_connections: int = attrs.field(
+        default=256, validator=_positive, metadata={"help": "connections at once, from set-up to close"}
+    )
+    max_connections_per_address: int = attrs.field(
+        default=32, validator=_positive, metadata={"help": "connections at once from one peer address"}
+    )
+    setup_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata={"help": "seconds from the MPA request to the end of SMB-Direct negotiation"},
+    )
+    rdma_bytes_per_session: int = attrs.field(
+        default=16 * MiB,
+        validator=_positive,
+        metadata={"help": "RDMA bytes one session holds: READ data awaited, WRITE data passing through"},
+    )
+    rdma_bytes_total: int = attrs.field(
+        default=256 * MiB, validator=_positive, metadata={"help": "RDMA bytes all sessions hold together"}
+    )
+    max_compound_commands: int = attrs.field(
+        default=32, validator=_positive, metadata={"help": "commands in one compound request"}
+    )
+    max_compound_bytes: int = attrs.field(
+        default=16 * MiB + 64 * 1024,
+        validator=_positive,
+        metadata={"help": "bytes of one request as it goes to the server, RDMA WRITE data included"},
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.rdma_bytes_per_session > self.rdma_bytes_total:

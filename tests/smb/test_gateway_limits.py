@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -251,3 +254,42 @@ def test_reply_over_what_the_client_can_take_ends_its_session(target: SinkServer
             send(client, echo(1))
             assert receive(client) == b""
         assert gateway.active == 0
+
+
+def test_cli_flags_set_the_bounds(target: SinkServer) -> None:
+    command = [sys.executable, "-m", "smbdirect_socket.cli", "gateway", "--listen", "127.0.0.1:0"]
+    command += [
+        "--to",
+        f"{target.address[0]}:{target.address[1]}",
+        "--max-connections",
+        "1",
+        "--rdma-bytes-total",
+        "1G",
+    ]
+    unbuffered = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=unbuffered) as gateway:
+        try:
+            assert gateway.stdout is not None
+            started = gateway.stdout.readline()  # smbdirect gateway: SMB-Direct HOST:PORT -> TCP ...
+            host, port = started.split()[3].rsplit(":", 1)
+            with create_connection((host, int(port)), timeout=10) as client:
+                assert statuses(client, echo(1)) == [(1, 0)]
+                with pytest.raises(OSError) as refused:
+                    create_connection((host, int(port)), timeout=10)
+                assert refused.value.errno == errno.ECONNREFUSED
+        finally:
+            gateway.terminate()
+
+
+@pytest.mark.parametrize(
+    "flags, problem",
+    [
+        (["--rdma-bytes-per-session", "2M", "--rdma-bytes-total", "1M"], "exceeds rdma_bytes_total"),
+        (["--max-compound-bytes", "12X"], "expected a size"),
+        (["--setup-timeout", "0"], "setup_timeout must be positive"),
+    ],
+)
+def test_cli_refuses_bad_bounds(flags: list[str], problem: str) -> None:
+    command = [sys.executable, "-m", "smbdirect_socket.cli", "gateway", "--to", "127.0.0.1:445", *flags]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and problem in result.stderr
