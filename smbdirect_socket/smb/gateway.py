@@ -22,7 +22,7 @@ import queue
 import socket as _socket
 import struct
 import threading
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Iterator, Set
 from functools import partial
 
 import attrs
@@ -62,16 +62,17 @@ class _TcpMessages:
             self._buffer += chunk
         return True
 
-    async def receive(self, limit: int) -> bytes | None:
-        """The next message, or None at a clean end of stream; one over ``limit`` bytes is EMSGSIZE."""
+    async def receive(self, limit: Callable[[], int]) -> bytes | None:
+        """The next message, or None at a clean end of stream; one over ``limit()`` bytes
+        (asked when its header is in) is EMSGSIZE."""
         if not await self._fill(_HEADER.size):
             if self._buffer:
                 raise trio.BrokenResourceError("server closed the connection inside a message header")
             return None
-        length = _HEADER.unpack_from(self._buffer)[0]
-        if length > limit:
+        length: int = _HEADER.unpack_from(self._buffer)[0]
+        if length > (most := limit()):
             raise OSError(
-                errno.EMSGSIZE, f"the server's reply of {length} bytes is more than the client takes ({limit})"
+                errno.EMSGSIZE, f"the server's reply of {length} bytes is more than the client takes ({most})"
             )
         total = _HEADER.size + length
         if not await self._fill(total):
@@ -429,12 +430,13 @@ class _Relay:
 
     async def _downstream(self, done: trio.CancelScope) -> None:
         messages = _TcpMessages(self.server)
-        # The largest reply a client can take inline, and the READ data it awaits by RDMA.
-        while (
-            message := await messages.receive(self.client.info().max_fragmented_send_size + self.rdma.used)
-        ) is not None:
+        while (message := await messages.receive(self._reply_limit)) is not None:
             await self._answer(message)
         done.cancel()
+
+    def _reply_limit(self) -> int:
+        """The largest reply the client can take inline, and the READ data it awaits by RDMA."""
+        return self.client.info().max_fragmented_send_size + self.rdma.used
 
     async def _answer(self, message: bytes) -> None:
         body = message[_HEADER.size :]

@@ -1,8 +1,9 @@
 """The gateway against hostile clients, and its bounds (no Samba needed).
 
 The target is a stand-in SMB2 server that reads each request a chunk at a
-time, keeping none of it, and answers with a success response carrying a
-4-byte body (an ECHO response's) for the request's first command.
+time, keeping none of it, and answers the request's first command: a READ
+with its Length in bytes of data, anything else with a success response
+carrying a 4-byte body (an ECHO response's).
 """
 
 from __future__ import annotations
@@ -56,13 +57,18 @@ class SinkServer:
             while header := file.read(4):
                 (size,) = struct.unpack(">I", header)
                 first = file.read(min(size, 64))
-                left = size - len(first)
+                rest = file.read(min(size - len(first), 64))
+                left = size - len(first) - len(rest)
                 while left:
                     left -= len(file.read(min(left, MiB)))
                 self.received.append(size)
                 response = bytearray(first)
                 struct.pack_into("<II", response, 16, smb2.FLAG_SERVER_TO_REDIR, 0)  # Flags, NextCommand
-                response += struct.pack("<HH", 4, 0)
+                if smb2.Command(bytes(first)).command == smb2.READ:
+                    length = struct.unpack_from("<I", rest, 4)[0]
+                    response += struct.pack("<HBBIII", 17, 80, 0, length, 0, 0) + b"r" * length
+                else:
+                    response += struct.pack("<HH", 4, 0)
                 conn.sendall(struct.pack(">I", len(response)) + response)
 
     def close(self) -> None:
@@ -116,17 +122,20 @@ def statuses(sock: socket.socket, message: bytes) -> list[tuple[int, int]]:
 def test_echo_then_rdma_read_reusing_its_message_id_ends_only_that_session(
     target: SinkServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The server's 4-byte ECHO answer taken for the READ's: a malformed READ response."""
+    """The server's 4-byte ECHO answer taken for the READ's: a malformed READ response.
+
+    ECHO and READ go as one compound, so that the answer (to the first
+    command) comes while the READ waits for its data, every time.
+    """
     gateway = Gateway(target.address)
     with gateway_thread(gateway) as address, create_connection(address, timeout=10) as other:
         assert statuses(other, echo(5)) == [(5, 0)]
         with create_connection(address, timeout=10) as hostile, caplog.at_level(logging.WARNING):
-            buffer = bytearray(4096)
-            registration = hostile.register_buffer(buffer, writable=True)
-            send(hostile, echo(1))
-            send(hostile, rdma_read(1, registration.descriptors, 4096))
-            while receive(hostile):  # the ECHO may be answered first; then the session ends
-                pass
+            registration = hostile.register_buffer(bytearray(4096), writable=True)
+            send(
+                hostile, smb2.join([smb2.Command(echo(1)), smb2.Command(rdma_read(1, registration.descriptors, 4096))])
+            )
+            assert receive(hostile) == b""  # the session ended
         assert statuses(other, echo(6)) == [(6, 0)]  # the gateway and the other session carry on
         assert gateway.active == 1 and gateway.rdma.used == 0
     ended = [r for r in caplog.records if r.name == "smbdirect_socket.smb.gateway" and "session ended" in r.message]
@@ -167,6 +176,18 @@ def test_hostile_compound_let_through_stays_within_the_session_budget(target: Si
         assert target.received == [16 * (8 * MiB + 64 + 48)]
         assert gateway.rdma_read_bytes == 128 * MiB
         assert gateway.rdma.peak == MiB and gateway.rdma.used == 0
+
+
+def test_rdma_read_larger_than_a_message_with_the_kernel_sizes(target: SinkServer) -> None:
+    """The server's 1 MiB reply fits: the client takes 173910 bytes inline, and the 1 MiB it awaits by RDMA."""
+    gateway = Gateway(target.address, Parameters())
+    with gateway_thread(gateway) as address, create_connection(address, timeout=10) as client:
+        buffer = bytearray(MiB)
+        registration = client.register_buffer(buffer, writable=True)
+        send(client, rdma_read(1, registration.descriptors, MiB))
+        (response,) = smb2.split(receive(client))
+        assert response.status == 0 and struct.unpack_from("<II", response.data, 68) == (0, MiB)
+        assert buffer == b"r" * MiB and gateway.rdma.used == 0
 
 
 def test_rdma_reads_beyond_the_session_budget_are_refused(target: SinkServer) -> None:
