@@ -32,10 +32,10 @@ class GatewayLimits:
     """
 
     max_connections: int = attrs.field(
-        default=256, validator=_positive, metadata={"help": "connections at once, from set-up to close"}
+        default=128, validator=_positive, metadata={"help": "connections at once, from set-up to close"}
     )
     max_connections_per_address: int = attrs.field(
-        default=32, validator=_positive, metadata={"help": "connections at once from one peer address"}
+        default=16, validator=_positive, metadata={"help": "connections at once from one peer address"}
     )
     setup_timeout: float = attrs.field(
         default=10.0,
