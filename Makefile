@@ -50,6 +50,12 @@ bench-verbs: install
 	tests/interop/vm/run.sh --timeout 900 -- $(PY) benchmarks/bench_verbs.py
 	tests/interop/vm/run.sh --timeout 900 -- $(PY) benchmarks/bench_verbs.py --large
 
+# A soak: mixed load with clients killed at random, resources printed per
+# interval; fails when any grows.  make soak DURATION=3600
+DURATION ?= 120
+soak: install system-deps
+	$(PY) benchmarks/soak.py --duration $(DURATION)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
 
