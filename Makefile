@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test lint docs bench bench-verbs demo interop clean
+.PHONY: install system-deps test lint docs bench bench-verbs demo interop faults soak clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ bench-verbs: install
 	tests/interop/vm/run.sh --timeout 900 -- $(PY) benchmarks/bench_verbs.py
 	tests/interop/vm/run.sh --timeout 900 -- $(PY) benchmarks/bench_verbs.py --large
 
+# A soak: mixed load with clients killed at random, resources printed per
+# interval; fails when any grows.  make soak DURATION=3600
+DURATION ?= 120
+soak: install system-deps
+	$(PY) benchmarks/soak.py --duration $(DURATION)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
 
@@ -60,3 +66,9 @@ demo: install system-deps
 interop: install
 	tests/interop/vm/setup.sh
 	tests/interop/vm/run.sh --smb --timeout 1800 -- timeout -s ABRT 1500 $(PY) -m pytest -p no:cacheprovider -v --durations=15 tests/interop
+
+# The network fault tests (tests/netns) with every fault: this host's kernel
+# has no sch_netem nor tc's drop action, the guest's loads them.  One boot.
+faults: install
+	tests/interop/vm/setup.sh
+	tests/interop/vm/run.sh --timeout 1500 -- timeout -s ABRT 1200 $(PY) -m pytest -p no:cacheprovider -v -s -rA tests/netns

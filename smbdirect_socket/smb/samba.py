@@ -5,23 +5,33 @@ it behind one.  :func:`samba_server` starts ``smbd`` from a temporary
 directory with its own configuration, user and share, waits until it
 listens, and stops it afterwards.  It needs Debian's ``samba`` package and
 root (smbd switches users for file access).
+
+smbd starts helpers that leave its session (``samba-dcerpcd`` calls
+``setsid()`` and starts ``rpcd_*`` workers), so stopping smbd alone leaves
+them running.  smbd therefore runs under a small supervisor (this file run
+as a script) that is a child subreaper: every process smbd starts is
+re-parented to it when its own parent exits, and once smbd has stopped it
+ends all of them before it exits itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
 
-__all__ = ["SambaServer", "samba_available", "samba_server"]
+__all__ = ["SambaServer", "samba_available", "samba_processes", "samba_server"]
 
 _CONFIG = """\
 [global]
@@ -113,12 +123,13 @@ def samba_server(share: str = "share", password: str = "smbdirect-Pa55", timeout
             check=True,
             capture_output=True,
         )
+        command = [smbd, "-s", str(config), "--foreground", "--no-process-group", "--debug-stdout"]
         with open(state / "smbd.out", "wb") as log:
             process = subprocess.Popen(
-                [smbd, "-s", str(config), "--foreground", "--no-process-group", "--debug-stdout"],
+                [sys.executable, "-I", __file__, str(os.getpid()), *command],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # smbd signals its whole process group when it stops
+                start_new_session=True,
             )
         try:
             _wait_listening(("127.0.0.1", port), process, timeout)
@@ -126,9 +137,79 @@ def samba_server(share: str = "share", password: str = "smbdirect-Pa55", timeout
         finally:
             process.terminate()
             try:
-                process.wait(10)
+                process.wait(_GRACE + 10)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def samba_processes(server: SambaServer) -> list[int]:
+    """The live processes of ``server``'s Samba (each names its configuration)."""
+    config = str(server.path.parent / "smb.conf").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if config in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_GRACE = 5.0  # seconds the helpers get after SIGTERM before SIGKILL
+
+
+def _children() -> list[int]:
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == me:
+                    found.append(int(entry.name))
+    return found
+
+
+def _reap() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def _supervise(parent: int, command: Sequence[str]) -> int:
+    """Run ``command`` in a session of its own; when it ends, end everything it started."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # If the thread that started us dies, we get SIGTERM and stop as if asked.
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    if os.getppid() != parent:
+        return 1
+    main = os.posix_spawn(command[0], list(command), os.environ, setsid=True)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(main, signal.SIGTERM))
+    if stopping:
+        os.kill(main, signal.SIGTERM)
+    while True:  # reap orphans as they come (they are ours now) until the main process ends
+        pid, status = os.waitpid(-1, 0)
+        if pid == main:
+            break
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # its pid may be reused now
+    deadline = time.monotonic() + _GRACE
+    for _ in range(int(_GRACE * 20) + 100):  # bounded: SIGKILL after the grace, 50 ms apart
+        _reap()
+        left = _children()
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL)
+        time.sleep(0.05)
+    return os.waitstatus_to_exitcode(status)
+
+
+if __name__ == "__main__":
+    sys.exit(_supervise(int(sys.argv[1]), sys.argv[2:]))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from smbdirect_socket.smb.gateway import Gateway, gateway_thread
-from smbdirect_socket.smb.samba import SambaServer, samba_available, samba_server
+from smbdirect_socket.smb.samba import SambaServer, samba_available, samba_processes, samba_server
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +17,8 @@ def samba() -> Iterator[SambaServer]:
         pytest.skip(reason)
     with samba_server() as server:
         yield server
+    left = samba_processes(server)
+    assert not left, f"processes of the stopped Samba still run: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,282 @@
+"""Network faults between two network namespaces joined by a veth pair.
+
+The software iWARP provider runs on both sides (each end a process of its own,
+``tests.netns.peer``), over 198.18.0.0/24, a benchmarking range that exists
+only inside the two namespaces.  Delay, loss, duplication and reordering
+(``tc netem``) must leave the data intact and in order; a cut link or a rule
+that drops every packet must be noticed by the SMB-Direct keepalive in
+``keepalive_interval_msec + keepalive_timeout_msec`` with ``ETIMEDOUT``; and
+once the link is back, new connections work.
+
+Needs root.  A kernel without ``sch_netem`` or the ``tc`` drop action (this
+host's) skips those cases: ``make faults`` runs them all in the interop guest.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NET = "198.18.0"
+_ports = itertools.count(7445)
+KEEPALIVE = ("--keepalive-interval-ms", "1000", "--keepalive-timeout-ms", "1000")
+INTERVAL, TIMEOUT = 1.0, 1.0
+SLACK = 1.5  # seconds a loaded (or emulated) machine may add to the keepalive timers
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=check)
+
+
+def _tc(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["tc", "-n", namespace, *args], capture_output=True, text=True, timeout=30)
+
+
+class Peer:
+    """A ``tests.netns.peer`` process in a namespace, its JSON events in a queue."""
+
+    def __init__(self, namespace: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, sys.executable, "-m", "tests.netns.peer", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.events.put(json.loads(line))
+        self.events.put({"event": "exit"})
+
+    def wait_for(self, *events: str, timeout: float) -> dict[str, Any]:
+        """The next event among ``events``; an unexpected exit or error fails."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                break
+            if event["event"] in events:
+                return event
+            if event["event"] in ("exit", "error"):
+                raise AssertionError(f"peer ended before {events}: {event} {self.stderr()}")
+        raise AssertionError(f"no {events} within {timeout} s")
+
+    def stderr(self) -> str:
+        self.finish(5)
+        assert self.process.stderr is not None
+        return self.process.stderr.read()[-3000:]
+
+    def finish(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"peer still ran {timeout} s on; killed") from None
+
+
+class Link:
+    """Namespaces ``a`` (198.18.0.1) and ``b`` (198.18.0.2) and the veth pair between them."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.a, self.b = f"sdfa{tag}", f"sdfb{tag}"
+        self.dev_a, self.dev_b = f"sdf{tag}a", f"sdf{tag}b"
+        self.peers: list[Peer] = []
+
+    def create(self) -> None:
+        for namespace in (self.a, self.b):
+            _ip("netns", "add", namespace)
+            _ip("-n", namespace, "link", "set", "lo", "up")
+        _ip("link", "add", self.dev_a, "netns", self.a, "type", "veth", "peer", "name", self.dev_b, "netns", self.b)
+        for namespace, device, host in ((self.a, self.dev_a, 1), (self.b, self.dev_b, 2)):
+            _ip("-n", namespace, "addr", "add", f"{NET}.{host}/24", "dev", device)
+            _ip("-n", namespace, "link", "set", device, "up")
+
+    def destroy(self) -> None:
+        for peer in self.peers:
+            if peer.process.poll() is None:
+                peer.process.kill()
+                peer.process.wait()
+        for namespace in (self.a, self.b):
+            _ip("netns", "del", namespace, check=False)  # the veth pair goes with them
+
+    def start(self, side: str, *args: str) -> Peer:
+        peer = Peer(self.a if side == "a" else self.b, *args)
+        self.peers.append(peer)
+        return peer
+
+    def transfer(self, *options: str, messages: int = 64, timeout: float = 120) -> dict[str, Any]:
+        """Send ``messages`` 64 KiB messages from a to b; the sender's ``sent`` event."""
+        port = str(next(_ports))
+        server = self.start("b", "serve", f"{NET}.2", port, "--timeout", str(timeout), *options)
+        server.wait_for("listening", timeout=30)
+        sender = self.start(
+            "a", "send", f"{NET}.2", port, "--messages", str(messages), "--timeout", str(timeout), *options
+        )
+        sent = sender.wait_for("sent", timeout=timeout)
+        received = server.wait_for("received", timeout=10)
+        assert sender.finish(30) == 0 and server.finish(30) == 0
+        assert sent["intact"] and received["bytes"] == sent["bytes"] == messages * 64 * 1024
+        return sent
+
+    def link_down(self) -> None:
+        _ip("-n", self.a, "link", "set", self.dev_a, "down")
+
+    def link_up(self) -> None:
+        _ip("-n", self.a, "link", "set", self.dev_a, "up")
+        deadline = time.monotonic() + 10  # carrier and the address come back
+        while "tentative" in _ip("-n", self.a, "addr", "show", self.dev_a).stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def drop_all(self) -> None:
+        """A rule that drops every packet in and out of a's end (a firewall's DROP)."""
+        for direction in ("ingress", "egress"):
+            result = _tc(self.a, "filter", "add", "dev", self.dev_a, direction, "matchall", "action", "drop")
+            assert result.returncode == 0, result.stderr
+
+    def allow_all(self) -> None:
+        for direction in ("ingress", "egress"):
+            _tc(self.a, "filter", "del", "dev", self.dev_a, direction)
+
+
+def _netns_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe = f"sdfprobe{os.getpid() % 100000}"
+    result = _ip("netns", "add", probe, check=False)
+    if result.returncode != 0:
+        return f"cannot create a network namespace: {result.stderr.strip()}"
+    _ip("netns", "del", probe, check=False)
+    return None
+
+
+@pytest.fixture(scope="module")
+def link() -> Iterator[Link]:
+    reason = _netns_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    pair = Link()
+    pair.create()
+    try:
+        yield pair
+    finally:
+        pair.destroy()
+
+
+def _qdisc(link: Link, *spec: str) -> Iterator[None]:
+    """``spec`` as the root qdisc of both ends (both directions); skips where the kernel lacks it."""
+    for namespace, device in ((link.a, link.dev_a), (link.b, link.dev_b)):
+        result = _tc(namespace, "qdisc", "add", "dev", device, "root", *spec)
+        if result.returncode != 0:
+            _tc(link.a, "qdisc", "del", "dev", link.dev_a, "root")
+            pytest.skip(f"this kernel cannot run `tc qdisc add ... {' '.join(spec)}`: {result.stderr.strip()}")
+    try:
+        yield
+    finally:
+        for namespace, device in ((link.a, link.dev_a), (link.b, link.dev_b)):
+            _tc(namespace, "qdisc", "del", "dev", device, "root")
+
+
+def _figure(name: str, **values: Any) -> None:
+    """A measured figure, printed for ``pytest -s`` and the docs."""
+    print(f"\nfigure {name}: {json.dumps(values)}", flush=True)
+
+
+@pytest.mark.parametrize("bytestream", [False, True], ids=["framed", "bytestream"])
+def test_transfer_between_namespaces(link: Link, bytestream: bool) -> None:
+    sent = link.transfer(*(["--bytestream"] if bytestream else []), messages=128)
+    _figure(
+        f"clean link {'bytestream' if bytestream else 'framed'}", mbytes_per_s=sent["bytes"] / sent["seconds"] / 1e6
+    )
+
+
+def test_rate_limited_link(link: Link) -> None:
+    """A 40 Mbit/s token bucket: the transfer takes as long as the rate says, and arrives intact."""
+    shaped = _qdisc(link, "tbf", "rate", "40mbit", "burst", "32kb", "latency", "100ms")
+    next(shaped)
+    try:
+        sent = link.transfer(messages=64)
+    finally:
+        next(shaped, None)
+    assert sent["seconds"] >= 4 * 1024 * 1024 * 8 / 40e6 * 0.9
+    _figure("tbf 40mbit", seconds=sent["seconds"], mbytes_per_s=sent["bytes"] / sent["seconds"] / 1e6)
+
+
+NETEM = {
+    "delay": ("delay", "20ms", "5ms"),
+    "loss": ("loss", "3%"),
+    "duplication": ("duplicate", "5%"),
+    "reordering": ("delay", "10ms", "reorder", "25%", "50%"),
+}
+
+
+@pytest.mark.parametrize("fault", list(NETEM))
+def test_netem_keeps_data_intact_and_in_order(link: Link, fault: str) -> None:
+    shaped = _qdisc(link, "netem", *NETEM[fault])
+    next(shaped)
+    try:
+        sent = link.transfer(messages=64)
+    finally:
+        next(shaped, None)
+    _figure(f"netem {' '.join(NETEM[fault])}", seconds=sent["seconds"])
+
+
+@pytest.mark.parametrize("cut", ["link down", "drop rule"])
+def test_cut_is_noticed_by_the_keepalive(link: Link, cut: str) -> None:
+    """Mid-transfer, every packet stops: both ends get ETIMEDOUT from the keepalive in interval + timeout."""
+    if cut == "drop rule" and _tc(link.a, "qdisc", "add", "dev", link.dev_a, "clsact").returncode != 0:
+        pytest.skip("this kernel has no clsact qdisc for a drop rule")
+    port = str(next(_ports))
+    server = link.start("b", "serve", f"{NET}.2", port, "--timeout", "60", *KEEPALIVE)
+    server.wait_for("listening", timeout=30)
+    sender = link.start("a", "send", f"{NET}.2", port, "--messages", "1000000", "--timeout", "60", *KEEPALIVE)
+    for _ in range(3):  # a few MiB have crossed: the transfer is under way
+        server.wait_for("progress", timeout=30)
+    if cut == "link down":
+        link.link_down()
+    else:
+        try:
+            link.drop_all()
+        except AssertionError as exc:
+            _tc(link.a, "qdisc", "del", "dev", link.dev_a, "clsact")
+            pytest.skip(f"this kernel cannot drop with tc: {exc}")
+    cut_at = time.monotonic()
+    try:
+        errors = {
+            side: peer.wait_for("error", timeout=INTERVAL + TIMEOUT + 10)
+            for side, peer in (("sender", sender), ("receiver", server))
+        }
+        assert sender.finish(10) == 1 and server.finish(10) == 1
+    finally:
+        if cut == "link down":
+            link.link_up()
+        else:
+            link.allow_all()
+            _tc(link.a, "qdisc", "del", "dev", link.dev_a, "clsact")
+    for side, error in errors.items():
+        assert error["errno"] == errno.ETIMEDOUT and "keepalive" in error["message"], (side, error)
+        # The idle timer was last re-armed at most one interval before the cut.
+        assert TIMEOUT - 0.1 <= error["t"] - cut_at <= INTERVAL + TIMEOUT + SLACK, (side, error["t"] - cut_at)
+    _figure(f"cut by {cut}", **{side: round(error["t"] - cut_at, 3) for side, error in errors.items()})
+    # Restored: a new connection carries data again.
+    link.transfer(messages=16, timeout=60)
