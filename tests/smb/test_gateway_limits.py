@@ -29,50 +29,38 @@ from smbdirect_socket.rdma.soft.provider import SoftIwarpProvider
 from smbdirect_socket.smb import smb2
 from smbdirect_socket.smb.gateway import Gateway, GatewayLimits, gateway_thread
 
+from .targets import DirectTcpTarget
+
 LARGE = Parameters().with_large_messages()
 ECHO = 0x000D
 MiB = 1024 * 1024
 
 
-class SinkServer:
+class SinkServer(DirectTcpTarget):
     """A Direct-TCP SMB2 server stand-in: ``received`` holds each request's size."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()
         self.received: list[int] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            file = conn.makefile("rb")
-            while header := file.read(4):
-                (size,) = struct.unpack(">I", header)
-                first = file.read(min(size, 64))
-                rest = file.read(min(size - len(first), 64))
-                left = size - len(first) - len(rest)
-                while left:
-                    left -= len(file.read(min(left, MiB)))
-                self.received.append(size)
-                response = bytearray(first)
-                struct.pack_into("<II", response, 16, smb2.FLAG_SERVER_TO_REDIR, 0)  # Flags, NextCommand
-                if smb2.Command(bytes(first)).command == smb2.READ:
-                    length = struct.unpack_from("<I", rest, 4)[0]
-                    response += struct.pack("<HBBIII", 17, 80, 0, length, 0, 0) + b"r" * length
-                else:
-                    response += struct.pack("<HH", 4, 0)
-                conn.sendall(struct.pack(">I", len(response)) + response)
-
-    def close(self) -> None:
-        self.listener.close()
+    def answer(self, conn: socket.socket) -> None:
+        file = conn.makefile("rb")
+        while header := file.read(4):
+            (size,) = struct.unpack(">I", header)
+            first = file.read(min(size, 64))
+            rest = file.read(min(size - len(first), 64))
+            left = size - len(first) - len(rest)
+            while left and (chunk := file.read(min(left, MiB))):
+                left -= len(chunk)
+            self.received.append(size)
+            response = bytearray(first)
+            struct.pack_into("<II", response, 16, smb2.FLAG_SERVER_TO_REDIR, 0)  # Flags, NextCommand
+            if smb2.Command(bytes(first)).command == smb2.READ:
+                length = struct.unpack_from("<I", rest, 4)[0]
+                response += struct.pack("<HBBIII", 17, 80, 0, length, 0, 0) + b"r" * length
+            else:
+                response += struct.pack("<HH", 4, 0)
+            conn.sendall(struct.pack(">I", len(response)) + response)
 
 
 @pytest.fixture
