@@ -124,7 +124,7 @@ class Gateway:
                     if self._admit(request.peer_address[0]):
                         nursery.start_soon(self._session, request)
                     else:
-                        nursery.start_soon(request.reject)
+                        nursery.start_soon(_refuse, request)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
@@ -182,6 +182,11 @@ class Gateway:
                 return
             async with server:
                 await _Relay(self, client, server, peer).run()
+
+
+async def _refuse(request: ConnectionRequest) -> None:
+    with contextlib.suppress(OSError):  # the peer may be gone already
+        await request.reject()
 
 
 _EXPECTED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, smb2.Smb2Error)
