@@ -101,8 +101,13 @@ class Gateway:
     rdma: ByteBudget = attrs.field(init=False)
     _per_address: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
 
+    #: The parameters connections are accepted with: negotiation within ``limits.setup_timeout``.
+    _setup: Parameters = attrs.field(init=False)
+
     def __attrs_post_init__(self) -> None:
         self.rdma = ByteBudget(self.limits.rdma_bytes_total)
+        timeout = min(self.parameters.negotiate_timeout_msec, int(self.limits.setup_timeout * 1000))
+        self._setup = self.parameters.replace(negotiate_timeout_msec=max(timeout, 1))
 
     async def serve(
         self,
@@ -147,15 +152,8 @@ class Gateway:
         """One client from its MPA request to its end: the session boundary."""
         peer = request.peer_address
         try:
-            # The set-up deadline is the negotiation timer's: on expiry the engine
-            # drops the connection itself.
-            setup = self.parameters.replace(
-                negotiate_timeout_msec=min(
-                    self.parameters.negotiate_timeout_msec, int(self.limits.setup_timeout * 1000)
-                )
-            )
-            try:
-                connection = await Connection.accept(request, setup)
+            try:  # the set-up deadline is the negotiation timer's: on expiry the engine drops the connection
+                connection = await Connection.accept(request, self._setup)
             except OSError as exc:
                 log.info("client %s: SMB-Direct set-up failed: %s", peer[0], exc)
                 return

@@ -22,12 +22,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import trio
+import trio.testing
 
 from smbdirect_socket import BufferDescriptorV1, Parameters, create_connection
 from smbdirect_socket.connection import iwarp_private_data
 from smbdirect_socket.rdma.soft.provider import SoftIwarpProvider
 from smbdirect_socket.smb import smb2
 from smbdirect_socket.smb.gateway import Gateway, GatewayLimits, gateway_thread
+from smbdirect_socket.smb.limits import ByteBudget
 
 from .targets import DirectTcpTarget
 
@@ -340,3 +342,28 @@ def test_cli_refuses_bad_bounds(flags: list[str], problem: str) -> None:
     command = [sys.executable, "-m", "smbdirect_socket.cli", "gateway", "--to", "127.0.0.1:445", *flags]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and problem in result.stderr
+
+
+async def test_byte_budget_serves_in_order() -> None:
+    """A large request waiting is not overtaken by small ones that would fit."""
+    budget = ByteBudget(10)
+    order: list[str] = []
+
+    async def take(name: str, size: int) -> None:
+        await budget.acquire(size)
+        order.append(name)
+
+    await budget.acquire(8)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, "large", 10)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "small", 1)  # 8 + 1 fits, but the large one came first
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == [] and budget.used == 8
+        budget.release(8)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["large"] and budget.used == 10
+        budget.release(10)
+    assert order == ["large", "small"] and budget.used == 1 and budget.peak == 10
+    with pytest.raises(ValueError, match="can never fit"):
+        await budget.acquire(11)
