@@ -77,7 +77,8 @@ class _TcpMessages:
         total = _HEADER.size + length
         if not await self._fill(total):
             raise trio.BrokenResourceError("server closed the connection inside a message")
-        message = bytes(self._buffer[:total])
+        with memoryview(self._buffer) as view:
+            message = bytes(view[:total])  # one copy: a server's READ answer may be 8 MiB
         del self._buffer[:total]
         return message
 
