@@ -27,8 +27,9 @@ import trio.testing
 from smbdirect_socket import BufferDescriptorV1, Parameters, create_connection
 from smbdirect_socket.connection import iwarp_private_data
 from smbdirect_socket.rdma.soft.provider import SoftIwarpProvider
+from smbdirect_socket.smb import gateway as gateway_module
 from smbdirect_socket.smb import smb2
-from smbdirect_socket.smb.gateway import Gateway, GatewayLimits, gateway_thread
+from smbdirect_socket.smb.gateway import Gateway, GatewayLimits, gateway_thread, translate
 from smbdirect_socket.smb.limits import ByteBudget
 
 from .targets import DirectTcpTarget
@@ -138,6 +139,29 @@ def test_echo_then_rdma_read_reusing_its_message_id_ends_only_that_session(
         assert settles(lambda: gateway.active == 1 and gateway.rdma.used == 0)
     ended = [r for r in caplog.records if r.name == "smbdirect_socket.smb.gateway" and "session ended" in r.message]
     assert len(ended) == 1 and "READ response is truncated" in ended[0].message
+
+
+def test_an_unforeseen_error_ends_only_that_session(
+    target: SinkServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the gateway (made here: translate raising RuntimeError for one client's
+    MessageId) ends that session, logged with its traceback; the gateway serves on."""
+
+    def buggy(commands: list[smb2.Command], *args: object) -> object:
+        if commands[0].message_id == 666:
+            raise RuntimeError("a bug")
+        return translate(commands, *args)
+
+    monkeypatch.setattr(gateway_module, "translate", buggy)
+    gateway = Gateway(target.address)
+    with gateway_thread(gateway) as address, create_connection(address, timeout=10) as other:
+        with create_connection(address, timeout=10) as victim, caplog.at_level(logging.ERROR):
+            send(victim, echo(666))
+            assert receive(victim) == b""
+        assert statuses(other, echo(1)) == [(1, 0)]
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.name == "smbdirect_socket.smb.gateway" and "unexpected" in record.message
+    assert "RuntimeError: a bug" in caplog.text  # with its traceback
 
 
 def test_compound_over_the_command_count_is_refused(target: SinkServer) -> None:
