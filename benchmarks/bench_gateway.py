@@ -14,98 +14,63 @@ file in 1 MiB requests:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
 import uuid
 from typing import Any
 
-from smbprotocol.connection import Connection, Dialects
-from smbprotocol.open import (
-    CreateDisposition,
-    CreateOptions,
-    FilePipePrinterAccessMask,
-    ImpersonationLevel,
-    Open,
-    ReadWriteChannel,
-    ShareAccess,
-    SMB2ReadRequest,
-    SMB2ReadResponse,
-    SMB2WriteRequest,
-)
-from smbprotocol.session import Session
-from smbprotocol.tree import TreeConnect
+from smbprotocol.open import ReadWriteChannel, SMB2ReadRequest, SMB2ReadResponse, SMB2WriteRequest
 
 from smbdirect_socket import Parameters, SMBDirectSocket, patch
 from smbdirect_socket.smb.gateway import Gateway, gateway_thread
+from smbdirect_socket.smb.rdma_io import charged_for, open_file, rdma_read_request, rdma_write_request
 from smbdirect_socket.smb.samba import SambaServer, samba_available, samba_server
 
 CHUNK = 1024 * 1024
-
-
-def open_file(samba: SambaServer, host: str, port: int) -> tuple[Connection, Session, TreeConnect, Open]:
-    connection = Connection(uuid.uuid4(), host, port, require_signing=False)
-    connection.connect(Dialects.SMB_3_0_2)
-    session = Session(connection, samba.user, samba.password, require_encryption=False)
-    session.connect()
-    tree = TreeConnect(session, rf"\\{host}\{samba.share}")
-    tree.connect()
-    handle = Open(tree, f"bench-{uuid.uuid4().hex[:8]}.bin")
-    handle.create(
-        ImpersonationLevel.Impersonation,
-        FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE,
-        0,
-        ShareAccess.FILE_SHARE_READ,
-        CreateDisposition.FILE_OVERWRITE_IF,
-        CreateOptions.FILE_NON_DIRECTORY_FILE,
-    )
-    return connection, session, tree, handle
+RDMA_V1 = ReadWriteChannel.SMB2_CHANNEL_RDMA_V1
 
 
 def copy(samba: SambaServer, host: str, port: int, data: bytes, rdma: bool) -> float:
     """Seconds to write ``data`` and read it back, 1 MiB a request."""
-    connection, session, tree, handle = open_file(samba, host, port)
+    connection, session, tree, handle = open_file(samba, (host, port), f"bench-{uuid.uuid4().hex[:8]}.bin")
     sock: Any = connection.transport._sock
     sink = bytearray(CHUNK)
     source = bytearray(CHUNK)
     if rdma:
         assert isinstance(sock, SMBDirectSocket)
         readable, writable = sock.register_buffer(source), sock.register_buffer(sink, writable=True)
-        charge = connection._calculate_credit_charge
-        connection._calculate_credit_charge = lambda message: (CHUNK - 1) // 65536 + 1  # as cifs.ko charges
 
     def call(request: Any) -> Any:
         sent = connection.send(request, session.session_id, tree.tree_connect_id)
         return connection.receive(sent)["data"].get_value()
 
     start = time.perf_counter()
-    for offset in range(0, len(data), CHUNK):
-        write = SMB2WriteRequest()
-        write["offset"] = offset
-        write["file_id"] = handle.file_id
-        if rdma:
-            source[:] = data[offset : offset + CHUNK]
-            write["channel"] = ReadWriteChannel.SMB2_CHANNEL_RDMA_V1
-            write["remaining_bytes"] = CHUNK
-            write["buffer_channel_info"] = readable.pack()
-        else:
-            write["buffer"] = data[offset : offset + CHUNK]
-        call(write)
-    back = bytearray()
-    for offset in range(0, len(data), CHUNK):
-        read = SMB2ReadRequest()
-        read["length"] = CHUNK
-        read["offset"] = offset
-        read["file_id"] = handle.file_id
-        if rdma:
-            read["channel"] = ReadWriteChannel.SMB2_CHANNEL_RDMA_V1
-            read["buffer"] = writable.pack()
-        response = SMB2ReadResponse()
-        response.unpack(call(read))
-        back += sink if rdma else response["buffer"].get_value()
+    with charged_for(connection, CHUNK) if rdma else contextlib.nullcontext():
+        for offset in range(0, len(data), CHUNK):
+            if rdma:
+                source[:] = data[offset : offset + CHUNK]
+                write = rdma_write_request(handle.file_id, offset, CHUNK, RDMA_V1, readable.pack())
+            else:
+                write = SMB2WriteRequest()
+                write["offset"] = offset
+                write["file_id"] = handle.file_id
+                write["buffer"] = data[offset : offset + CHUNK]
+            call(write)
+        back = bytearray()
+        for offset in range(0, len(data), CHUNK):
+            if rdma:
+                read = rdma_read_request(handle.file_id, offset, CHUNK, RDMA_V1, writable.pack())
+            else:
+                read = SMB2ReadRequest()
+                read["length"] = CHUNK
+                read["offset"] = offset
+                read["file_id"] = handle.file_id
+            response = SMB2ReadResponse()
+            response.unpack(call(read))
+            back += sink if rdma else response["buffer"].get_value()
     elapsed = time.perf_counter() - start
-    if rdma:
-        connection._calculate_credit_charge = charge
     handle.close()
     connection.disconnect()
     if bytes(back) != data:

@@ -77,7 +77,8 @@ class _TcpMessages:
         total = _HEADER.size + length
         if not await self._fill(total):
             raise trio.BrokenResourceError("server closed the connection inside a message")
-        message = bytes(self._buffer[:total])
+        with memoryview(self._buffer) as view:
+            message = bytes(view[:total])  # one copy: a server's READ answer may be 8 MiB
         del self._buffer[:total]
         return message
 
@@ -101,8 +102,13 @@ class Gateway:
     rdma: ByteBudget = attrs.field(init=False)
     _per_address: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
 
+    #: The parameters connections are accepted with: negotiation within ``limits.setup_timeout``.
+    _setup: Parameters = attrs.field(init=False)
+
     def __attrs_post_init__(self) -> None:
         self.rdma = ByteBudget(self.limits.rdma_bytes_total)
+        timeout = min(self.parameters.negotiate_timeout_msec, int(self.limits.setup_timeout * 1000))
+        self._setup = self.parameters.replace(negotiate_timeout_msec=max(timeout, 1))
 
     async def serve(
         self,
@@ -124,7 +130,7 @@ class Gateway:
                     if self._admit(request.peer_address[0]):
                         nursery.start_soon(self._session, request)
                     else:
-                        nursery.start_soon(request.reject)
+                        nursery.start_soon(_refuse, request)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
@@ -147,15 +153,8 @@ class Gateway:
         """One client from its MPA request to its end: the session boundary."""
         peer = request.peer_address
         try:
-            # The set-up deadline is the negotiation timer's: on expiry the engine
-            # drops the connection itself.
-            setup = self.parameters.replace(
-                negotiate_timeout_msec=min(
-                    self.parameters.negotiate_timeout_msec, int(self.limits.setup_timeout * 1000)
-                )
-            )
-            try:
-                connection = await Connection.accept(request, setup)
+            try:  # the set-up deadline is the negotiation timer's: on expiry the engine drops the connection
+                connection = await Connection.accept(request, self._setup)
             except OSError as exc:
                 log.info("client %s: SMB-Direct set-up failed: %s", peer[0], exc)
                 return
@@ -182,6 +181,11 @@ class Gateway:
                 return
             async with server:
                 await _Relay(self, client, server, peer).run()
+
+
+async def _refuse(request: ConnectionRequest) -> None:
+    with contextlib.suppress(OSError):  # the peer may be gone already
+        await request.reject()
 
 
 _EXPECTED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, smb2.Smb2Error)

@@ -68,7 +68,8 @@ class GatewayLimits:
 
 
 class ByteBudget:
-    """At most ``capacity`` bytes held at once: :meth:`acquire` waits until they fit.
+    """At most ``capacity`` bytes held at once: :meth:`acquire` waits until they fit,
+    first come first served (a large request is not starved by small ones).
 
     ``peak`` is the most ever held, for tests and the curious.
     """
@@ -77,17 +78,18 @@ class ByteBudget:
         self.capacity = capacity
         self.used = 0
         self.peak = 0
-        self._waiters = trio.lowlevel.ParkingLot()
+        self._turn = trio.Lock()  # FIFO: the first waiter takes the next bytes freed
+        self._space = trio.lowlevel.ParkingLot()
 
     async def acquire(self, size: int) -> None:
         if size > self.capacity:
             raise ValueError(f"{size} bytes can never fit a budget of {self.capacity}")
-        await trio.lowlevel.checkpoint()
-        while self.used + size > self.capacity:
-            await self._waiters.park()
-        self.used += size
-        self.peak = max(self.peak, self.used)
+        async with self._turn:
+            while self.used + size > self.capacity:
+                await self._space.park()
+            self.used += size
+            self.peak = max(self.peak, self.used)
 
     def release(self, size: int) -> None:
         self.used -= size
-        self._waiters.unpark_all()
+        self._space.unpark_all()

@@ -188,9 +188,11 @@ def chain(commands: list[Command], following: list[int] | None = None) -> list[t
         last = index == len(commands) - 1
         size = len(command.data) + more
         pad = 0 if last else -size % 8
-        data = bytearray(command.data)
-        struct.pack_into("<I", data, 20, 0 if last else size + pad)
-        linked.append((bytes(data), pad))
+        link = struct.pack("<I", 0 if last else size + pad)
+        data = command.data
+        if data[20:24] != link:  # a large WRITE is usually linked already: no copy of it then
+            data = data[:20] + link + data[24:]
+        linked.append((data, pad))
     return linked
 
 

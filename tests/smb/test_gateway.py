@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,46 +12,26 @@ from smbdirect_socket import Parameters, create_connection
 from smbdirect_socket.smb import smb2
 from smbdirect_socket.smb.gateway import Gateway, gateway_thread
 
+from .targets import DirectTcpTarget
+
 
 def framed(payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + payload
 
 
-class DirectTcpServer:
+class DirectTcpServer(DirectTcpTarget):
     """Answers each 4-byte-length-framed message with its reverse; ``inflate`` makes
-    the answer that many times larger; ``drop()`` cuts every connection."""
+    the answer that many times larger."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()
         self.inflate = 1
-        self.connections: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections.append(conn)
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            file = conn.makefile("rb")
-            while header := file.read(4):
-                body = file.read(struct.unpack(">I", header)[0])
-                conn.sendall(framed(body[::-1] * self.inflate))
-
-    def drop(self) -> None:
-        for conn in self.connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
-        self.drop()
+    def answer(self, conn: socket.socket) -> None:
+        file = conn.makefile("rb")
+        while header := file.read(4):
+            body = file.read(struct.unpack(">I", header)[0])
+            conn.sendall(framed(body[::-1] * self.inflate))
 
 
 @pytest.fixture

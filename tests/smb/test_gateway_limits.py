@@ -18,61 +18,52 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import trio
+import trio.testing
 
 from smbdirect_socket import BufferDescriptorV1, Parameters, create_connection
 from smbdirect_socket.connection import iwarp_private_data
 from smbdirect_socket.rdma.soft.provider import SoftIwarpProvider
+from smbdirect_socket.smb import gateway as gateway_module
 from smbdirect_socket.smb import smb2
-from smbdirect_socket.smb.gateway import Gateway, GatewayLimits, gateway_thread
+from smbdirect_socket.smb.gateway import Gateway, GatewayLimits, gateway_thread, translate
+from smbdirect_socket.smb.limits import ByteBudget
+
+from .targets import DirectTcpTarget
 
 LARGE = Parameters().with_large_messages()
 ECHO = 0x000D
 MiB = 1024 * 1024
 
 
-class SinkServer:
+class SinkServer(DirectTcpTarget):
     """A Direct-TCP SMB2 server stand-in: ``received`` holds each request's size."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()
         self.received: list[int] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            file = conn.makefile("rb")
-            while header := file.read(4):
-                (size,) = struct.unpack(">I", header)
-                first = file.read(min(size, 64))
-                rest = file.read(min(size - len(first), 64))
-                left = size - len(first) - len(rest)
-                while left:
-                    left -= len(file.read(min(left, MiB)))
-                self.received.append(size)
-                response = bytearray(first)
-                struct.pack_into("<II", response, 16, smb2.FLAG_SERVER_TO_REDIR, 0)  # Flags, NextCommand
-                if smb2.Command(bytes(first)).command == smb2.READ:
-                    length = struct.unpack_from("<I", rest, 4)[0]
-                    response += struct.pack("<HBBIII", 17, 80, 0, length, 0, 0) + b"r" * length
-                else:
-                    response += struct.pack("<HH", 4, 0)
-                conn.sendall(struct.pack(">I", len(response)) + response)
-
-    def close(self) -> None:
-        self.listener.close()
+    def answer(self, conn: socket.socket) -> None:
+        file = conn.makefile("rb")
+        while header := file.read(4):
+            (size,) = struct.unpack(">I", header)
+            first = file.read(min(size, 64))
+            rest = file.read(min(size - len(first), 64))
+            left = size - len(first) - len(rest)
+            while left and (chunk := file.read(min(left, MiB))):
+                left -= len(chunk)
+            self.received.append(size)
+            response = bytearray(first)
+            struct.pack_into("<II", response, 16, smb2.FLAG_SERVER_TO_REDIR, 0)  # Flags, NextCommand
+            if smb2.Command(bytes(first)).command == smb2.READ:
+                length = struct.unpack_from("<I", rest, 4)[0]
+                response += struct.pack("<HBBIII", 17, 80, 0, length, 0, 0) + b"r" * length
+            else:
+                response += struct.pack("<HH", 4, 0)
+            conn.sendall(struct.pack(">I", len(response)) + response)
 
 
 @pytest.fixture
@@ -114,6 +105,14 @@ def receive(sock: socket.socket) -> bytes:
     return sock.recv(struct.unpack(">I", header)[0])
 
 
+def settles(condition: Callable[[], bool]) -> bool:
+    """Whether ``condition`` comes true within 5 s: the gateway's tasks finish after the client hears back."""
+    deadline = time.monotonic() + 5
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 def statuses(sock: socket.socket, message: bytes) -> list[tuple[int, int]]:
     send(sock, message)
     return [(command.message_id, command.status) for command in smb2.split(receive(sock))]
@@ -137,9 +136,32 @@ def test_echo_then_rdma_read_reusing_its_message_id_ends_only_that_session(
             )
             assert receive(hostile) == b""  # the session ended
         assert statuses(other, echo(6)) == [(6, 0)]  # the gateway and the other session carry on
-        assert gateway.active == 1 and gateway.rdma.used == 0
+        assert settles(lambda: gateway.active == 1 and gateway.rdma.used == 0)
     ended = [r for r in caplog.records if r.name == "smbdirect_socket.smb.gateway" and "session ended" in r.message]
     assert len(ended) == 1 and "READ response is truncated" in ended[0].message
+
+
+def test_an_unforeseen_error_ends_only_that_session(
+    target: SinkServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the gateway (made here: translate raising RuntimeError for one client's
+    MessageId) ends that session, logged with its traceback; the gateway serves on."""
+
+    def buggy(commands: list[smb2.Command], *args: object) -> object:
+        if commands[0].message_id == 666:
+            raise RuntimeError("a bug")
+        return translate(commands, *args)
+
+    monkeypatch.setattr(gateway_module, "translate", buggy)
+    gateway = Gateway(target.address)
+    with gateway_thread(gateway) as address, create_connection(address, timeout=10) as other:
+        with create_connection(address, timeout=10) as victim, caplog.at_level(logging.ERROR):
+            send(victim, echo(666))
+            assert receive(victim) == b""
+        assert statuses(other, echo(1)) == [(1, 0)]
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.name == "smbdirect_socket.smb.gateway" and "unexpected" in record.message
+    assert "RuntimeError: a bug" in caplog.text  # with its traceback
 
 
 def test_compound_over_the_command_count_is_refused(target: SinkServer) -> None:
@@ -175,7 +197,7 @@ def test_hostile_compound_let_through_stays_within_the_session_budget(target: Si
         assert statuses(client, hostile_compound(registration.descriptors)) == [(0, 0)]
         assert target.received == [16 * (8 * MiB + 64 + 48)]
         assert gateway.rdma_read_bytes == 128 * MiB
-        assert gateway.rdma.peak == MiB and gateway.rdma.used == 0
+        assert gateway.rdma.peak == MiB and settles(lambda: gateway.rdma.used == 0)
 
 
 def test_rdma_read_larger_than_a_message_with_the_kernel_sizes(target: SinkServer) -> None:
@@ -225,37 +247,67 @@ def test_connections_are_bounded_in_all_and_per_address(target: SinkServer) -> N
         for sock, message_id in ((first, 1), (second, 2)):
             assert statuses(sock, echo(message_id)) == [(message_id, 0)]
         first.close()
-        deadline = time.monotonic() + 5
-        while gateway.active > 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert settles(lambda: gateway.active == 1)
         with create_connection(address, timeout=10) as again:  # its place is free again
             assert statuses(again, echo(3)) == [(3, 0)]
 
 
-async def stall_after_mpa(address: tuple[str, int], hold: float) -> float:
-    """Connect RDMA (MPA done), never negotiate SMB-Direct: seconds until the gateway drops us."""
+async def stall_after_mpa(address: tuple[str, int], hold: float) -> tuple[float, int | None]:
+    """Connect RDMA (MPA done), never negotiate SMB-Direct: seconds until the gateway drops
+    us, and the errno of a real client's connect meanwhile (None if it got in)."""
+
+    def connect() -> int | None:
+        try:
+            create_connection(address, timeout=10).close()
+        except OSError as exc:
+            return exc.errno
+        return None
+
     qp = await SoftIwarpProvider().connect(address, iwarp_private_data(Parameters()))
     start = trio.current_time()
+    meanwhile = await trio.to_thread.run_sync(connect)
     with trio.move_on_after(hold):
         with contextlib.suppress(OSError):
             while True:
                 await qp.get_completion()  # nothing arrives; the disconnect flushes or fails us
-        return trio.current_time() - start
+        return trio.current_time() - start, meanwhile
     await qp.disconnect()
-    return hold
+    return hold, meanwhile
 
 
-def test_connection_that_never_negotiates_is_dropped_after_the_setup_timeout(target: SinkServer) -> None:
+def test_connection_that_never_negotiates_counts_and_is_dropped_after_the_setup_timeout(target: SinkServer) -> None:
     gateway = Gateway(target.address, limits=GatewayLimits(max_connections=1, setup_timeout=0.5))
     with gateway_thread(gateway) as address:
-        dropped_after = trio.run(stall_after_mpa, address, 10.0)
+        dropped_after, meanwhile = trio.run(stall_after_mpa, address, 10.0)
+        assert meanwhile == errno.ECONNREFUSED  # the only place was taken
         assert 0.4 < dropped_after < 3
-        deadline = time.monotonic() + 5
-        while gateway.active and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert settles(lambda: gateway.active == 0)
         with create_connection(address, timeout=10) as client:  # the only place is free again
             assert statuses(client, echo(1)) == [(1, 0)]
         assert gateway.served == 1
+
+
+def test_sessions_share_the_total_rdma_budget(target: SinkServer) -> None:
+    """Three sessions streaming RDMA WRITEs through a 2 MiB budget: they take turns, all get through."""
+    limits = GatewayLimits(rdma_bytes_per_session=MiB, rdma_bytes_total=2 * MiB)
+    gateway = Gateway(target.address, limits=limits)
+    results: list[list[tuple[int, int]]] = []
+
+    def write(address: tuple[str, int]) -> None:
+        with create_connection(address, timeout=30) as client:
+            registration = client.register_buffer(bytearray(4 * MiB))
+            for message_id in range(4):
+                results.append(statuses(client, rdma_write(message_id, registration.descriptors, 4 * MiB)))
+
+    with gateway_thread(gateway) as address:
+        threads = [threading.Thread(target=write, args=(address,)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(results) == 12 and all(result[0][1] == 0 for result in results)
+    assert gateway.rdma_read_bytes == 48 * MiB and target.received.count(4 * MiB + 112) == 12
+    assert gateway.rdma.peak == 2 * MiB and gateway.rdma.used == 0
 
 
 def test_reply_over_what_the_client_can_take_ends_its_session(target: SinkServer) -> None:
@@ -314,3 +366,28 @@ def test_cli_refuses_bad_bounds(flags: list[str], problem: str) -> None:
     command = [sys.executable, "-m", "smbdirect_socket.cli", "gateway", "--to", "127.0.0.1:445", *flags]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and problem in result.stderr
+
+
+async def test_byte_budget_serves_in_order() -> None:
+    """A large request waiting is not overtaken by small ones that would fit."""
+    budget = ByteBudget(10)
+    order: list[str] = []
+
+    async def take(name: str, size: int) -> None:
+        await budget.acquire(size)
+        order.append(name)
+
+    await budget.acquire(8)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, "large", 10)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "small", 1)  # 8 + 1 fits, but the large one came first
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == [] and budget.used == 8
+        budget.release(8)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["large"] and budget.used == 10
+        budget.release(10)
+    assert order == ["large", "small"] and budget.used == 1 and budget.peak == 10
+    with pytest.raises(ValueError, match="can never fit"):
+        await budget.acquire(11)

@@ -1,7 +1,7 @@
 """Fuzzing the SMB2 codec and the gateway's request translation: only Smb2Error, ever.
 
 Seeds are real messages: requests as smbprotocol sends them (RDMA READ and
-WRITE as the tests and the benchmark build them, inline I/O, CREATE, ECHO,
+WRITE as the tests and the benchmark build them, :mod:`smbdirect_socket.smb.rdma_io`, inline I/O, CREATE, ECHO,
 compounds) and responses as Samba sends them; hypothesis mutates their bytes,
 fields and lengths.
 """
@@ -29,8 +29,11 @@ from smbprotocol.open import (
 from smbdirect_socket import BufferDescriptorV1
 from smbdirect_socket.smb import smb2
 from smbdirect_socket.smb.gateway import GatewayLimits, translate
+from smbdirect_socket.smb.rdma_io import rdma_read_request, rdma_write_request
 
 FILE_ID = bytes(range(16))
+RDMA_V1 = ReadWriteChannel.SMB2_CHANNEL_RDMA_V1
+RDMA_V1_INVALIDATE = ReadWriteChannel.SMB2_CHANNEL_RDMA_V1_INVALIDATE
 DESCRIPTORS = BufferDescriptorV1.pack_list([BufferDescriptorV1(0x1000, 0xABCD, 65536), BufferDescriptorV1(0, 7, 4096)])
 
 
@@ -41,25 +44,6 @@ def message(payload: Any, message_id: int, header: Any = None) -> bytes:
     header["credit_charge"] = 1
     header["data"] = payload
     return bytes(header.pack())
-
-
-def rdma_write(channel: ReadWriteChannel, length: int) -> Any:
-    write = SMB2WriteRequest()
-    write["file_id"] = FILE_ID
-    write["channel"] = channel
-    write["remaining_bytes"] = length
-    write["data_offset"] = 0
-    write["buffer_channel_info"] = DESCRIPTORS
-    return write
-
-
-def rdma_read(channel: ReadWriteChannel, length: int) -> Any:
-    read = SMB2ReadRequest()
-    read["length"] = length
-    read["file_id"] = FILE_ID
-    read["channel"] = channel
-    read["buffer"] = DESCRIPTORS
-    return read
 
 
 def seeds() -> list[bytes]:
@@ -76,10 +60,10 @@ def seeds() -> list[bytes]:
     read_response = SMB2ReadResponse()
     read_response["buffer"] = b"d" * 300
     requests = [
-        message(rdma_write(ReadWriteChannel.SMB2_CHANNEL_RDMA_V1, 65536), 1),
-        message(rdma_write(ReadWriteChannel.SMB2_CHANNEL_RDMA_V1_INVALIDATE, 69632), 2),
-        message(rdma_read(ReadWriteChannel.SMB2_CHANNEL_RDMA_V1, 65536), 3),
-        message(rdma_read(ReadWriteChannel.SMB2_CHANNEL_RDMA_V1_INVALIDATE, 4096), 4),
+        message(rdma_write_request(FILE_ID, 0, 65536, RDMA_V1, DESCRIPTORS), 1),
+        message(rdma_write_request(FILE_ID, 0, 69632, RDMA_V1_INVALIDATE, DESCRIPTORS), 2),
+        message(rdma_read_request(FILE_ID, 0, 65536, RDMA_V1, DESCRIPTORS), 3),
+        message(rdma_read_request(FILE_ID, 0, 4096, RDMA_V1_INVALIDATE, DESCRIPTORS), 4),
         message(inline_write, 5),
         message(plain_read, 6),
         message(SMB2Echo(), 7),
@@ -88,8 +72,8 @@ def seeds() -> list[bytes]:
     compound = smb2.join(
         [
             smb2.Command(message(create, 9)),
-            smb2.Command(message(rdma_write(ReadWriteChannel.SMB2_CHANNEL_RDMA_V1, 4096), 10)),
-            smb2.Command(message(rdma_read(ReadWriteChannel.SMB2_CHANNEL_RDMA_V1, 4096), 11)),
+            smb2.Command(message(rdma_write_request(FILE_ID, 0, 4096, RDMA_V1, DESCRIPTORS), 10)),
+            smb2.Command(message(rdma_read_request(FILE_ID, 0, 4096, RDMA_V1, DESCRIPTORS), 11)),
             smb2.Command(message(close, 12)),
         ]
     )
