@@ -31,7 +31,7 @@ import attrs
 import trio
 
 from . import options as opt
-from ._tasks import spawn_background
+from ._tasks import serve_accepted, spawn_background
 from .connection import Connection, Registration
 from .constants import (
     IPPROTO_SMBDIRECT,
@@ -311,13 +311,8 @@ class SMBDirectSocket(trio.socket.SocketType):
                 return
             self._update_readiness()
 
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    request = await listener.get_request()
-                except OSError:
-                    return
-                nursery.start_soon(negotiate, request)
+        async with ready:  # accept() sees the end once nothing more can come
+            await serve_accepted(listener.get_request, negotiate, f"SMB-Direct listener {listener.address}")
 
     # ---- sending ---------------------------------------------------------------------------
 
