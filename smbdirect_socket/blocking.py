@@ -16,6 +16,8 @@ import errno
 import io
 import math
 import socket as _stdlib_socket
+import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar
@@ -63,6 +65,9 @@ class SMBDirectSocket:
             self._timeout = 0.0
         self._closed = False
         self._io_refs = 0  # files from makefile() keep the socket open, as in the stdlib
+        # Threads that receive at once take turns, as on a kernel socket (a trio
+        # socket lets one task receive at a time).
+        self._receiving = trio.Lock()
 
     # ---- identity ------------------------------------------------------------------
 
@@ -90,6 +95,14 @@ class SMBDirectSocket:
 
     def __repr__(self) -> str:
         return f"<smbdirect_socket.SMBDirectSocket {self._sock!r}>"  # no engine call: repr runs anywhere
+
+    def __del__(self) -> None:
+        # Like the stdlib's: a socket nobody closed is closed when collected, with
+        # a warning.  The engine closes it later (this may run on any thread).
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+            engine_thread.call_soon(self._sock.close)
 
     def __enter__(self) -> SMBDirectSocket:
         return self
@@ -121,6 +134,16 @@ class SMBDirectSocket:
     def _call(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a trio socket call on the engine, bounded by this socket's timeout."""
         result: T = engine_thread.run(self._bounded, self._timeout, afn, args)
+        return result
+
+    def _receive(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """:meth:`_call` for receives, which wait their turn (the timeout counts the wait)."""
+        result: T = self._call(self._in_turn, afn, *args)
+        return result
+
+    async def _in_turn(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        async with self._receiving:
+            result: T = await afn(*args)
         return result
 
     @staticmethod
@@ -175,36 +198,52 @@ class SMBDirectSocket:
         return self.sendmsg([data], (), flags)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data``; the timeout bounds the whole call (as since Python 3.5)."""
         view = memoryview(data).cast("B")
-        sent = self.send(view, flags)  # the whole message, unless in byte-stream mode
+        deadline = None if not self._timeout else time.monotonic() + self._timeout
+        sent = self._sendmsg([view], [], flags, deadline)  # the whole message, unless in byte-stream mode
         while sent < len(view):
-            sent += self.send(view[sent:], flags)
+            sent += self._sendmsg([view[sent:]], [], flags, deadline)
 
     def sendmsg(
         self, buffers: Iterable[Any], ancdata: Iterable[tuple[int, int, Any]] = (), flags: int = 0, address: Any = None
     ) -> int:
-        """Send one message; once it is queued it will be sent whole, in order, so a
-        timeout only bounds the wait for the first send credit."""
-        return engine_thread.run(self._send, list(buffers), list(ancdata), self._nonblocking(flags), address)
+        """Send one message, within the timeout.
 
-    async def _send(self, buffers: list[Any], ancdata: list[Any], flags: int, address: Any) -> int:
-        if self._timeout and not flags & _stdlib_socket.MSG_DONTWAIT:
-            with trio.move_on_after(self._timeout):
-                await self._sock.wait_writable()
-            if not self._sock.is_writable():
-                raise _timed_out()
-        return await self._sock.sendmsg(buffers, ancdata, flags, address)
+        A message is sent whole or not at all: one that was queued when the
+        timeout expired still goes out, whole and in order, after the
+        ``TimeoutError`` (the framing stays intact; as with the stdlib, the
+        caller cannot tell how much went).
+        """
+        deadline = None if not self._timeout else time.monotonic() + self._timeout
+        return self._sendmsg(list(buffers), list(ancdata), flags, deadline, address)
+
+    def _sendmsg(
+        self, buffers: list[Any], ancdata: list[Any], flags: int, deadline: float | None, address: Any = None
+    ) -> int:
+        flags = self._nonblocking(flags)
+        if deadline is None or flags & _stdlib_socket.MSG_DONTWAIT:
+            return engine_thread.run(self._sock.sendmsg, buffers, ancdata, flags, address)
+        return engine_thread.run(self._send_within, deadline - time.monotonic(), buffers, ancdata, flags, address)
+
+    async def _send_within(
+        self, timeout: float, buffers: list[Any], ancdata: list[Any], flags: int, address: Any
+    ) -> int:
+        with trio.move_on_after(timeout):
+            await self._sock.wait_writable()
+            return await self._sock.sendmsg(buffers, ancdata, flags, address)
+        raise _timed_out()
 
     # ---- receiving ------------------------------------------------------------------------
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        return self._call(self._sock.recv, bufsize, self._nonblocking(flags))
+        return self._receive(self._sock.recv, bufsize, self._nonblocking(flags))
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        return self._call(self._sock.recv_into, buffer, nbytes, self._nonblocking(flags))
+        return self._receive(self._sock.recv_into, buffer, nbytes, self._nonblocking(flags))
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
-        return self._call(self._sock.recvmsg, bufsize, ancbufsize, self._nonblocking(flags))
+        return self._receive(self._sock.recvmsg, bufsize, ancbufsize, self._nonblocking(flags))
 
     def recvmsg_into(
         self, buffers: Iterable[Any], ancbufsize: int = 0, flags: int = 0

@@ -8,6 +8,7 @@ a forked child starts its own.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["run", "run_sync"]
+__all__ = ["call_soon", "run", "run_sync"]
 
 T = TypeVar("T")
 
@@ -45,6 +46,10 @@ class _EngineThread:
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        assert self._token is not None
+        self._token.run_sync_soon(fn)
 
 
 _engine: _EngineThread | None = None
@@ -80,3 +85,13 @@ def run(afn: Callable[..., Awaitable[T]], *args: Any) -> T:
 def run_sync(fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` on the engine loop's thread (for code that touches its state)."""
     return _get().run_sync(fn, *args)
+
+
+def call_soon(fn: Callable[[], object]) -> None:
+    """Have the engine loop call ``fn()`` soon; from any thread, the engine's too,
+    without waiting (for finalizers).  Does nothing once the engine has stopped."""
+    engine = _engine
+    if engine is None or not engine.alive or sys.is_finalizing():
+        return
+    with contextlib.suppress(trio.RunFinishedError):
+        engine.call_soon(fn)

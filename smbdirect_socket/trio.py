@@ -31,7 +31,7 @@ import attrs
 import trio
 
 from . import options as opt
-from ._tasks import spawn_background
+from ._tasks import serve_accepted, spawn_background
 from .connection import Connection, Registration
 from .constants import (
     IPPROTO_SMBDIRECT,
@@ -40,6 +40,7 @@ from .constants import (
     SMBDIRECT_PORT,
     SOL_SMBDIRECT,
 )
+from .errors import ProtocolError
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
 from .protocol import State
@@ -310,13 +311,8 @@ class SMBDirectSocket(trio.socket.SocketType):
                 return
             self._update_readiness()
 
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    request = await listener.get_request()
-                except OSError:
-                    return
-                nursery.start_soon(negotiate, request)
+        async with ready:  # accept() sees the end once nothing more can come
+            await serve_accepted(listener.get_request, negotiate, f"SMB-Direct listener {listener.address}")
 
     # ---- sending ---------------------------------------------------------------------------
 
@@ -363,8 +359,10 @@ class SMBDirectSocket(trio.socket.SocketType):
                 _error(errno.EINVAL, f"length header says {declared} bytes, {len(payload)} follow")
             sent = len(data)
         if not len(payload):
+            # Nothing to carry: an SMB-Direct data message without data is only a
+            # credit grant, so an empty framed message sends nothing and is done.
             await trio.lowlevel.checkpoint()
-            return 0
+            return sent
         if flags & _MSG_DONTWAIT and not connection.protocol.can_send:
             _error(errno.EAGAIN, "no send credits")
         await connection.send_message(payload, token)
@@ -382,6 +380,11 @@ class SMBDirectSocket(trio.socket.SocketType):
 
     async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         view = memoryview(buffer).cast("B")
+        # Checked before anything is read, with the stdlib's messages.
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv_into")
+        if nbytes > len(view):
+            raise ValueError("buffer too small for requested bytes")
         data = await self._recv(nbytes or len(view), flags)
         view[: len(data)] = data
         return len(data)
@@ -526,7 +529,7 @@ class SMBDirectSocket(trio.socket.SocketType):
                 self.parameters = self.parameters.replace(**{opt.PARAMETER_OPTIONS[optname]: value})
             else:
                 _error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
-        except ValueError as exc:
+        except (ValueError, ProtocolError) as exc:  # a value of the wrong size or range
             raise OSError(errno.EINVAL, str(exc)) from None
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:  # type: ignore[override]

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..._tasks import spawn_background
+from ..._tasks import serve_accepted, spawn_background
 from ..base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
 from .memory import SoftMemoryRegion
 from .mpa import (
@@ -429,13 +429,7 @@ class SoftListener(Listener):
         self.rejected: list[str] = []
 
     async def _accept_loop(self) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await self._listener.accept()
-                except (OSError, trio.ClosedResourceError):
-                    return
-                nursery.start_soon(self._handshake, stream)
+        await serve_accepted(self._listener.accept, self._handshake, f"software iWARP listener {self.address}")
 
     async def _handshake(self, stream: trio.SocketStream) -> None:
         try:

@@ -42,6 +42,7 @@ from typing import Any
 
 import trio
 
+from ..._tasks import OUT_OF_RESOURCES
 from ..base import (
     Access,
     Buffer,
@@ -789,6 +790,8 @@ class VerbsListener(Listener):
             try:
                 event = await self._cm_id.channel.next()
             except CmError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    raise  # for now: the listener's task retries
                 raise RdmaError(errno.EBADF, f"listener is closed: {exc}") from None
             if event.type is EventType.CONNECT_REQUEST:
                 return VerbsConnectionRequest(self._provider, event)
