@@ -17,13 +17,10 @@ Received data waits in a :class:`~smbdirect_socket.reassembly.ReceiveQueue`
 until :meth:`~SMBDirectProtocol.read`; the receive buffers it holds are
 reposted, and their credits granted, only once read.
 
-Credits follow [MS-SMBD] 3.1.5 and Linux: a message needs a send credit; the
-last one may only go with a message that grants credits; receives are kept
-posted up to the peer's request (at most ``recv_credit_max``); grants ride on
-data messages, and a message with no data is sent only when the peer may be
-stalled (it holds at most one credit), when it has fallen to a quarter of its
-target and at least two credits can be granted, or when it asked for a
-response.
+Credits follow [MS-SMBD] 3.1.5 and Linux; the whole policy (what may be
+sent, what to post and grant, when credits alone are worth a message) is
+:class:`~smbdirect_socket.credits.Credits`, which this class asks once per
+batch of fragments.
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ from collections import deque
 import attrs
 
 from . import constants as c
+from .credits import Credits
 from .errors import LocalProtocolError, PDUError, RemoteProtocolError
 from .parameters import Parameters
 from .pdu import Buffer, NegotiateRequest, NegotiateResponse, decode_data_transfer, encode_data_transfer
@@ -162,18 +160,16 @@ class SMBDirectProtocol:
         self.statistics = Statistics()
         self._actions: list[Action] = []
         self._events: deque[Event] = deque()
+        self._credits = Credits(self.parameters.recv_credit_max, self.parameters.send_credit_target)
         # receive side
-        self._posted = 0  # receive buffers posted, not yet completed
-        self._granted = 0  # credits the peer holds: <= _posted
-        self._receive_target = 1  # the peer's CreditsRequested, clamped
         self._incoming = ReceiveQueue()
         self._message_remaining = 0  # bytes still due for the message being reassembled
         self._response_owed = False  # the peer set RESPONSE_REQUESTED
         self._send_keepalive = False  # our idle timer expired
         self._flush_due = False  # receives came in: what to send is worked out in actions()
         # send side
-        self._send_credits = 0
         self._outgoing: deque[_Outgoing] = deque()
+        self._fragments = 0  # fragments the outgoing messages still make
         # timers
         self._negotiate_deadline: float | None = None
         self._idle_deadline: float | None = None
@@ -184,20 +180,20 @@ class SMBDirectProtocol:
     @property
     def send_credits(self) -> int:
         """Credits we hold to send to the peer."""
-        return self._send_credits
+        return self._credits.send
 
     @property
     def receive_credits(self) -> int:
         """Credits the peer holds to send to us."""
-        return self._granted
+        return self._credits.granted
 
     @property
     def receive_credit_target(self) -> int:
-        return self._receive_target
+        return self._credits.target
 
     @property
     def posted_receives(self) -> int:
-        return self._posted
+        return self._credits.posted
 
     @property
     def readable(self) -> int:
@@ -217,7 +213,7 @@ class SMBDirectProtocol:
     @property
     def can_send(self) -> bool:
         """Whether a new message would be sent at once (the socket is writable)."""
-        return self.state is State.CONNECTED and not self._outgoing and self._credit_allows(grants=self._new_credits())
+        return self.state is State.CONNECTED and not self._outgoing and self._credits.sendable() > 0
 
     # ---- inputs -------------------------------------------------------------
 
@@ -228,7 +224,7 @@ class SMBDirectProtocol:
         p = self.parameters
         self.state = State.NEGOTIATING
         self._negotiate_deadline = now + p.negotiate_timeout_msec / 1000
-        self._post(1)
+        self._refill()  # the one receive the negotiate message needs (the target is 1 until then)
         if self.role is Role.CLIENT:
             request = NegotiateRequest(
                 credits_requested=p.send_credit_target,
@@ -242,11 +238,8 @@ class SMBDirectProtocol:
         """Feed one completed receive (the bytes the peer sent)."""
         if self.state is State.CLOSED:
             return
-        if self.state is State.IDLE or self._posted == 0:
-            self._fail(RemoteProtocolError("message arrived with no receive posted"))
-            return
-        self._posted -= 1
         try:
+            self._credits.receive_completed()  # none is posted before start()
             if self.state is State.NEGOTIATING:
                 if self.role is Role.SERVER:
                     self._receive_negotiate_request(pdu, now)
@@ -280,6 +273,7 @@ class SMBDirectProtocol:
         if invalidate_token is not None and not 0 <= invalidate_token <= 0xFFFFFFFF:
             raise LocalProtocolError(f"invalidate token {invalidate_token!r} is not a u32")
         self._outgoing.append(_Outgoing(memoryview(payload).cast("B"), invalidate_token))
+        self._fragments -= -length // (self.negotiated.max_send_size - c.DATA_TRANSFER_DATA_OFFSET)
         self.statistics.messages_sent += 1
         self._flush()
 
@@ -379,7 +373,7 @@ class SMBDirectProtocol:
             )
         max_receive_size = max(min(p.max_recv_size, request.preferred_send_size), c.MIN_RECEIVE_SIZE)
         max_read_write_size = p.max_read_write_size or c.SERVER_MAX_READ_WRITE_SIZE  # 0 would stop RDMA I/O
-        self._receive_target = min(request.credits_requested, p.recv_credit_max)
+        self._credits.peer_credits(request.credits_requested, 0)
         negotiated = Negotiated(
             max_send_size=min(p.max_send_size, request.max_receive_size),
             max_receive_size=max_receive_size,
@@ -390,8 +384,7 @@ class SMBDirectProtocol:
         )
         self._established(negotiated, now)
         self._refill()
-        granted = self._new_credits()
-        self._granted += granted
+        granted = self._credits.grant()
         response = NegotiateResponse(
             status=c.NTStatus.SUCCESS,
             credits_requested=p.send_credit_target,
@@ -447,8 +440,7 @@ class SMBDirectProtocol:
             max_read_write_size=min(own_rw, response.max_read_write_size) if own_rw else response.max_read_write_size,
             send_credit_target=p.send_credit_target,
         )
-        self._send_credits = response.credits_granted
-        self._receive_target = min(response.credits_requested, p.recv_credit_max)
+        self._credits.peer_credits(response.credits_requested, response.credits_granted)
         self._established(negotiated, now)
 
     def _established(self, negotiated: Negotiated, now: float) -> None:
@@ -463,9 +455,7 @@ class SMBDirectProtocol:
     def _receive_data(self, pdu: Buffer, now: float) -> None:
         requested, granted, flags, remaining, data = decode_data_transfer(pdu)
         assert self.negotiated is not None
-        if self._granted == 0:
-            raise RemoteProtocolError("peer sent a message without holding a credit")
-        self._granted -= 1
+        self._credits.peer_spent()
         if requested == 0:
             raise RemoteProtocolError("DataTransferMessage.credits_requested: must not be 0")
         length = len(data)
@@ -480,12 +470,7 @@ class SMBDirectProtocol:
                 f"DataTransferMessage.length: {len(pdu)}-byte message exceeds the max receive size "
                 f"{self.negotiated.max_receive_size}"
             )
-        self._receive_target = max(1, min(requested, self.parameters.recv_credit_max))
-        self._send_credits += granted
-        if self._send_credits > 0xFFFF:
-            raise RemoteProtocolError(
-                f"DataTransferMessage.credits_granted: peer granted {self._send_credits} credits in all"
-            )
+        self._credits.peer_credits(requested, granted)
         if flags & c.SMB_DIRECT_RESPONSE_REQUESTED:
             self._response_owed = True
         self._arm_idle(now)
@@ -511,65 +496,52 @@ class SMBDirectProtocol:
         interval = self.parameters.keepalive_interval_msec
         self._idle_deadline = now + interval / 1000 if interval else None
 
-    def _new_credits(self) -> int:
-        """Credits posted but not yet granted."""
-        return self._posted - self._granted
-
-    def _credit_allows(self, grants: int) -> bool:
-        return self._send_credits > 1 or (self._send_credits == 1 and grants > 0)
-
     def _refill(self) -> None:
-        """Keep the peer's requested number of receives posted, minus held ones."""
-        want = min(self._receive_target, self.parameters.recv_credit_max - len(self._incoming))
-        if want > self._posted:
-            self._post(want - self._posted)
-
-    def _post(self, count: int) -> None:
-        self._posted += count
-        size = self.negotiated.max_receive_size if self.negotiated else self.parameters.max_recv_size
-        self._actions.append(PostReceives(count, size))
+        """Post the receives the credit policy wants, before anything that grants them is sent."""
+        count = self._credits.refill(len(self._incoming))
+        if count:
+            size = self.negotiated.max_receive_size if self.negotiated else self.parameters.max_recv_size
+            self._actions.append(PostReceives(count, size))
 
     def _flush(self) -> None:
-        """Send what credits allow: data fragments first, then a credit message if due."""
+        """Send what credits allow: data fragments first, then a message with no data if one is due."""
         self._flush_due = False
         if self.state is not State.CONNECTED:
             return
         self._refill()
         assert self.negotiated is not None
-        chunk = self.negotiated.max_send_size - c.DATA_TRANSFER_DATA_OFFSET
-        while self._outgoing and self._credit_allows(self._new_credits()):
-            message = self._outgoing[0]
-            start = message.sent
-            end = min(start + chunk, len(message.view))
-            remaining = len(message.view) - end
-            token = message.invalidate_token if remaining == 0 else None
-            self._send(message.view[start:end], remaining, invalidate_token=token)
-            message.sent = end
-            if not remaining:
-                self._outgoing.popleft()
-        if self._control_message_due() and self._credit_allows(self._new_credits()):
-            self._send(b"", 0)
+        credits = self._credits
+        outgoing = self._outgoing
+        if outgoing:
+            chunk = self.negotiated.max_send_size - c.DATA_TRANSFER_DATA_OFFSET
+            count, grant = credits.take(self._fragments)
+            self._fragments -= count
+            for _ in range(count):
+                message = outgoing[0]
+                start = message.sent
+                end = min(start + chunk, len(message.view))
+                remaining = len(message.view) - end
+                token = message.invalidate_token if remaining == 0 else None
+                self._send(message.view[start:end], remaining, grant, token)
+                grant = 0
+                message.sent = end
+                if not remaining:
+                    outgoing.popleft()
+            if count:
+                return  # a data message answers a request or keepalive, and grants all there was to grant
+        if self._response_owed or self._send_keepalive or credits.grant_due():
+            count, grant = credits.take(1)
+            if count:
+                self._send(b"", 0, grant)
 
-    def _control_message_due(self) -> bool:
-        if self._response_owed or self._send_keepalive:
-            return True
-        new = self._new_credits()
-        if not new:
-            return False
-        peer = self._granted
-        return peer <= 1 or (new >= 2 and peer <= self._receive_target // 4)
-
-    def _send(self, data: Buffer, remaining: int, *, invalidate_token: int | None = None) -> None:
-        granted = self._new_credits()
+    def _send(self, data: Buffer, remaining: int, granted: int, invalidate_token: int | None = None) -> None:
         flags = 0
         if self._send_keepalive and not data:
             flags = c.SMB_DIRECT_RESPONSE_REQUESTED
             self.statistics.keepalives_sent += 1
         self._send_keepalive = False
         self._response_owed = False
-        pdu = encode_data_transfer(self.parameters.send_credit_target, granted, flags, remaining, data)
-        self._send_credits -= 1
-        self._granted += granted
+        pdu = encode_data_transfer(self._credits.send_target, granted, flags, remaining, data)
         stats = self.statistics
         stats.fragments_sent += 1
         stats.bytes_sent += len(data)
@@ -593,6 +565,7 @@ class SMBDirectProtocol:
         self.error = error
         self._negotiate_deadline = self._idle_deadline = self._keepalive_deadline = None
         self._outgoing.clear()
+        self._fragments = 0
         if disconnect:
             self._actions.append(Disconnect())
         self._events.append(Terminated(error))

@@ -13,7 +13,7 @@ from collections import deque
 
 from .errors import ProtocolError
 from .parameters import Parameters
-from .protocol import Disconnect, PostReceives, Role, SendPDU, SMBDirectProtocol
+from .protocol import Action, Disconnect, PostReceives, Role, SendPDU, SMBDirectProtocol
 
 __all__ = ["ProtocolPair", "ReceiverNotReady"]
 
@@ -59,9 +59,13 @@ class ProtocolPair:
 
     def collect(self, protocol: SMBDirectProtocol) -> None:
         """Carry out ``protocol``'s actions: post its receives, queue its sends."""
+        self.carry_out(protocol, protocol.actions())
+
+    def carry_out(self, protocol: SMBDirectProtocol, actions: list[Action]) -> None:
+        """Carry out ``actions`` of ``protocol`` in order (a subclass may look at them first)."""
         side = self.side(protocol)
         peer = self.side(self.peer(protocol))
-        for action in protocol.actions():
+        for action in actions:
             if isinstance(action, PostReceives):
                 side.posted.extend([action.size] * action.count)
             elif isinstance(action, SendPDU):

@@ -316,7 +316,7 @@ def test_peer_sending_without_credit() -> None:
         pair.server.receive(data_message(), 0.0)
         pair.server.actions()  # the grant of the fourth credit goes out with the first
     assert pair.server.state is State.CONNECTED
-    pair.server._posted += 1  # a buffer is there: only the credit is missing
+    pair.server._credits.posted += 1  # a buffer is there: only the credit is missing
     pair.server.receive(data_message(), 0.0)
     assert_terminated(pair.server, "peer sent a message without holding a credit")
 

@@ -1,0 +1,167 @@
+"""The SMB-Direct credit policy: who may send, how many receives to post, what to grant.
+
+SMB-Direct has no flow-control window in bytes: it counts messages.  Each
+side posts receive buffers and *grants* the peer one credit per buffer; every
+message, data or not, spends one credit of the sender's, and lands in one
+posted buffer of the receiver's ([MS-SMBD] 3.1.1.1, 3.1.5.8-3.1.5.10).  A
+message sent without a buffer posted for it breaks the queue pair (RDMA's
+receiver-not-ready), so these counters are the whole of the protocol's flow
+control.  :class:`Credits` keeps them for one connection and answers the two
+questions the sending code asks, for a batch of fragments at once: *how many
+may go now*, and *what does the first of them grant*.
+
+The counters
+    ``send``
+        credits we hold: messages we may still send.
+    ``posted``
+        receive buffers posted and not yet filled.
+    ``granted``
+        credits the peer holds; never more than ``posted`` (a grant promises
+        a buffer), so ``posted - granted`` (:attr:`~Credits.ungranted`) is
+        what the next message can grant.
+    ``target``
+        the peer's latest CreditsRequested, clamped to [1,
+        ``recv_credit_max``] as Linux does; 1 before negotiation, which is
+        the one receive the negotiate message needs.
+
+The decisions, and why
+    Sending: a message needs a credit, and the **last** credit may only go
+    with a message that grants credits.  A side that spends its last credit
+    on a message that grants nothing may never hear from the peer again: if
+    the peer is waiting for a grant too, both wait forever.  Linux enforces
+    this with a separate gate after a hang against Windows; so do we.  Hence
+    :meth:`~Credits.sendable` is ``send - 1``, or 1 when only the last credit
+    is left and there is something to grant.
+
+    Granting: every message carries all the credits posted but not yet
+    granted, so in a batch the first message grants them and the others
+    grant nothing.  :meth:`~Credits.take` spends the credits of a whole batch
+    in one call and gives the grant of its first message.
+
+    Posting: receives are kept posted up to ``min(target, recv_credit_max -
+    held)``, where ``held`` counts buffers holding data the application has
+    not read.  Such a buffer is reposted only once read: a reader that stops
+    reading stops the grants, the sender stalls, and memory stays bounded by
+    ``recv_credit_max`` buffers.  Receives are always posted before the
+    message that grants them is sent (:meth:`~Credits.refill` comes first).
+
+    A message with no data, only credits (:meth:`~Credits.grant_due`): grants
+    ride on data messages, and credits alone are worth a message only when
+    the peer may be stalled (it holds at most one credit, which the
+    last-credit rule may forbid it to use), or when it has fallen to a
+    quarter of its target or less and at least two credits can be granted
+    (a refill, as Linux does at target/4).  So a single credit is never
+    granted on its own to a peer that is not stalled: two idle peers would
+    otherwise keep handing each other one credit back and forth.  For the
+    same reason :class:`~smbdirect_socket.parameters.Parameters` keeps
+    ``recv_credit_max`` and ``send_credit_target`` at 3 or more: with two
+    credits a side, every grant would leave the peer "stalled" and be
+    answered.  A message the peer asked for (RESPONSE_REQUESTED) or a
+    keepalive is the protocol's decision; it spends a credit the same way.
+
+The peer's side is checked here too: a message when the peer holds no
+credit, or grants that take our credits above 65535 (a u16 on the wire, the
+kernel's limit), end the connection with :class:`RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+from .errors import RemoteProtocolError
+
+__all__ = ["MAX_CREDITS", "Credits"]
+
+#: The most credits a side may hold: CreditsGranted and CreditsRequested are u16.
+MAX_CREDITS = 0xFFFF
+
+
+class Credits:
+    """The credit counters of one connection and the policy that moves them.
+
+    ``recv_credit_max`` bounds the receives we post; ``send_target`` is the
+    CreditsRequested every message of ours carries (our
+    ``send_credit_target``).
+    """
+
+    __slots__ = ("granted", "posted", "recv_credit_max", "send", "send_target", "target")
+
+    def __init__(self, recv_credit_max: int, send_target: int) -> None:
+        self.recv_credit_max = recv_credit_max
+        self.send_target = send_target
+        self.send = 0
+        self.posted = 0
+        self.granted = 0
+        self.target = 1
+
+    def __repr__(self) -> str:
+        return (
+            f"<Credits send={self.send} posted={self.posted} granted={self.granted} "
+            f"target={self.target}/{self.recv_credit_max}>"
+        )
+
+    # ---- receiving -----------------------------------------------------------
+
+    def receive_completed(self) -> None:
+        """A posted receive was filled (by any message, negotiation included)."""
+        if not self.posted:
+            raise RemoteProtocolError("message arrived with no receive posted")
+        self.posted -= 1
+
+    def peer_spent(self) -> None:
+        """The peer sent a data message: it spent one of the credits we granted."""
+        if not self.granted:
+            raise RemoteProtocolError("peer sent a message without holding a credit")
+        self.granted -= 1
+
+    def peer_credits(self, requested: int, granted: int) -> None:
+        """The peer's message asked for ``requested`` credits in all and granted us ``granted`` more."""
+        self.target = max(1, min(requested, self.recv_credit_max))
+        self.send += granted
+        if self.send > MAX_CREDITS:
+            raise RemoteProtocolError(f"DataTransferMessage.credits_granted: peer granted {self.send} credits in all")
+
+    def refill(self, held: int) -> int:
+        """How many receives to post now (counted as posted); ``held`` buffers hold unread data."""
+        more = min(self.target, self.recv_credit_max - held) - self.posted
+        if more <= 0:
+            return 0
+        self.posted += more
+        return more
+
+    # ---- sending -------------------------------------------------------------
+
+    @property
+    def ungranted(self) -> int:
+        """Receives posted but not yet granted: what the next message grants."""
+        return self.posted - self.granted
+
+    def sendable(self) -> int:
+        """How many messages may go now: all credits but the last, which needs a grant to ride on."""
+        send = self.send
+        if send > 1:
+            return send - 1
+        return 1 if send == 1 and self.posted > self.granted else 0
+
+    def take(self, fragments: int) -> tuple[int, int]:
+        """Spend credits on up to ``fragments`` messages; ``(how many go now, what the first grants)``.
+
+        The others of the batch grant nothing.  ``(0, 0)`` when none may go.
+        """
+        count = min(fragments, self.sendable())
+        if count <= 0:
+            return 0, 0
+        self.send -= count
+        return count, self.grant()
+
+    def grant(self) -> int:
+        """Grant every posted receive not yet granted (the negotiate response does, with no credit)."""
+        grant = self.posted - self.granted
+        self.granted = self.posted
+        return grant
+
+    def grant_due(self) -> bool:
+        """Whether credits alone are worth a message: the peer may be stalled, or needs a refill."""
+        new = self.posted - self.granted
+        if not new:
+            return False
+        peer = self.granted
+        return peer <= 1 or (new >= 2 and peer <= self.target // 4)
