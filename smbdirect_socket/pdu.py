@@ -10,9 +10,8 @@ All integers are little-endian.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -20,11 +19,10 @@ from .constants import (
     BUFFER_DESCRIPTOR_V1_SIZE,
     DATA_TRANSFER_DATA_OFFSET,
     DATA_TRANSFER_HEADER_SIZE,
-    NEGOTIATE_REQUEST_SIZE,
-    NEGOTIATE_RESPONSE_SIZE,
     SMBDIRECT_VERSION,
 )
 from .errors import PDUError
+from .layout import Layout
 
 __all__ = [
     "BufferDescriptorV1",
@@ -58,6 +56,76 @@ def _need(pdu: str, buffer: Buffer, size: int) -> None:
         raise PDUError(pdu, "length", f"{len(buffer)} bytes is shorter than the {size}-byte minimum")
 
 
+def _pack(layout: Layout, pdu: object) -> bytes:
+    return layout.struct.pack(*(getattr(pdu, name) for name in layout.names))
+
+
+def _unpack(cls: type[_T], layout: Layout, buffer: Buffer) -> _T:
+    _need(layout.name, buffer, layout.size)
+    return cls(**layout.unpack(buffer))
+
+
+NEGOTIATE_REQUEST = Layout(
+    "NegotiateRequest",
+    (
+        ("min_version", "H"),
+        ("max_version", "H"),
+        ("reserved", "H"),
+        ("credits_requested", "H"),
+        ("preferred_send_size", "I"),
+        ("max_receive_size", "I"),
+        ("max_fragmented_size", "I"),
+    ),
+    "<",
+)
+NEGOTIATE_RESPONSE = Layout(
+    "NegotiateResponse",
+    (
+        ("min_version", "H"),
+        ("max_version", "H"),
+        ("negotiated_version", "H"),
+        ("reserved", "H"),
+        ("credits_requested", "H"),
+        ("credits_granted", "H"),
+        ("status", "I"),
+        ("max_read_write_size", "I"),
+        ("preferred_send_size", "I"),
+        ("max_receive_size", "I"),
+        ("max_fragmented_size", "I"),
+    ),
+    "<",
+)
+DATA_TRANSFER = Layout(
+    "DataTransferMessage",
+    (
+        ("credits_requested", "H"),
+        ("credits_granted", "H"),
+        ("flags", "H"),
+        ("reserved", "H"),
+        ("remaining_data_length", "I"),
+        ("data_offset", "I"),
+        ("data_length", "I"),
+    ),
+    "<",
+)
+#: What a batch of received data-transfer messages can break, by the code the
+#: compiled core returns (its index); ``ok`` is no fault.
+BATCH_FAULTS = (
+    "ok",
+    "length",
+    "data_offset_alignment",
+    "data_offset_overlap",
+    "data_length",
+    "no_credit",
+    "credits_requested",
+    "message_size",
+    "receive_size",
+    "credits_granted",
+    "continuation",
+)
+BUFFER_DESCRIPTOR_V1 = Layout("BufferDescriptorV1", (("offset", "Q"), ("token", "I"), ("length", "I")), "<")
+
+
 @attrs.frozen
 class NegotiateRequest:
     """SMBDirect Negotiate Request, 20 bytes ([MS-SMBD] 2.2.1)."""
@@ -70,32 +138,12 @@ class NegotiateRequest:
     max_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
     reserved: int = attrs.field(default=0, validator=u16)
 
-    _format: ClassVar = struct.Struct("<HHHHIII")
-
     def pack(self) -> bytes:
-        return self._format.pack(
-            self.min_version,
-            self.max_version,
-            self.reserved,
-            self.credits_requested,
-            self.preferred_send_size,
-            self.max_receive_size,
-            self.max_fragmented_size,
-        )
+        return _pack(NEGOTIATE_REQUEST, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> NegotiateRequest:
-        _need("NegotiateRequest", buffer, NEGOTIATE_REQUEST_SIZE)
-        (min_v, max_v, reserved, requested, preferred, max_recv, max_frag) = cls._format.unpack_from(buffer)
-        return cls(
-            credits_requested=requested,
-            preferred_send_size=preferred,
-            max_receive_size=max_recv,
-            max_fragmented_size=max_frag,
-            min_version=min_v,
-            max_version=max_v,
-            reserved=reserved,
-        )
+        return _unpack(cls, NEGOTIATE_REQUEST, buffer)
 
 
 @attrs.frozen
@@ -114,52 +162,12 @@ class NegotiateResponse:
     max_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
     reserved: int = attrs.field(default=0, validator=u16)
 
-    _format: ClassVar = struct.Struct("<HHHHHHIIIII")
-
     def pack(self) -> bytes:
-        return self._format.pack(
-            self.min_version,
-            self.max_version,
-            self.negotiated_version,
-            self.reserved,
-            self.credits_requested,
-            self.credits_granted,
-            self.status,
-            self.max_read_write_size,
-            self.preferred_send_size,
-            self.max_receive_size,
-            self.max_fragmented_size,
-        )
+        return _pack(NEGOTIATE_RESPONSE, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> NegotiateResponse:
-        _need("NegotiateResponse", buffer, NEGOTIATE_RESPONSE_SIZE)
-        (
-            min_v,
-            max_v,
-            negotiated,
-            reserved,
-            requested,
-            granted,
-            status,
-            max_rw,
-            preferred,
-            max_recv,
-            max_frag,
-        ) = cls._format.unpack_from(buffer)
-        return cls(
-            status=status,
-            credits_requested=requested,
-            credits_granted=granted,
-            max_read_write_size=max_rw,
-            preferred_send_size=preferred,
-            max_receive_size=max_recv,
-            max_fragmented_size=max_frag,
-            negotiated_version=negotiated,
-            min_version=min_v,
-            max_version=max_v,
-            reserved=reserved,
-        )
+        return _unpack(cls, NEGOTIATE_RESPONSE, buffer)
 
 
 def _check_data_offset(instance: DataTransferMessage, _attribute: object, value: int) -> None:
@@ -186,8 +194,6 @@ class DataTransferMessage:
     data_offset: int = attrs.field(validator=_check_data_offset)
     reserved: int = attrs.field(default=0, validator=u16)
 
-    _header: ClassVar = struct.Struct("<HHHHIII")
-
     @data_offset.default
     def _default_data_offset(self) -> int:
         return DATA_TRANSFER_DATA_OFFSET if len(self.data) else 0
@@ -200,15 +206,7 @@ class DataTransferMessage:
         length = len(self.data)
         if length > 0xFFFFFFFF:
             raise ValueError("data_length must be a u32")
-        header = self._header.pack(
-            self.credits_requested,
-            self.credits_granted,
-            self.flags,
-            self.reserved,
-            self.remaining_data_length,
-            self.data_offset,
-            length,
-        )
+        header = _pack(DATA_TRANSFER, self)
         if not length:
             return header
         return b"".join((header, bytes(self.data_offset - DATA_TRANSFER_HEADER_SIZE), self.data))
@@ -219,7 +217,7 @@ class DataTransferMessage:
         return cls(requested, granted, flags, remaining, data, offset, reserved)
 
 
-_DATA_HEADER = DataTransferMessage._header
+_DATA_HEADER = DATA_TRANSFER.struct
 _PADDING = bytes(DATA_TRANSFER_DATA_OFFSET - DATA_TRANSFER_HEADER_SIZE)
 
 
@@ -269,16 +267,12 @@ class BufferDescriptorV1:
     token: int = attrs.field(validator=u32)
     length: int = attrs.field(validator=u32)
 
-    _format: ClassVar = struct.Struct("<QII")
-
     def pack(self) -> bytes:
-        return self._format.pack(self.offset, self.token, self.length)
+        return _pack(BUFFER_DESCRIPTOR_V1, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> BufferDescriptorV1:
-        _need("BufferDescriptorV1", buffer, BUFFER_DESCRIPTOR_V1_SIZE)
-        offset, token, length = cls._format.unpack_from(buffer)
-        return cls(offset=offset, token=token, length=length)
+        return _unpack(cls, BUFFER_DESCRIPTOR_V1, buffer)
 
     @classmethod
     def pack_list(cls, descriptors: list[BufferDescriptorV1]) -> bytes:

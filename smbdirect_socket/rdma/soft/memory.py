@@ -77,6 +77,11 @@ class MemoryTable:
         self._regions[token >> 8] = region
         return region
 
+    @property
+    def regions(self) -> dict[int, SoftMemoryRegion]:
+        """The registrations by index (``token >> 8``), for the compiled fast path to look up."""
+        return self._regions
+
     def deregister(self, region: SoftMemoryRegion) -> None:
         region._valid = False
         if self._regions.get(region.token >> 8) is region:
