@@ -117,6 +117,8 @@ class IwarpQueuePair:
         self.error: RdmaError | None = None
         self.closed = False
         self._crc = negotiation.crc
+        #: The compiled wire core, or None for the pure-Python path (the reference).
+        self.wire = _core
         self._siw_layout = siw_terminate_layout
         self._reader = FpduReader(negotiation.crc)
         self._tagged_chunk = (max_fpdu - 2 - ddp.TAGGED_HEADER - 4) & ~3
@@ -222,7 +224,7 @@ class IwarpQueuePair:
         reader = self._reader
         reader.feed(data)
         try:
-            if _core is not None:
+            if self.wire is not None:
                 while self._receive_compiled(reader):  # the compiled core stopped in front of this FPDU
                     segment = reader.next_segment()
                     assert segment is not None
@@ -341,8 +343,8 @@ class IwarpQueuePair:
 
     def _queue_framed(self, requests: tuple[tuple[Op, int, int, Buffer], ...]) -> None:
         """Queue the FPDUs of ``requests`` (op, word or STag, MSN or TO, data), framed by the compiled core."""
-        assert _core is not None
-        framed, _ = _core.frame(requests, self._untagged_chunk, self._tagged_chunk, self._crc)
+        assert self.wire is not None
+        framed, _ = self.wire.frame(requests, self._untagged_chunk, self._tagged_chunk, self._crc)
         self._output.append(framed)
         self._queued += len(framed)
 
@@ -374,7 +376,7 @@ class IwarpQueuePair:
             op = Op.SEND_SE_INVALIDATE if solicited else Op.SEND_INVALIDATE
         msn = next(self._send_msn)
         word = invalidate_token or 0
-        if _core is not None:
+        if self.wire is not None:
             self._queue_framed(((op, word, msn, data),))
         elif len(data) <= self._untagged_chunk:  # one FPDU: most sends
             self._queue(ddp.untagged_header(op, True, ddp.QN_SEND, msn, 0, word), data)
@@ -384,7 +386,7 @@ class IwarpQueuePair:
         self._marks.append((self._queued, Completion(wr_id, Opcode.SEND, byte_len=len(data)), signaled))
 
     def _emit_tagged(self, op: Op, token: int, address: int, data: Buffer) -> None:
-        if _core is not None:
+        if self.wire is not None:
             self._queue_framed(((op, token, address, data),))
             return
         for start, chunk, last in self._chunks(data, self._tagged_chunk):
@@ -395,7 +397,7 @@ class IwarpQueuePair:
     def _receive_compiled(self, reader: FpduReader) -> bool:
         """Let the compiled core handle the usual FPDUs (Sends, Writes, Read Responses) at
         the reader's position; True if it stopped in front of one for :meth:`_handle`."""
-        assert _core is not None
+        assert self.wire is not None
         current = self._current
         reads = self._outstanding_reads
         state = (
@@ -404,7 +406,7 @@ class IwarpQueuePair:
             current.placed if current is not None else 0,
             reads[0].placed if reads else 0,
         )
-        consumed, fpdus, taken, records, state, fallback = _core.receive(
+        consumed, fpdus, taken, records, state, fallback = self.wire.receive(
             reader.unread(), self._crc, state, current, self._receives, self.memory.regions, reads, self.memory
         )
         if not fpdus:
