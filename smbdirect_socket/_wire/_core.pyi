@@ -10,6 +10,9 @@ def crc32c_hardware() -> bool: ...
 def frame(
     requests: Sequence[tuple[int, int, int, Buffer]], untagged_chunk: int, tagged_chunk: int, crc: bool, /
 ) -> tuple[bytes, list[int]]: ...
+def frame_one(
+    op: int, word_or_stag: int, msn_or_offset: int, data: Buffer, untagged_chunk: int, tagged_chunk: int, crc: bool, /
+) -> bytes: ...
 def receive(
     data: Buffer,
     crc: bool,

@@ -127,6 +127,57 @@ done:
     return result;
 }
 
+/* frame_one(op, word_or_stag, msn_or_to, data, untagged_chunk, tagged_chunk, crc) -> bytes:
+ * one request, the per-message hot path (no sequence, no list). */
+static PyObject *py_frame_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "frame_one takes 7 arguments");
+        return NULL;
+    }
+    unsigned long op = PyLong_AsUnsignedLong(args[0]);
+    unsigned long long a = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long b = PyLong_AsUnsignedLongLong(args[2]);
+    Py_ssize_t untagged_chunk = PyLong_AsSsize_t(args[4]), tagged_chunk = PyLong_AsSsize_t(args[5]);
+    int crc = PyObject_IsTrue(args[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (op > WIRE_OP_TERMINATE || op == WIRE_OP_READ_REQUEST || op == WIRE_OP_TERMINATE || a > 0xFFFFFFFFu ||
+        untagged_chunk <= 0 || tagged_chunk <= 0 || untagged_chunk % 4 || tagged_chunk % 4 ||
+        untagged_chunk + WIRE_UNTAGGED_HEADER_SIZE > 0xFFFF || tagged_chunk + WIRE_TAGGED_HEADER_SIZE > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "cannot frame this request");
+        return NULL;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[3], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    wire_request r = {0};
+    r.op = (unsigned)op;
+    r.data = data.buf;
+    r.len = (size_t)data.len;
+    PyObject *out = NULL;
+    if (op == WIRE_OP_WRITE || op == WIRE_OP_READ_RESPONSE) {
+        r.stag = (uint32_t)a;
+        r.to = b;
+    } else if (b > 0xFFFFFFFFu || r.len > 0xFFFFFFFFu) {
+        PyErr_SetString(PyExc_ValueError, "MSN and message length must fit 32 bits");
+        goto done;
+    } else {
+        r.word = (uint32_t)a;
+        r.msn = (uint32_t)b;
+    }
+    size_t size = wire_frame_size(&r, (size_t)untagged_chunk, (size_t)tagged_chunk);
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (out && wire_frame((uint8_t *)PyBytes_AS_STRING(out), size, &r, (size_t)untagged_chunk, (size_t)tagged_chunk,
+                          crc) != size) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_SystemError, "framing overran its buffer");
+    }
+done:
+    PyBuffer_Release(&data);
+    return out;
+}
+
 /* ---- receiving ---------------------------------------------------------------- */
 
 typedef struct {
@@ -435,6 +486,8 @@ static PyMethodDef methods[] = {
     {"frame", py_frame, METH_VARARGS,
      "frame(requests, untagged_chunk, tagged_chunk, crc) -> (bytes, ends): the FPDUs of each\n"
      "(op, word or stag, msn or offset, data), and where each request's FPDUs end."},
+    {"frame_one", (PyCFunction)(void (*)(void))py_frame_one, METH_FASTCALL,
+     "frame_one(op, word or stag, msn or offset, data, untagged_chunk, tagged_chunk, crc) -> bytes"},
     {"receive", py_receive, METH_VARARGS, "The FPDU receive fast path (see rdmap.py)."},
     {"encode_data_transfers", py_smbd_encode, METH_VARARGS, "See pdu.encode_data_transfers."},
     {"check_data_transfers", py_smbd_check, METH_VARARGS, "See pdu.check_data_transfers."},

@@ -36,6 +36,11 @@ __all__ = ["IwarpQueuePair"]
 #: Largest FPDU we build: a ULPDU_Length still fits its 16 bits.
 DEFAULT_MAX_FPDU = 65536
 
+#: Payloads up to this size are framed by the compiled core, which copies them
+#: into one buffer; larger ones go out as views between their headers, as a copy
+#: would cost more than the few FPDUs' Python work it saves.
+_FRAME_COPY_LIMIT = 16384
+
 # Records of the compiled receive path (fpdu.h).
 _RECORD_RECV = 1
 _RECORD_SOLICITED = 1
@@ -341,10 +346,11 @@ class IwarpQueuePair:
             self._output.append(piece)
             self._queued += len(piece)
 
-    def _queue_framed(self, requests: tuple[tuple[Op, int, int, Buffer], ...]) -> None:
-        """Queue the FPDUs of ``requests`` (op, word or STag, MSN or TO, data), framed by the compiled core."""
+    def _queue_framed(self, op: Op, word: int, number: int, data: Buffer) -> None:
+        """Queue the FPDUs of one request, framed by the compiled core: ``word`` is the STag
+        to invalidate (Sends) or the STag (tagged), ``number`` the MSN or the tagged offset."""
         assert self.wire is not None
-        framed, _ = self.wire.frame(requests, self._untagged_chunk, self._tagged_chunk, self._crc)
+        framed = self.wire.frame_one(op, word, number, data, self._untagged_chunk, self._tagged_chunk, self._crc)
         self._output.append(framed)
         self._queued += len(framed)
 
@@ -376,8 +382,8 @@ class IwarpQueuePair:
             op = Op.SEND_SE_INVALIDATE if solicited else Op.SEND_INVALIDATE
         msn = next(self._send_msn)
         word = invalidate_token or 0
-        if self.wire is not None:
-            self._queue_framed(((op, word, msn, data),))
+        if self.wire is not None and len(data) <= _FRAME_COPY_LIMIT:
+            self._queue_framed(op, word, msn, data)
         elif len(data) <= self._untagged_chunk:  # one FPDU: most sends
             self._queue(ddp.untagged_header(op, True, ddp.QN_SEND, msn, 0, word), data)
         else:
@@ -386,8 +392,8 @@ class IwarpQueuePair:
         self._marks.append((self._queued, Completion(wr_id, Opcode.SEND, byte_len=len(data)), signaled))
 
     def _emit_tagged(self, op: Op, token: int, address: int, data: Buffer) -> None:
-        if self.wire is not None:
-            self._queue_framed(((op, token, address, data),))
+        if self.wire is not None and len(data) <= _FRAME_COPY_LIMIT:
+            self._queue_framed(op, token, address, data)
             return
         for start, chunk, last in self._chunks(data, self._tagged_chunk):
             self._queue(ddp.tagged_header(op, last, token, (address + start) & 0xFFFFFFFFFFFFFFFF), chunk)
@@ -423,6 +429,9 @@ class IwarpQueuePair:
             if kind == _RECORD_RECV:
                 receive = filled[index]
                 index += 1
+                if not flags:  # most receives: positional, the quickest tuple to build
+                    completions.append(Completion(receive.wr_id, Opcode.RECV, Status.SUCCESS, length))
+                    continue
                 completions.append(
                     Completion(
                         receive.wr_id,
