@@ -69,5 +69,5 @@ interop: install
 # libfuzzer-*-dev from the system), FUZZ_SECONDS each; then the core's own
 # tests under ASan.
 FUZZ_SECONDS ?= 60
-fuzz:
+fuzz: install
 	$(MAKE) -C fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
