@@ -4,11 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test lint docs bench bench-verbs demo interop faults soak clean
+.PHONY: install system-deps test lint docs bench bench-verbs demo interop faults soak fuzz clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The compiled wire core is built by the editable install: a change to its C
+# sources (or to setup.py) rebuilds it.
+WIRE_SOURCES := $(wildcard smbdirect_socket/_wire/*.c smbdirect_socket/_wire/*.h)
+
+$(STAMP): pyproject.toml setup.py $(WIRE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -72,3 +76,10 @@ interop: install
 faults: install
 	tests/interop/vm/setup.sh
 	tests/interop/vm/run.sh --timeout 1500 -- timeout -s ABRT 1200 $(PY) -m pytest -p no:cacheprovider -v -s -rA tests/netns
+
+# libFuzzer harnesses of the wire core under ASan and UBSan (clang and
+# libfuzzer-*-dev from the system), FUZZ_SECONDS each; then the core's own
+# tests under ASan.
+FUZZ_SECONDS ?= 60
+fuzz: install
+	$(MAKE) -C fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)

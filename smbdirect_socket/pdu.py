@@ -10,27 +10,32 @@ All integers are little-endian.
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
+from ._wire import core as _core
 from .constants import (
     BUFFER_DESCRIPTOR_V1_SIZE,
     DATA_TRANSFER_DATA_OFFSET,
     DATA_TRANSFER_HEADER_SIZE,
-    NEGOTIATE_REQUEST_SIZE,
-    NEGOTIATE_RESPONSE_SIZE,
+    SMB_DIRECT_RESPONSE_REQUESTED,
     SMBDIRECT_VERSION,
 )
-from .errors import PDUError
+from .errors import PDUError, ProtocolError, RemoteProtocolError
+from .layout import Layout
 
 __all__ = [
     "BufferDescriptorV1",
     "DataTransferMessage",
     "NegotiateRequest",
     "NegotiateResponse",
+    "ReceiveLimits",
+    "ReceiveState",
+    "ReceivedBatch",
+    "check_data_transfers",
+    "encode_data_transfers",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -58,6 +63,76 @@ def _need(pdu: str, buffer: Buffer, size: int) -> None:
         raise PDUError(pdu, "length", f"{len(buffer)} bytes is shorter than the {size}-byte minimum")
 
 
+def _pack(layout: Layout, pdu: object) -> bytes:
+    return layout.struct.pack(*(getattr(pdu, name) for name in layout.names))
+
+
+def _unpack(cls: type[_T], layout: Layout, buffer: Buffer) -> _T:
+    _need(layout.name, buffer, layout.size)
+    return cls(**layout.unpack(buffer))
+
+
+NEGOTIATE_REQUEST = Layout(
+    "NegotiateRequest",
+    (
+        ("min_version", "H"),
+        ("max_version", "H"),
+        ("reserved", "H"),
+        ("credits_requested", "H"),
+        ("preferred_send_size", "I"),
+        ("max_receive_size", "I"),
+        ("max_fragmented_size", "I"),
+    ),
+    "<",
+)
+NEGOTIATE_RESPONSE = Layout(
+    "NegotiateResponse",
+    (
+        ("min_version", "H"),
+        ("max_version", "H"),
+        ("negotiated_version", "H"),
+        ("reserved", "H"),
+        ("credits_requested", "H"),
+        ("credits_granted", "H"),
+        ("status", "I"),
+        ("max_read_write_size", "I"),
+        ("preferred_send_size", "I"),
+        ("max_receive_size", "I"),
+        ("max_fragmented_size", "I"),
+    ),
+    "<",
+)
+DATA_TRANSFER = Layout(
+    "DataTransferMessage",
+    (
+        ("credits_requested", "H"),
+        ("credits_granted", "H"),
+        ("flags", "H"),
+        ("reserved", "H"),
+        ("remaining_data_length", "I"),
+        ("data_offset", "I"),
+        ("data_length", "I"),
+    ),
+    "<",
+)
+#: What a batch of received data-transfer messages can break, by the code the
+#: compiled core returns (its index); ``ok`` is no fault.
+BATCH_FAULTS = (
+    "ok",
+    "length",
+    "data_offset_alignment",
+    "data_offset_overlap",
+    "data_length",
+    "no_credit",
+    "credits_requested",
+    "message_size",
+    "receive_size",
+    "credits_granted",
+    "continuation",
+)
+BUFFER_DESCRIPTOR_V1 = Layout("BufferDescriptorV1", (("offset", "Q"), ("token", "I"), ("length", "I")), "<")
+
+
 @attrs.frozen
 class NegotiateRequest:
     """SMBDirect Negotiate Request, 20 bytes ([MS-SMBD] 2.2.1)."""
@@ -70,32 +145,12 @@ class NegotiateRequest:
     max_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
     reserved: int = attrs.field(default=0, validator=u16)
 
-    _format: ClassVar = struct.Struct("<HHHHIII")
-
     def pack(self) -> bytes:
-        return self._format.pack(
-            self.min_version,
-            self.max_version,
-            self.reserved,
-            self.credits_requested,
-            self.preferred_send_size,
-            self.max_receive_size,
-            self.max_fragmented_size,
-        )
+        return _pack(NEGOTIATE_REQUEST, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> NegotiateRequest:
-        _need("NegotiateRequest", buffer, NEGOTIATE_REQUEST_SIZE)
-        (min_v, max_v, reserved, requested, preferred, max_recv, max_frag) = cls._format.unpack_from(buffer)
-        return cls(
-            credits_requested=requested,
-            preferred_send_size=preferred,
-            max_receive_size=max_recv,
-            max_fragmented_size=max_frag,
-            min_version=min_v,
-            max_version=max_v,
-            reserved=reserved,
-        )
+        return _unpack(cls, NEGOTIATE_REQUEST, buffer)
 
 
 @attrs.frozen
@@ -114,52 +169,12 @@ class NegotiateResponse:
     max_version: int = attrs.field(default=SMBDIRECT_VERSION, validator=u16)
     reserved: int = attrs.field(default=0, validator=u16)
 
-    _format: ClassVar = struct.Struct("<HHHHHHIIIII")
-
     def pack(self) -> bytes:
-        return self._format.pack(
-            self.min_version,
-            self.max_version,
-            self.negotiated_version,
-            self.reserved,
-            self.credits_requested,
-            self.credits_granted,
-            self.status,
-            self.max_read_write_size,
-            self.preferred_send_size,
-            self.max_receive_size,
-            self.max_fragmented_size,
-        )
+        return _pack(NEGOTIATE_RESPONSE, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> NegotiateResponse:
-        _need("NegotiateResponse", buffer, NEGOTIATE_RESPONSE_SIZE)
-        (
-            min_v,
-            max_v,
-            negotiated,
-            reserved,
-            requested,
-            granted,
-            status,
-            max_rw,
-            preferred,
-            max_recv,
-            max_frag,
-        ) = cls._format.unpack_from(buffer)
-        return cls(
-            status=status,
-            credits_requested=requested,
-            credits_granted=granted,
-            max_read_write_size=max_rw,
-            preferred_send_size=preferred,
-            max_receive_size=max_recv,
-            max_fragmented_size=max_frag,
-            negotiated_version=negotiated,
-            min_version=min_v,
-            max_version=max_v,
-            reserved=reserved,
-        )
+        return _unpack(cls, NEGOTIATE_RESPONSE, buffer)
 
 
 def _check_data_offset(instance: DataTransferMessage, _attribute: object, value: int) -> None:
@@ -186,8 +201,6 @@ class DataTransferMessage:
     data_offset: int = attrs.field(validator=_check_data_offset)
     reserved: int = attrs.field(default=0, validator=u16)
 
-    _header: ClassVar = struct.Struct("<HHHHIII")
-
     @data_offset.default
     def _default_data_offset(self) -> int:
         return DATA_TRANSFER_DATA_OFFSET if len(self.data) else 0
@@ -200,15 +213,7 @@ class DataTransferMessage:
         length = len(self.data)
         if length > 0xFFFFFFFF:
             raise ValueError("data_length must be a u32")
-        header = self._header.pack(
-            self.credits_requested,
-            self.credits_granted,
-            self.flags,
-            self.reserved,
-            self.remaining_data_length,
-            self.data_offset,
-            length,
-        )
+        header = _pack(DATA_TRANSFER, self)
         if not length:
             return header
         return b"".join((header, bytes(self.data_offset - DATA_TRANSFER_HEADER_SIZE), self.data))
@@ -219,7 +224,7 @@ class DataTransferMessage:
         return cls(requested, granted, flags, remaining, data, offset, reserved)
 
 
-_DATA_HEADER = DataTransferMessage._header
+_DATA_HEADER = DATA_TRANSFER.struct
 _PADDING = bytes(DATA_TRANSFER_DATA_OFFSET - DATA_TRANSFER_HEADER_SIZE)
 
 
@@ -269,16 +274,12 @@ class BufferDescriptorV1:
     token: int = attrs.field(validator=u32)
     length: int = attrs.field(validator=u32)
 
-    _format: ClassVar = struct.Struct("<QII")
-
     def pack(self) -> bytes:
-        return self._format.pack(self.offset, self.token, self.length)
+        return _pack(BUFFER_DESCRIPTOR_V1, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> BufferDescriptorV1:
-        _need("BufferDescriptorV1", buffer, BUFFER_DESCRIPTOR_V1_SIZE)
-        offset, token, length = cls._format.unpack_from(buffer)
-        return cls(offset=offset, token=token, length=length)
+        return _unpack(cls, BUFFER_DESCRIPTOR_V1, buffer)
 
     @classmethod
     def pack_list(cls, descriptors: list[BufferDescriptorV1]) -> bytes:
@@ -297,3 +298,187 @@ class BufferDescriptorV1:
         return [
             cls.unpack(view[i : i + BUFFER_DESCRIPTOR_V1_SIZE]) for i in range(0, len(view), BUFFER_DESCRIPTOR_V1_SIZE)
         ]
+
+
+# ---- batches: the N fragments of a message, a batch of received messages ------------
+
+
+def encode_data_transfers(
+    credits_requested: int, credits_granted: int, flags: int, message: Buffer, start: int, count: int, chunk: int
+) -> bytes:
+    """Up to ``count`` Data Transfer Messages carrying ``message[start:]`` in pieces of
+    ``chunk`` bytes, in one buffer: the first grants ``credits_granted``, the rest 0,
+    each says how much of the message is left after it.  The caller decides the count
+    and the grant (its credits); each message is ``24 + len(piece)`` bytes."""
+    if _core is not None:
+        encoded: bytes = _core.encode_data_transfers(
+            credits_requested, credits_granted, flags, message, start, count, chunk
+        )
+        return encoded
+    view = memoryview(message).cast("B")
+    if not 0 <= start < len(view) or count < 1 or chunk < 1 or len(view) - start > 0xFFFFFFFF:
+        raise ValueError("data-transfer batch arguments out of range")
+    pieces = []
+    for i in range(count):
+        end = min(start + chunk, len(view))
+        granted = credits_granted if i == 0 else 0
+        pieces.append(encode_data_transfer(credits_requested, granted, flags, len(view) - end, view[start:end]))
+        start = end
+        if start == len(view):
+            break
+    return b"".join(pieces)
+
+
+@attrs.define
+class ReceiveState:
+    """What a batch of received messages changes: credits both ways, reassembly, counters."""
+
+    #: Credits granted to the peer and not yet used by a message.
+    granted: int
+    #: Credits the peer granted us.
+    send_credits: int
+    #: Bytes due to finish the message being reassembled.
+    message_remaining: int = 0
+    #: Receives the peer last asked to have posted (at most the limit).
+    receive_target: int = 1
+    #: A message asked for a prompt reply.
+    response_requested: bool = False
+    fragments: int = 0
+    messages: int = 0
+    bytes: int = 0
+
+    def as_tuple(self) -> tuple[int, int, int, int, bool, int, int, int]:
+        return attrs.astuple(self)
+
+
+@attrs.frozen
+class ReceiveLimits:
+    max_fragmented_size: int
+    max_receive_size: int
+    recv_credit_max: int
+
+
+@attrs.frozen
+class ReceivedBatch:
+    """The messages applied (all, or those before ``error``), and their payloads:
+    ``gathered`` bytes written to the caller's buffer, as ``pieces`` of
+    ``(length, total)`` where ``total`` is the message's size if the piece starts
+    one, else 0."""
+
+    applied: int
+    gathered: int
+    pieces: list[tuple[int, int]]
+    error: ProtocolError | None
+
+
+def _batch_error(code: int, size: int, a: int, b: int, c: int) -> ProtocolError:
+    """The error today's parser and protocol raise for a batch fault (``BATCH_FAULTS[code]``)."""
+    name = "DataTransferMessage"
+    fault = BATCH_FAULTS[code]
+    if fault == "length":
+        return PDUError(name, "length", f"{a} bytes is shorter than the {b}-byte minimum")
+    if fault == "data_offset_alignment":
+        return PDUError(name, "data_offset", f"{a} is not 8-byte aligned")
+    if fault == "data_offset_overlap":
+        return PDUError(name, "data_offset", f"{a} overlaps the 20-byte header")
+    if fault == "data_length":
+        return PDUError(name, "data_length", f"data_offset {a} + data_length {b} exceeds the {c}-byte message")
+    if fault == "no_credit":
+        return RemoteProtocolError("peer sent a message without holding a credit")
+    if fault == "credits_requested":
+        return RemoteProtocolError(f"{name}.credits_requested: must not be 0")
+    if fault == "message_size":
+        return RemoteProtocolError(
+            f"{name}.remaining_data_length: message of {a} bytes exceeds the max fragmented receive size {b}"
+        )
+    if fault == "receive_size":
+        return RemoteProtocolError(f"{name}.length: {a}-byte message exceeds the max receive size {b}")
+    if fault == "credits_granted":
+        return RemoteProtocolError(f"{name}.credits_granted: peer granted {a} credits in all")
+    return RemoteProtocolError(
+        f"{name}.remaining_data_length: {a} + data_length {b} does not continue the message ({c} bytes due)"
+    )
+
+
+def check_data_transfers(
+    pdus: Sequence[Buffer], into: Buffer, state: ReceiveState, limits: ReceiveLimits
+) -> ReceivedBatch:
+    """Check received Data Transfer Messages in order with the rules of the protocol
+    (the same field and rule in the error), apply each to ``state`` and gather its
+    payload into ``into``; stop at the first fault, which the result carries."""
+    if sum(len(p) for p in pdus) > len(into):
+        raise ValueError("the gather buffer must hold every message of the batch")
+    if _core is not None:
+        applied, gathered, pieces, values, (code, index, a, b, c) = _core.check_data_transfers(
+            pdus, into, state.as_tuple(), (limits.max_fragmented_size, limits.max_receive_size, limits.recv_credit_max)
+        )
+        (
+            state.granted,
+            state.send_credits,
+            state.message_remaining,
+            state.receive_target,
+            state.response_requested,
+            state.fragments,
+            state.messages,
+            state.bytes,
+        ) = values
+        error = _batch_error(code, len(pdus[index]), a, b, c) if code else None
+        return ReceivedBatch(applied, gathered, pieces, error)
+    return _check_data_transfers(pdus, memoryview(into).cast("B"), state, limits)
+
+
+def _check_data_transfers(
+    pdus: Sequence[Buffer], into: memoryview, state: ReceiveState, limits: ReceiveLimits
+) -> ReceivedBatch:
+    """The pure-Python twin of the compiled check."""
+    gathered = 0
+    pieces: list[tuple[int, int]] = []
+
+    def fault(index: int, name: str, a: int = 0, b: int = 0, c: int = 0) -> ReceivedBatch:
+        error = _batch_error(BATCH_FAULTS.index(name), len(pdus[index]), a, b, c)
+        return ReceivedBatch(index, gathered, pieces, error)
+
+    for index, pdu in enumerate(pdus):
+        size = len(pdu)
+        if size < DATA_TRANSFER_HEADER_SIZE:
+            return fault(index, "length", size, DATA_TRANSFER_HEADER_SIZE)
+        requested, granted, flags, _reserved, remaining, offset, length = _DATA_HEADER.unpack_from(pdu)
+        if offset % 8:
+            return fault(index, "data_offset_alignment", offset)
+        if length:
+            if offset < DATA_TRANSFER_HEADER_SIZE:
+                return fault(index, "data_offset_overlap", offset)
+            if offset + length > size:
+                return fault(index, "data_length", offset, length, size)
+        if state.granted == 0:
+            return fault(index, "no_credit")
+        state.granted -= 1
+        if requested == 0:
+            return fault(index, "credits_requested")
+        total = length + remaining
+        if total > limits.max_fragmented_size:
+            return fault(index, "message_size", total, limits.max_fragmented_size)
+        if size > limits.max_receive_size:
+            return fault(index, "receive_size", size, limits.max_receive_size)
+        state.receive_target = max(1, min(requested, limits.recv_credit_max))
+        state.send_credits += granted
+        if state.send_credits > 0xFFFF:
+            return fault(index, "credits_granted", state.send_credits)
+        if flags & SMB_DIRECT_RESPONSE_REQUESTED:
+            state.response_requested = True
+        state.fragments += 1
+        if not length:
+            continue
+        starts = 0
+        if state.message_remaining:
+            if total != state.message_remaining:
+                return fault(index, "continuation", remaining, length, state.message_remaining)
+        else:
+            starts = total
+            state.messages += 1
+        into[gathered : gathered + length] = memoryview(pdu).cast("B")[offset : offset + length]
+        gathered += length
+        pieces.append((length, starts))
+        state.message_remaining = remaining
+        state.bytes += length
+    return ReceivedBatch(len(pdus), gathered, pieces, None)

@@ -14,6 +14,8 @@ import struct
 
 import attrs
 
+from ...layout import Layout
+
 __all__ = [
     "Layer",
     "Op",
@@ -32,15 +34,29 @@ LAST = 0x4000
 DDP_VERSION = 1
 RDMAP_VERSION = 1
 VERSIONS = (DDP_VERSION << 8) | (RDMAP_VERSION << 6)  # 0x0140
+VERSION_MASK = 0x03C0
+OPCODE_MASK = 0x000F
 
 QN_SEND = 0
 QN_READ_REQUEST = 1
 QN_TERMINATE = 2
 
+#: Headers after the MPA length, big-endian.
+TAGGED_LAYOUT = Layout("Tagged", (("control", "H"), ("stag", "I"), ("offset", "Q")), "!")
+#: ``word``: the STag to invalidate for the Send-with-Invalidate ops, else 0.
+UNTAGGED_LAYOUT = Layout(
+    "Untagged", (("control", "H"), ("word", "I"), ("queue", "I"), ("msn", "I"), ("message_offset", "I")), "!"
+)
+READ_REQUEST_LAYOUT = Layout(
+    "ReadRequest",
+    (("sink_stag", "I"), ("sink_offset", "Q"), ("size", "I"), ("source_stag", "I"), ("source_offset", "Q")),
+    "!",
+)
+
 _CONTROL = struct.Struct("!H")
-_TAGGED = struct.Struct("!HIQ")  # control, STag, TO: 14 bytes
-_UNTAGGED = struct.Struct("!HIIII")  # control, word (inv STag), QN, MSN, MO: 18 bytes
-_READ_REQUEST = struct.Struct("!IQIIQ")  # sink STag, sink TO, size, source STag, source TO: 28 bytes
+_TAGGED = TAGGED_LAYOUT.struct
+_UNTAGGED = UNTAGGED_LAYOUT.struct
+_READ_REQUEST = READ_REQUEST_LAYOUT.struct
 TAGGED_HEADER = _TAGGED.size
 UNTAGGED_HEADER = _UNTAGGED.size
 READ_REQUEST_SIZE = _READ_REQUEST.size
@@ -259,7 +275,7 @@ def parse_segment(segment: memoryview) -> Segment:
             f"RDMAP version {(control >> 6) & 0x3} is not 1",
             Terminate(Layer.RDMAP, RDMAP_REMOTE_OPERATION, RDMAP_INVALID_VERSION),
         )
-    opcode = control & 0x0F
+    opcode = control & OPCODE_MASK
     if opcode > Op.TERMINATE:
         raise TerminateError(
             f"RDMAP opcode {opcode} is unknown", Terminate(Layer.RDMAP, RDMAP_REMOTE_OPERATION, RDMAP_UNEXPECTED_OPCODE)

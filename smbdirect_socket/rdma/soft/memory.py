@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+from collections.abc import Callable
 
 from ..base import Access, MemoryRegion
 
@@ -57,9 +58,10 @@ class MemoryTable:
     8-bit key that changes with each registration of the same index.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, randbelow: Callable[[int], int] = secrets.randbelow) -> None:
         self._regions: dict[int, SoftMemoryRegion] = {}
-        self._next_index = secrets.randbelow(1 << 24)
+        self._randbelow = randbelow  # tests pass a seeded one, to get the same tokens twice
+        self._next_index = randbelow(1 << 24)
 
     def register(self, buffer: memoryview, access: Access, address: int = 0) -> SoftMemoryRegion:
         view = memoryview(buffer).cast("B")
@@ -70,12 +72,17 @@ class MemoryTable:
         while True:
             index = self._next_index
             self._next_index = (index + 1) % (1 << 24)
-            token = (index << 8) | secrets.randbelow(256)
+            token = (index << 8) | self._randbelow(256)
             if index and token >> 8 not in self._regions:
                 break
         region = SoftMemoryRegion(self, token, view, Access(access), address)
         self._regions[token >> 8] = region
         return region
+
+    @property
+    def regions(self) -> dict[int, SoftMemoryRegion]:
+        """The registrations by index (``token >> 8``), for the compiled fast path to look up."""
+        return self._regions
 
     def deregister(self, region: SoftMemoryRegion) -> None:
         region._valid = False

@@ -283,6 +283,14 @@ class FpduReader:
         self._data = bytes(rest)
         self._offset = 0
 
+    def unread(self) -> memoryview:
+        """The bytes fed and not yet cut into segments (for the compiled fast path)."""
+        return memoryview(self._data)[self._offset :]
+
+    def skip(self, count: int) -> None:
+        """``count`` bytes of :meth:`unread` (whole FPDUs) were handled elsewhere."""
+        self._offset += count
+
     def next_segment(self) -> memoryview | None:
         """The next complete DDP segment (without length, pad and CRC), if any."""
         data = self._data

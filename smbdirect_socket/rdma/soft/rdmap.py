@@ -24,6 +24,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterator
 
+from ..._wire import core as _core
 from ..base import Access, Buffer, Completion, Opcode, RdmaError, Status
 from . import ddp
 from .ddp import Layer, Op, ReadRequest, Segment, Terminate, TerminateError
@@ -34,6 +35,16 @@ __all__ = ["IwarpQueuePair"]
 
 #: Largest FPDU we build: a ULPDU_Length still fits its 16 bits.
 DEFAULT_MAX_FPDU = 65536
+
+#: Payloads up to this size are framed by the compiled core, which copies them
+#: into one buffer; larger ones go out as views between their headers, as a copy
+#: would cost more than the few FPDUs' Python work it saves.
+_FRAME_COPY_LIMIT = 16384
+
+# Records of the compiled receive path (fpdu.h).
+_RECORD_RECV = 1
+_RECORD_SOLICITED = 1
+_RECORD_INVALIDATED = 2
 
 
 class _Send:
@@ -111,6 +122,8 @@ class IwarpQueuePair:
         self.error: RdmaError | None = None
         self.closed = False
         self._crc = negotiation.crc
+        #: The compiled wire core, or None for the pure-Python path (the reference).
+        self.wire = _core
         self._siw_layout = siw_terminate_layout
         self._reader = FpduReader(negotiation.crc)
         self._tagged_chunk = (max_fpdu - 2 - ddp.TAGGED_HEADER - 4) & ~3
@@ -216,10 +229,18 @@ class IwarpQueuePair:
         reader = self._reader
         reader.feed(data)
         try:
-            while (segment := reader.next_segment()) is not None:
-                self._handle(segment)
-                if self._dead:
-                    return
+            if self.wire is not None:
+                while self._receive_compiled(reader):  # the compiled core stopped in front of this FPDU
+                    segment = reader.next_segment()
+                    assert segment is not None
+                    self._handle(segment)
+                    if self._dead:
+                        return
+            else:
+                while (segment := reader.next_segment()) is not None:
+                    self._handle(segment)
+                    if self._dead:
+                        return
             reader.keep_rest()
         except MpaError as exc:
             self._terminate(str(exc), Terminate(Layer.LLP, ddp.LLP_MPA, MPA_CRC_ERROR))
@@ -325,6 +346,14 @@ class IwarpQueuePair:
             self._output.append(piece)
             self._queued += len(piece)
 
+    def _queue_framed(self, op: Op, word: int, number: int, data: Buffer) -> None:
+        """Queue the FPDUs of one request, framed by the compiled core: ``word`` is the STag
+        to invalidate (Sends) or the STag (tagged), ``number`` the MSN or the tagged offset."""
+        assert self.wire is not None
+        framed = self.wire.frame_one(op, word, number, data, self._untagged_chunk, self._tagged_chunk, self._crc)
+        self._output.append(framed)
+        self._queued += len(framed)
+
     def _send_rtr(self) -> None:
         """The zero-length ready-to-receive message of MPA peer-to-peer mode."""
         if self.negotiation.rtr == "write":
@@ -353,7 +382,9 @@ class IwarpQueuePair:
             op = Op.SEND_SE_INVALIDATE if solicited else Op.SEND_INVALIDATE
         msn = next(self._send_msn)
         word = invalidate_token or 0
-        if len(data) <= self._untagged_chunk:  # one FPDU: most sends
+        if self.wire is not None and len(data) <= _FRAME_COPY_LIMIT:
+            self._queue_framed(op, word, msn, data)
+        elif len(data) <= self._untagged_chunk:  # one FPDU: most sends
             self._queue(ddp.untagged_header(op, True, ddp.QN_SEND, msn, 0, word), data)
         else:
             for start, chunk, last in self._chunks(data, self._untagged_chunk):
@@ -361,10 +392,65 @@ class IwarpQueuePair:
         self._marks.append((self._queued, Completion(wr_id, Opcode.SEND, byte_len=len(data)), signaled))
 
     def _emit_tagged(self, op: Op, token: int, address: int, data: Buffer) -> None:
+        if self.wire is not None and len(data) <= _FRAME_COPY_LIMIT:
+            self._queue_framed(op, token, address, data)
+            return
         for start, chunk, last in self._chunks(data, self._tagged_chunk):
             self._queue(ddp.tagged_header(op, last, token, (address + start) & 0xFFFFFFFFFFFFFFFF), chunk)
 
     # ---- inbound ---------------------------------------------------------------------
+
+    def _receive_compiled(self, reader: FpduReader) -> bool:
+        """Let the compiled core handle the usual FPDUs (Sends, Writes, Read Responses) at
+        the reader's position; True if it stopped in front of one for :meth:`_handle`."""
+        assert self.wire is not None
+        current = self._current
+        reads = self._outstanding_reads
+        state = (
+            self._expected_send_msn,
+            current is not None,
+            current.placed if current is not None else 0,
+            reads[0].placed if reads else 0,
+        )
+        consumed, fpdus, taken, records, state, fallback = self.wire.receive(
+            reader.unread(), self._crc, state, current, self._receives, self.memory.regions, reads, self.memory
+        )
+        if not fpdus:
+            return bool(fallback)
+        reader.skip(consumed)
+        self._may_transmit = True  # the initiator spoke first: we may answer
+        self._expected_send_msn, in_message, receive_placed, read_placed = state
+        receives = self._receives
+        filled = [current] if current is not None else []
+        filled.extend(receives.popleft() for _ in range(taken))
+        completions = self._completions
+        index = 0
+        for kind, length, flags, invalidated in records:
+            if kind == _RECORD_RECV:
+                receive = filled[index]
+                index += 1
+                if not flags:  # most receives: positional, the quickest tuple to build
+                    completions.append(Completion(receive.wr_id, Opcode.RECV, Status.SUCCESS, length))
+                    continue
+                completions.append(
+                    Completion(
+                        receive.wr_id,
+                        Opcode.RECV,
+                        byte_len=length,
+                        invalidated_token=invalidated if flags & _RECORD_INVALIDATED else None,
+                        solicited=bool(flags & _RECORD_SOLICITED),
+                    )
+                )
+            else:
+                read = reads.popleft()
+                if not read.rtr:
+                    completions.append(Completion(read.wr_id, Opcode.RDMA_READ, byte_len=length))
+        self._current = filled[index] if in_message else None
+        if self._current is not None:
+            self._current.placed = receive_placed
+        if reads:
+            reads[0].placed = read_placed
+        return bool(fallback)
 
     def _handle(self, raw: memoryview) -> None:
         segment = ddp.parse_segment(raw)

@@ -1,0 +1,513 @@
+/* The thin CPython binding of the wire core: buffers and tuples in, bytes and
+ * tuples out.  Every check and every placement is the core's (fpdu.c); this
+ * file only finds the buffers the Python objects name. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "crc32c.h"
+#include "fpdu.h"
+#include "smbd.h"
+
+/* ---- CRC32C ------------------------------------------------------------------- */
+
+static PyObject *py_crc32c(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    unsigned int crc = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &data, &crc))
+        return NULL;
+    uint32_t value;
+    Py_BEGIN_ALLOW_THREADS;
+    value = wire_crc32c(crc, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(value);
+}
+
+static PyObject *py_crc32c_table(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    unsigned int crc = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &data, &crc))
+        return NULL;
+    uint32_t value = wire_crc32c_table(crc, data.buf, (size_t)data.len);
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(value);
+}
+
+static PyObject *py_crc32c_hardware(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(wire_crc32c_hardware());
+}
+
+/* ---- framing ------------------------------------------------------------------ */
+
+/* requests: a sequence of (op, word_or_stag, msn_or_to, data) */
+static PyObject *py_frame(PyObject *self, PyObject *args)
+{
+    PyObject *seq;
+    Py_ssize_t untagged_chunk, tagged_chunk;
+    int crc;
+    if (!PyArg_ParseTuple(args, "Onnp", &seq, &untagged_chunk, &tagged_chunk, &crc))
+        return NULL;
+    if (untagged_chunk <= 0 || tagged_chunk <= 0 || untagged_chunk % 4 || tagged_chunk % 4 ||
+        untagged_chunk + WIRE_UNTAGGED_HEADER_SIZE > 0xFFFF || tagged_chunk + WIRE_TAGGED_HEADER_SIZE > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "chunk sizes must be positive multiples of 4 that fit an FPDU");
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(seq, "requests must be a sequence");
+    if (!fast)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    PyObject *result = NULL, *ends = NULL, *out = NULL;
+    Py_buffer *views = PyMem_Calloc((size_t)count + 1, sizeof(Py_buffer));
+    wire_request *requests = PyMem_Calloc((size_t)count + 1, sizeof(wire_request));
+    Py_ssize_t held = 0;
+    if (!views || !requests) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        unsigned int op;
+        unsigned long long a, b;
+        if (!PyArg_ParseTuple(item, "IKKy*;a request is (op, word or stag, msn or offset, data)", &op, &a, &b,
+                              &views[i]))
+            goto done;
+        held++;
+        wire_request *r = &requests[i];
+        if (op > WIRE_OP_TERMINATE || op == WIRE_OP_READ_REQUEST || op == WIRE_OP_TERMINATE || a > 0xFFFFFFFFu) {
+            PyErr_Format(PyExc_ValueError, "cannot frame opcode %u with word 0x%llx", op, a);
+            goto done;
+        }
+        r->op = op;
+        r->data = views[i].buf;
+        r->len = (size_t)views[i].len;
+        if (op == WIRE_OP_WRITE || op == WIRE_OP_READ_RESPONSE) {
+            r->stag = (uint32_t)a;
+            r->to = b;
+        } else {
+            if (b > 0xFFFFFFFFu || r->len > 0xFFFFFFFFu) {
+                PyErr_SetString(PyExc_ValueError, "MSN and message length must fit 32 bits");
+                goto done;
+            }
+            r->word = (uint32_t)a;
+            r->msn = (uint32_t)b;
+        }
+        total += wire_frame_size(r, (size_t)untagged_chunk, (size_t)tagged_chunk);
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    ends = PyList_New(count);
+    if (!out || !ends)
+        goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    size_t at = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        size_t n = wire_frame(p + at, total - at, &requests[i], (size_t)untagged_chunk, (size_t)tagged_chunk, crc);
+        if (!n && requests[i].len) {
+            PyErr_SetString(PyExc_SystemError, "framing overran its buffer");
+            goto done;
+        }
+        at += n;
+        PyObject *end = PyLong_FromSize_t(at);
+        if (!end)
+            goto done;
+        PyList_SET_ITEM(ends, i, end);
+    }
+    result = PyTuple_Pack(2, out, ends);
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(requests);
+    Py_XDECREF(out);
+    Py_XDECREF(ends);
+    Py_DECREF(fast);
+    return result;
+}
+
+/* frame_one(op, word_or_stag, msn_or_to, data, untagged_chunk, tagged_chunk, crc) -> bytes:
+ * one request, the per-message hot path (no sequence, no list). */
+static PyObject *py_frame_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "frame_one takes 7 arguments");
+        return NULL;
+    }
+    unsigned long op = PyLong_AsUnsignedLong(args[0]);
+    unsigned long long a = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long b = PyLong_AsUnsignedLongLong(args[2]);
+    Py_ssize_t untagged_chunk = PyLong_AsSsize_t(args[4]), tagged_chunk = PyLong_AsSsize_t(args[5]);
+    int crc = PyObject_IsTrue(args[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (op > WIRE_OP_TERMINATE || op == WIRE_OP_READ_REQUEST || op == WIRE_OP_TERMINATE || a > 0xFFFFFFFFu ||
+        untagged_chunk <= 0 || tagged_chunk <= 0 || untagged_chunk % 4 || tagged_chunk % 4 ||
+        untagged_chunk + WIRE_UNTAGGED_HEADER_SIZE > 0xFFFF || tagged_chunk + WIRE_TAGGED_HEADER_SIZE > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "cannot frame this request");
+        return NULL;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[3], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    wire_request r = {0};
+    r.op = (unsigned)op;
+    r.data = data.buf;
+    r.len = (size_t)data.len;
+    PyObject *out = NULL;
+    if (op == WIRE_OP_WRITE || op == WIRE_OP_READ_RESPONSE) {
+        r.stag = (uint32_t)a;
+        r.to = b;
+    } else if (b > 0xFFFFFFFFu || r.len > 0xFFFFFFFFu) {
+        PyErr_SetString(PyExc_ValueError, "MSN and message length must fit 32 bits");
+        goto done;
+    } else {
+        r.word = (uint32_t)a;
+        r.msn = (uint32_t)b;
+    }
+    size_t size = wire_frame_size(&r, (size_t)untagged_chunk, (size_t)tagged_chunk);
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (out && wire_frame((uint8_t *)PyBytes_AS_STRING(out), size, &r, (size_t)untagged_chunk, (size_t)tagged_chunk,
+                          crc) != size) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_SystemError, "framing overran its buffer");
+    }
+done:
+    PyBuffer_Release(&data);
+    return out;
+}
+
+/* ---- receiving ---------------------------------------------------------------- */
+
+typedef struct {
+    PyObject *current;  /* the receive a message is in, or None */
+    PyObject *receives; /* deque of posted receives (.buffer) */
+    PyObject *regions;  /* dict: stag >> 8 -> region (.token .access .address ._valid .buffer) */
+    PyObject *reads;    /* deque of outstanding reads (.into .sink_token) */
+    PyObject *memory;   /* has .invalidate(stag) */
+    Py_buffer *held;
+    size_t nheld, cap;
+    int failed;         /* a Python error is set */
+} rx_context;
+
+static PyObject *s_buffer, *s_token, *s_access, *s_address, *s_valid, *s_into, *s_sink_token, *s_invalidate;
+
+static int hold(rx_context *c, PyObject *obj, int writable, wire_span *out)
+{
+    if (c->nheld == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 16;
+        Py_buffer *held = PyMem_Realloc(c->held, cap * sizeof(Py_buffer));
+        if (!held) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->held = held;
+        c->cap = cap;
+    }
+    Py_buffer *view = &c->held[c->nheld];
+    if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+        return -1;
+    c->nheld++;
+    out->base = view->buf;
+    out->len = (size_t)view->len;
+    return 0;
+}
+
+static int attr_span(rx_context *c, PyObject *obj, PyObject *name, wire_span *out)
+{
+    PyObject *buffer = PyObject_GetAttr(obj, name);
+    if (!buffer)
+        return -1;
+    int rc = hold(c, buffer, 1, out);
+    Py_DECREF(buffer);
+    return rc;
+}
+
+static int cb_receive(void *opaque, size_t index, wire_span *out)
+{
+    rx_context *c = opaque;
+    PyObject *item;
+    if (c->current != Py_None) {
+        if (index == 0) {
+            item = c->current;
+            Py_INCREF(item);
+        } else {
+            index--;
+            goto posted;
+        }
+    } else {
+    posted:
+        if ((Py_ssize_t)index >= PySequence_Size(c->receives))
+            return -1;
+        item = PySequence_GetItem(c->receives, (Py_ssize_t)index);
+        if (!item)
+            goto fail;
+    }
+    int rc = attr_span(c, item, s_buffer, out);
+    Py_DECREF(item);
+    if (rc == 0)
+        return 0;
+fail:
+    c->failed = 1;
+    return -1;
+}
+
+static int get_u64(PyObject *obj, PyObject *name, unsigned long long *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (!value)
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(value);
+    Py_DECREF(value);
+    return *out == (unsigned long long)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int cb_region(void *opaque, uint32_t stag, wire_region *out)
+{
+    rx_context *c = opaque;
+    PyObject *key = PyLong_FromUnsignedLong(stag >> 8);
+    if (!key)
+        goto fail;
+    PyObject *region = PyDict_GetItemWithError(c->regions, key); /* borrowed */
+    Py_DECREF(key);
+    if (!region)
+        return PyErr_Occurred() ? (c->failed = 1, -1) : -1;
+    unsigned long long token, access, address, valid;
+    if (get_u64(region, s_token, &token) || get_u64(region, s_access, &access) ||
+        get_u64(region, s_address, &address) || get_u64(region, s_valid, &valid))
+        goto fail;
+    out->stag = (uint32_t)token;
+    out->access = (uint32_t)access;
+    out->address = address;
+    out->valid = valid != 0;
+    out->span.base = NULL;
+    out->span.len = 0;
+    if (access & WIRE_ACCESS_REMOTE_WRITE && attr_span(c, region, s_buffer, &out->span))
+        goto fail;
+    return 0;
+fail:
+    c->failed = 1;
+    return -1;
+}
+
+static int cb_read(void *opaque, size_t index, wire_span *out, uint32_t *sink_stag)
+{
+    rx_context *c = opaque;
+    if ((Py_ssize_t)index >= PySequence_Size(c->reads))
+        return -1;
+    PyObject *read = PySequence_GetItem(c->reads, (Py_ssize_t)index);
+    if (!read)
+        goto fail;
+    unsigned long long sink;
+    int rc = get_u64(read, s_sink_token, &sink) || attr_span(c, read, s_into, out);
+    Py_DECREF(read);
+    if (rc)
+        goto fail;
+    *sink_stag = (uint32_t)sink;
+    return 0;
+fail:
+    c->failed = 1;
+    return -1;
+}
+
+static int cb_invalidate(void *opaque, uint32_t stag)
+{
+    rx_context *c = opaque;
+    PyObject *token = PyLong_FromUnsignedLong(stag);
+    PyObject *result = token ? PyObject_CallMethodObjArgs(c->memory, s_invalidate, token, NULL) : NULL;
+    Py_XDECREF(token);
+    if (!result) {
+        c->failed = 1;
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static const wire_rx_ops rx_ops = {cb_receive, cb_region, cb_read, cb_invalidate};
+
+/* receive(data, crc, (send_msn, in_message, recv_placed, read_placed), current, receives, regions, reads, memory)
+ * -> (consumed, fpdus, receives_taken, records, (send_msn, in_message, recv_placed, read_placed), fallback)
+ * records: a list of (kind, byte_len, flags, invalidated). */
+static PyObject *py_receive(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    int crc;
+    unsigned int send_msn;
+    int in_message;
+    Py_ssize_t recv_placed, read_placed;
+    rx_context c = {0};
+    if (!PyArg_ParseTuple(args, "y*p(Ipnn)OOO!OO", &data, &crc, &send_msn, &in_message, &recv_placed, &read_placed,
+                          &c.current, &c.receives, &PyDict_Type, &c.regions, &c.reads, &c.memory))
+        return NULL;
+    wire_rx_state st = {crc, send_msn, in_message, (size_t)recv_placed, (size_t)read_placed};
+    /* Every record needs an FPDU of at least 24 bytes: room for all, so one core call does. */
+    size_t max_records = (size_t)data.len / 24 + 1;
+    wire_record stack[64];
+    wire_record *records = max_records <= 64 ? stack : PyMem_Malloc(max_records * sizeof(wire_record));
+    wire_rx_result res;
+    PyObject *list = NULL, *result = NULL;
+    if (!records) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    wire_rx(&st, &rx_ops, &c, data.buf, (size_t)data.len, records, max_records, &res);
+    if (c.failed || res.stop == WIRE_STOP_FULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError, "wire core: records array full");
+        goto done;
+    }
+    list = PyList_New((Py_ssize_t)res.records);
+    if (!list)
+        goto done;
+    for (size_t i = 0; i < res.records; i++) {
+        wire_record *r = &records[i];
+        PyObject *t = Py_BuildValue("(iIiI)", r->kind, r->byte_len, r->flags, r->invalidated);
+        if (!t)
+            goto done;
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    result = Py_BuildValue("(nnnO(Iinn)O)", (Py_ssize_t)res.consumed, (Py_ssize_t)res.fpdus,
+                           (Py_ssize_t)res.receives_taken, list, st.send_msn, st.in_message,
+                           (Py_ssize_t)st.recv_placed, (Py_ssize_t)st.read_placed,
+                           res.stop == WIRE_STOP_FALLBACK ? Py_True : Py_False);
+done:
+    for (size_t i = 0; i < c.nheld; i++)
+        PyBuffer_Release(&c.held[i]);
+    PyMem_Free(c.held);
+    if (records != stack)
+        PyMem_Free(records);
+    Py_XDECREF(list);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* ---- SMB-Direct batches ------------------------------------------------------- */
+
+/* encode_data_transfers(requested, granted, flags, data, start, count, chunk) -> bytes */
+static PyObject *py_smbd_encode(PyObject *self, PyObject *args)
+{
+    unsigned int requested, granted, flags;
+    Py_buffer data;
+    Py_ssize_t start, count, chunk;
+    if (!PyArg_ParseTuple(args, "IIIy*nnn", &requested, &granted, &flags, &data, &start, &count, &chunk))
+        return NULL;
+    PyObject *out = NULL;
+    if (requested > 0xFFFF || granted > 0xFFFF || flags > 0xFFFF || start < 0 || start > data.len || count < 1 ||
+        chunk < 1 || data.len - start > 0xFFFFFFFF || start == data.len) {
+        PyErr_SetString(PyExc_ValueError, "data-transfer batch arguments out of range");
+        goto done;
+    }
+    size_t size = wire_smbd_encoded_size((size_t)data.len, (size_t)start, (size_t)count, (size_t)chunk);
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (!out)
+        goto done;
+    if (wire_smbd_encode((uint8_t *)PyBytes_AS_STRING(out), size, (uint16_t)requested, (uint16_t)granted,
+                         (uint16_t)flags, data.buf, (size_t)data.len, (size_t)start, (size_t)count,
+                         (size_t)chunk) != size) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_SystemError, "data-transfer encoding overran its buffer");
+    }
+done:
+    PyBuffer_Release(&data);
+    return out;
+}
+
+/* check_data_transfers(pdus, into, (granted, send_credits, message_remaining, receive_target,
+ *                      response_requested, fragments, messages, bytes), (max_fragmented, max_receive, credit_max))
+ * -> (applied, gathered, pieces, state, (code, index, a, b, c)) */
+static PyObject *py_smbd_check(PyObject *self, PyObject *args)
+{
+    PyObject *seq;
+    Py_buffer into;
+    wire_smbd_state st;
+    wire_smbd_limits limits;
+    if (!PyArg_ParseTuple(args, "Ow*(KKKKpKKK)(KKK)", &seq, &into, &st.granted, &st.send_credits,
+                          &st.message_remaining, &st.receive_target, &st.response_requested, &st.fragments,
+                          &st.messages, &st.bytes, &limits.max_fragmented_size, &limits.max_receive_size,
+                          &limits.recv_credit_max))
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "pdus must be a sequence"), *result = NULL, *list = NULL;
+    Py_ssize_t count = fast ? PySequence_Fast_GET_SIZE(fast) : 0, held = 0;
+    Py_buffer *views = fast ? PyMem_Calloc((size_t)count + 1, sizeof(Py_buffer)) : NULL;
+    wire_cspan *spans = fast ? PyMem_Calloc((size_t)count + 1, sizeof(wire_cspan)) : NULL;
+    wire_piece *pieces = fast ? PyMem_Calloc((size_t)count + 1, sizeof(wire_piece)) : NULL;
+    if (!fast)
+        goto done;
+    if (!views || !spans || !pieces) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < count; held++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, held), &views[held], PyBUF_SIMPLE) < 0)
+            goto done;
+        spans[held].base = views[held].buf;
+        spans[held].len = (size_t)views[held].len;
+    }
+    size_t gathered, npieces;
+    wire_smbd_fault fault;
+    size_t applied = wire_smbd_check(&st, &limits, spans, (size_t)count, into.buf, (size_t)into.len, &gathered,
+                                     pieces, &npieces, &fault);
+    list = PyList_New((Py_ssize_t)npieces);
+    if (!list)
+        goto done;
+    for (size_t i = 0; i < npieces; i++) {
+        PyObject *t = Py_BuildValue("(IK)", pieces[i].length, (unsigned long long)pieces[i].total);
+        if (!t)
+            goto done;
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    result = Py_BuildValue("(nnO(KKKKOKKK)(inKKK))", (Py_ssize_t)applied, (Py_ssize_t)gathered, list,
+                           (unsigned long long)st.granted, (unsigned long long)st.send_credits,
+                           (unsigned long long)st.message_remaining, (unsigned long long)st.receive_target,
+                           st.response_requested ? Py_True : Py_False, (unsigned long long)st.fragments,
+                           (unsigned long long)st.messages, (unsigned long long)st.bytes, fault.code,
+                           (Py_ssize_t)fault.index, (unsigned long long)fault.values[0],
+                           (unsigned long long)fault.values[1], (unsigned long long)fault.values[2]);
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(spans);
+    PyMem_Free(pieces);
+    Py_XDECREF(list);
+    Py_XDECREF(fast);
+    PyBuffer_Release(&into);
+    return result;
+}
+
+/* ---- module ------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"crc32c", py_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int: CRC32C, continuing crc."},
+    {"crc32c_table", py_crc32c_table, METH_VARARGS, "crc32c_table(data, crc=0) -> int: the same, by table."},
+    {"crc32c_hardware", py_crc32c_hardware, METH_NOARGS, "Whether the SSE4.2 instruction computes CRC32C."},
+    {"frame", py_frame, METH_VARARGS,
+     "frame(requests, untagged_chunk, tagged_chunk, crc) -> (bytes, ends): the FPDUs of each\n"
+     "(op, word or stag, msn or offset, data), and where each request's FPDUs end."},
+    {"frame_one", (PyCFunction)(void (*)(void))py_frame_one, METH_FASTCALL,
+     "frame_one(op, word or stag, msn or offset, data, untagged_chunk, tagged_chunk, crc) -> bytes"},
+    {"receive", py_receive, METH_VARARGS, "The FPDU receive fast path (see rdmap.py)."},
+    {"encode_data_transfers", py_smbd_encode, METH_VARARGS, "See pdu.encode_data_transfers."},
+    {"check_data_transfers", py_smbd_check, METH_VARARGS, "See pdu.check_data_transfers."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_core", "The compiled wire core.", -1, methods};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+#define INTERN(var, text)                                                                                            \
+    if (!(var = PyUnicode_InternFromString(text)))                                                                  \
+        return NULL;
+    INTERN(s_buffer, "buffer");
+    INTERN(s_token, "token");
+    INTERN(s_access, "access");
+    INTERN(s_address, "address");
+    INTERN(s_valid, "valid");
+    INTERN(s_into, "into");
+    INTERN(s_sink_token, "sink_token");
+    INTERN(s_invalidate, "invalidate");
+    return PyModule_Create(&module);
+}
