@@ -10,6 +10,10 @@ requests).
 By default the gateway negotiates large fragmented sizes
 (:meth:`~smbdirect_socket.Parameters.with_large_messages`), so clients of
 this project can carry 8 MiB READ and WRITE inline.
+
+Clients are not trusted: each is a session that whatever it sends can end,
+but not the gateway, and :class:`GatewayLimits` bounds the connections, their
+set-up time, the requests and the RDMA bytes held (docs/limits.md).
 """
 
 from __future__ import annotations
