@@ -10,6 +10,10 @@ requests).
 By default the gateway negotiates large fragmented sizes
 (:meth:`~smbdirect_socket.Parameters.with_large_messages`), so clients of
 this project can carry 8 MiB READ and WRITE inline.
+
+Clients are not trusted: each is a session that whatever it sends can end,
+but not the gateway, and :class:`GatewayLimits` bounds the connections, their
+set-up time, the requests and the RDMA bytes held (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -121,14 +125,15 @@ class Gateway:
         Connection requests are taken straight from the RDMA engine, so that the
         limits count and time connections from their MPA request on.
         """
-        listener = (self.provider or get_provider()).listen(listen, _BACKLOG)
+        provider = self.provider or get_provider()
+        listener = provider.listen(listen, _BACKLOG)
         try:
             task_status.started(listener.address)
             async with trio.open_nursery() as nursery:
                 while True:
                     request = await listener.get_request()
                     if self._admit(request.peer_address[0]):
-                        nursery.start_soon(self._session, request)
+                        nursery.start_soon(self._session, provider, request)
                     else:
                         nursery.start_soon(_refuse, request)
         finally:
@@ -149,7 +154,7 @@ class Gateway:
         log.warning("client %s: refused: %s", address, reason)
         return False
 
-    async def _session(self, request: ConnectionRequest) -> None:
+    async def _session(self, provider: Provider, request: ConnectionRequest) -> None:
         """One client from its MPA request to its end: the session boundary."""
         peer = request.peer_address
         try:
@@ -159,7 +164,7 @@ class Gateway:
                 log.info("client %s: SMB-Direct set-up failed: %s", peer[0], exc)
                 return
             family = _socket.AF_INET6 if ":" in peer[0] else _socket.AF_INET
-            client = sdtrio.SMBDirectSocket(family, provider=self.provider, parameters=self.parameters)
+            client = sdtrio.SMBDirectSocket(family, provider=provider, parameters=self.parameters)
             client._attach(connection)
             await self._relay(client, peer)
         except Exception as exc:  # whatever one client does ends its session only
