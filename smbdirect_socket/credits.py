@@ -3,7 +3,7 @@
 SMB-Direct has no flow-control window in bytes: it counts messages.  Each
 side posts receive buffers and *grants* the peer one credit per buffer; every
 message, data or not, spends one credit of the sender's, and lands in one
-posted buffer of the receiver's ([MS-SMBD] 3.1.1.1, 3.1.5.8-3.1.5.10).  A
+posted buffer of the receiver's ([MS-SMBD] 3.1.1.1, 3.1.5.1, 3.1.5.8).  A
 message sent without a buffer posted for it breaks the queue pair (RDMA's
 receiver-not-ready), so these counters are the whole of the protocol's flow
 control.  :class:`Credits` keeps them for one connection and answers the two
@@ -26,12 +26,12 @@ The counters
 
 The decisions, and why
     Sending: a message needs a credit, and the **last** credit may only go
-    with a message that grants credits.  A side that spends its last credit
-    on a message that grants nothing may never hear from the peer again: if
-    the peer is waiting for a grant too, both wait forever.  Linux enforces
-    this with a separate gate after a hang against Windows; so do we.  Hence
-    :meth:`~Credits.sendable` is ``send - 1``, or 1 when only the last credit
-    is left and there is something to grant.
+    with a message that grants credits ([MS-SMBD] 3.1.5.1).  A side that
+    spends its last credit on a message that grants nothing may never hear
+    from the peer again: if the peer is waiting for a grant too, both wait
+    forever.  Linux enforces this with a separate gate after a hang against
+    Windows; so do we.  Hence :meth:`~Credits.sendable` is ``send - 1``, or
+    1 when only the last credit is left and there is something to grant.
 
     Granting: every message carries all the credits posted but not yet
     granted, so in a batch the first message grants them and the others
@@ -56,8 +56,16 @@ The decisions, and why
     same reason :class:`~smbdirect_socket.parameters.Parameters` keeps
     ``recv_credit_max`` and ``send_credit_target`` at 3 or more: with two
     credits a side, every grant would leave the peer "stalled" and be
-    answered.  A message the peer asked for (RESPONSE_REQUESTED) or a
-    keepalive is the protocol's decision; it spends a credit the same way.
+    answered.  (The specification asks for a prompt grant whenever there
+    are new credits, 3.1.5.8; like Linux, we hold single credits back.)  A
+    message the peer asked for (RESPONSE_REQUESTED) or a keepalive is the
+    protocol's decision; it spends a credit the same way.
+
+    Known limit: the minimum of 3 protects idle peers, not peers whose
+    applications stopped reading.  When each side holds all but two of its
+    buffers with unread data, each sees the other as "may be stalled", and
+    a message with no data starts an endless exchange of single-credit
+    grants (``test_keepalive_between_two_peers_that_stopped_reading``).
 
 The peer's side is checked here too: a message when the peer holds no
 credit, or grants that take our credits above 65535 (a u16 on the wire, the
