@@ -61,11 +61,14 @@ The decisions, and why
     message the peer asked for (RESPONSE_REQUESTED) or a keepalive is the
     protocol's decision; it spends a credit the same way.
 
-    Known limit: the minimum of 3 protects idle peers, not peers whose
-    applications stopped reading.  When each side holds all but two of its
-    buffers with unread data, each sees the other as "may be stalled", and
-    a message with no data starts an endless exchange of single-credit
-    grants (``test_keepalive_between_two_peers_that_stopped_reading``).
+    The minimum of 3 protects idle peers, not peers whose applications
+    stopped reading: when each side holds all but two of its buffers with
+    unread data, each sees the other as "may be stalled", and every message
+    with no data would be answered by one, for ever.  So the credit that
+    merely replaces the buffer a data-less message filled (:meth:`~Credits.
+    peer_message`) is not worth a message of its own: a peer that could
+    send a message with no data was not stalled for want of it.  Credits
+    freed by the application reading, or a peer left with none, still are.
 
 The peer's side is checked here too: a message when the peer holds no
 credit, or grants that take our credits above 65535 (a u16 on the wire, the
@@ -90,7 +93,7 @@ class Credits:
     ``send_credit_target``).
     """
 
-    __slots__ = ("granted", "posted", "recv_credit_max", "send", "send_target", "target")
+    __slots__ = ("echoes", "granted", "posted", "recv_credit_max", "send", "send_target", "target")
 
     def __init__(self, recv_credit_max: int, send_target: int) -> None:
         self.recv_credit_max = recv_credit_max
@@ -99,6 +102,7 @@ class Credits:
         self.posted = 0
         self.granted = 0
         self.target = 1
+        self.echoes = 0  # ungranted receives that only replace buffers of data-less messages
 
     def __repr__(self) -> str:
         return (
@@ -126,6 +130,15 @@ class Credits:
         self.send += granted
         if self.send > MAX_CREDITS:
             raise RemoteProtocolError(f"DataTransferMessage.credits_granted: peer granted {self.send} credits in all")
+
+    def peer_message(self, carries_data: bool) -> None:
+        """The peer's message carried data or not.
+
+        A data-less one's buffer is reposted at once, and re-granting it alone
+        is no news while the peer sends nothing else; a peer that sends data
+        may be stalled behind it, so then every ungranted receive is news.
+        """
+        self.echoes = 0 if carries_data else self.echoes + 1
 
     def refill(self, held: int) -> int:
         """How many receives to post now (counted as posted); ``held`` buffers hold unread data."""
@@ -164,6 +177,7 @@ class Credits:
         """Grant every posted receive not yet granted (the negotiate response does, with no credit)."""
         grant = self.posted - self.granted
         self.granted = self.posted
+        self.echoes = 0
         return grant
 
     def grant_due(self) -> bool:
@@ -172,4 +186,7 @@ class Credits:
         if not new:
             return False
         peer = self.granted
-        return peer <= 1 or (new >= 2 and peer <= self.target // 4)
+        if not peer:
+            return True
+        fresh = new - self.echoes  # credits that are news to the peer
+        return (peer == 1 and fresh >= 1) or (fresh >= 2 and peer <= self.target // 4)

@@ -477,6 +477,7 @@ class SMBDirectProtocol:
         self._keepalive_deadline = None
         stats = self.statistics
         stats.fragments_received += 1
+        self._credits.peer_message(carries_data=bool(length))
         if not length:
             return
         if self._message_remaining:
