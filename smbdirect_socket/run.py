@@ -13,6 +13,7 @@ SMB-Direct, and smbprotocol's and impacket's I/O sizes fit the connection.
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
 import sys
 from collections.abc import Sequence
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m smbdirect_soc
             runpy.run_module(args.module, run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(args.program)
+            # As `python script.py` does: the script's directory comes first on the
+            # path, not the launcher's (a venv's bin/ holds impacket's smbclient.py).
+            sys.path[0] = os.path.dirname(os.path.abspath(args.program[0]))
             runpy.run_path(args.program[0], run_name="__main__")
 
 

@@ -216,8 +216,23 @@ def test_ctrl_c_while_connected_exits_130_quietly() -> None:
         assert (client.returncode, errors) == (130, b"")
 
 
+SMB_SCRIPT = """\
+import smbclient
+
+share = r"\\\\127.0.0.1\\share"
+smbclient.register_session("127.0.0.1", username="root", password="smbdirect-Pa55", port=PORT)
+with smbclient.open_file(share + r"\\hello.txt", mode="w", port=PORT) as f:
+    f.write("hello over SMB-Direct\\n")
+with smbclient.open_file(share + r"\\hello.txt", port=PORT) as f:
+    print(f.read(), end="")
+"""
+
+
 @pytest.mark.skipif(samba_available() is not None, reason=str(samba_available()))
-def test_samba_prints_how_to_reach_it_and_stops_on_ctrl_c() -> None:
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["ctrl-c", "sigterm"])
+def test_samba_behind_the_gateway_serves_an_unmodified_script_then_stops(
+    tmp_path: Path, stop: signal.Signals, status: int
+) -> None:
     with subprocess.Popen(
         [*COMMAND, "samba", "--gateway", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as samba:
@@ -228,14 +243,25 @@ def test_samba_prints_how_to_reach_it_and_stops_on_ctrl_c() -> None:
             lines.append(line)
         text = "".join(lines)
         assert "THROWAWAY" in text and "password      smbdirect-Pa55" in text
-        tcp = re.search(r"SMB over TCP  127\.0\.0\.1:(\d+)", text)
         share = re.search(r"\(directory (\S+)\)", text)
         gateway = re.search(r"SMB-Direct    127\.0\.0\.1:(\d+)", text)
-        assert tcp and share and gateway, text
-        assert Path(share.group(1)).is_dir()
-        socket.create_connection(("127.0.0.1", int(tcp.group(1))), timeout=10).close()  # smbd answers
-        samba.send_signal(signal.SIGINT)
+        assert share and gateway, text
+        if stop == signal.SIGINT:  # the README's steps: a smbclient script through run to the gateway
+            script = tmp_path / "smb_hello.py"
+            script.write_text(SMB_SCRIPT.replace("PORT", gateway.group(1)))
+            result = smbdirect("run", "--ports", gateway.group(1), str(script))
+            assert (result.returncode, result.stdout) == (0, "hello over SMB-Direct\n"), result.stderr
+            assert (Path(share.group(1)) / "hello.txt").read_text() == "hello over SMB-Direct\n"
+        samba.send_signal(stop)
         _, errors = samba.communicate(timeout=TIMEOUT)
-        assert samba.returncode == 130
+        assert samba.returncode == status
         assert errors == "smbdirect samba: stopped; the share is deleted\n"
         assert not Path(share.group(1)).exists()
+
+
+def test_run_finds_the_scripts_own_modules_first(tmp_path: Path) -> None:
+    """As with `python script.py`, not the launcher's directory (a venv's bin/ has impacket's smbclient.py)."""
+    (tmp_path / "smbclient.py").write_text("NAME = 'beside the script'\n")
+    (tmp_path / "script.py").write_text("import smbclient\nprint(smbclient.NAME)\n")
+    result = smbdirect("run", str(tmp_path / "script.py"))
+    assert (result.returncode, result.stdout) == (0, "beside the script\n"), result.stderr

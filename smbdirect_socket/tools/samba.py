@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import subprocess
 import sys
 from functools import partial
@@ -62,17 +63,20 @@ def _describe_server(server: SambaServer) -> str:
 
 
 async def _serve(args: argparse.Namespace, server: SambaServer) -> None:
-    if args.gateway is None:
-        print("Ctrl-C stops it.", flush=True)
-        await trio.sleep_forever()
-    async with trio.open_nursery() as nursery:
-        serve = partial(serve_gateway, server.address, args.gateway, provider=get_provider(args.provider))
-        try:
-            address = await nursery.start(serve)
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {format_address(args.gateway)}: {describe(exc)}") from None
-        print(f"  SMB-Direct    {format_address(address)}  (the gateway, 8 MiB messages)", flush=True)
-        print("Ctrl-C stops both.", flush=True)
+    """The gateway, if asked for, until Ctrl-C, SIGTERM or SIGHUP (those two end it with status 0)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            if args.gateway is not None:
+                serve = partial(serve_gateway, server.address, args.gateway, provider=get_provider(args.provider))
+                try:
+                    address = await nursery.start(serve)
+                except OSError as exc:
+                    raise CommandError(f"cannot listen on {format_address(args.gateway)}: {describe(exc)}") from None
+                print(f"  SMB-Direct    {format_address(address)}  (the gateway, 8 MiB messages)", flush=True)
+            print("Ctrl-C stops it.", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 def _run(args: argparse.Namespace) -> None:
