@@ -216,47 +216,44 @@ def test_ctrl_c_while_connected_exits_130_quietly() -> None:
         assert (client.returncode, errors) == (130, b"")
 
 
-SMB_SCRIPT = """\
-import smbclient
-
-share = r"\\\\127.0.0.1\\share"
-smbclient.register_session("127.0.0.1", username="root", password="smbdirect-Pa55", port=PORT)
-with smbclient.open_file(share + r"\\hello.txt", mode="w", port=PORT) as f:
-    f.write("hello over SMB-Direct\\n")
-with smbclient.open_file(share + r"\\hello.txt", port=PORT) as f:
-    print(f.read(), end="")
-"""
+needs_samba = pytest.mark.skipif(samba_available() is not None, reason=str(samba_available()))
 
 
-@pytest.mark.skipif(samba_available() is not None, reason=str(samba_available()))
-@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["ctrl-c", "sigterm"])
-def test_samba_behind_the_gateway_serves_an_unmodified_script_then_stops(
-    tmp_path: Path, stop: signal.Signals, status: int
-) -> None:
+@contextlib.contextmanager
+def samba_with_gateway() -> Iterator[tuple[subprocess.Popen[str], str, Path, int]]:
+    """``smbdirect samba --gateway`` on a free port: the process, what it printed, the share's
+    directory and the gateway's port."""
     with subprocess.Popen(
         [*COMMAND, "samba", "--gateway", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as samba:
-        assert samba.stdout is not None
-        lines = []
-        while not (line := samba.stdout.readline()).startswith("Ctrl-C"):
-            assert line, samba.stderr.read() if samba.stderr else ""
-            lines.append(line)
-        text = "".join(lines)
+        try:
+            assert samba.stdout is not None
+            text = ""
+            while not (line := samba.stdout.readline()).startswith("Ctrl-C"):
+                assert line, samba.stderr.read() if samba.stderr else ""
+                text += line
+            share = re.search(r"\(directory (\S+)\)", text)
+            gateway = re.search(r"SMB-Direct    127\.0\.0\.1:(\d+)", text)
+            assert share and gateway, text
+            yield samba, text, Path(share.group(1)), int(gateway.group(1))
+        finally:
+            if samba.poll() is None:
+                samba.send_signal(signal.SIGINT)
+
+
+@needs_samba
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["ctrl-c", "sigterm"])
+def test_samba_says_what_it_is_and_stops_cleanly(stop: signal.Signals, status: int) -> None:
+    with samba_with_gateway() as (samba, text, share, _):
         assert "THROWAWAY" in text and "password      smbdirect-Pa55" in text
-        share = re.search(r"\(directory (\S+)\)", text)
-        gateway = re.search(r"SMB-Direct    127\.0\.0\.1:(\d+)", text)
-        assert share and gateway, text
-        if stop == signal.SIGINT:  # the README's steps: a smbclient script through run to the gateway
-            script = tmp_path / "smb_hello.py"
-            script.write_text(SMB_SCRIPT.replace("PORT", gateway.group(1)))
-            result = smbdirect("run", "--ports", gateway.group(1), str(script))
-            assert (result.returncode, result.stdout) == (0, "hello over SMB-Direct\n"), result.stderr
-            assert (Path(share.group(1)) / "hello.txt").read_text() == "hello over SMB-Direct\n"
+        tcp = re.search(r"SMB over TCP  127\.0\.0\.1:(\d+)", text)
+        assert tcp and share.is_dir(), text
+        socket.create_connection(("127.0.0.1", int(tcp.group(1))), timeout=10).close()  # smbd answers
         samba.send_signal(stop)
         _, errors = samba.communicate(timeout=TIMEOUT)
         assert samba.returncode == status
         assert errors == "smbdirect samba: stopped; the share is deleted\n"
-        assert not Path(share.group(1)).exists()
+        assert not share.exists()
 
 
 def test_run_finds_the_scripts_own_modules_first(tmp_path: Path) -> None:
