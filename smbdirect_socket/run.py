@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m smbdirect_soc
     args = parser(prog).parse_args(argv)
     if args.module is None and not args.program:
         parser(prog).error("give a script or -m module")
+    if args.module is None and not os.path.isfile(args.program[0]):
+        parser(prog).exit(2, f"{prog}: can't open file {args.program[0]!r}: no such file\n")  # as python says it
     parameters = Parameters().with_large_messages() if args.large_messages else None
     hosts = [h for h in args.hosts.split(",") if h]
     with patch(

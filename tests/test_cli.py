@@ -139,6 +139,32 @@ def test_address_not_on_this_host_is_one_line() -> None:
     assert result.stderr == "smbdirect listen: cannot listen on 192.0.2.1:5445: Cannot assign requested address\n"
 
 
+def test_gateway_on_a_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = smbdirect("gateway", "--listen", f"127.0.0.1:{port}", "--to", "127.0.0.1")
+    assert result.returncode == 1
+    assert result.stderr == f"smbdirect gateway: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1")
+def test_gateway_listens_on_ipv6_and_stops_quietly_on_ctrl_c() -> None:
+    with subprocess.Popen(
+        [*COMMAND, "gateway", "--listen", "[::1]:0", "--to", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as gateway:
+        assert gateway.stdout is not None
+        started = gateway.stdout.readline()
+        assert re.fullmatch(r"smbdirect gateway: SMB-Direct \[::1\]:\d+ -> TCP 127\.0\.0\.1:445\n", started), started
+        gateway.send_signal(signal.SIGINT)
+        _, errors = gateway.communicate(timeout=TIMEOUT)
+        assert (gateway.returncode, errors) == (130, "")
+
+
 def test_refused_connection_is_one_line() -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -202,6 +228,19 @@ def test_listen_and_connect_carry_stdin_and_stdout_both_ways() -> None:
         assert server.wait(TIMEOUT) == 0  # without -k it ends with its client
 
 
+def test_listen_k_serves_one_client_after_another() -> None:
+    with listening("-k", "127.0.0.1:0") as (server, address):
+        assert server.stdout is not None
+        for word in (b"first\n", b"second\n"):
+            with subprocess.Popen([*COMMAND, "connect", address, "-q", "0"], stdin=subprocess.PIPE) as client:
+                assert client.stdin is not None
+                client.stdin.write(word)
+                client.stdin.close()
+                assert client.wait(TIMEOUT) == 0
+            assert read_until(server.stdout.fileno(), word) == word
+        assert server.poll() is None  # still listening
+
+
 def test_ctrl_c_while_connected_exits_130_quietly() -> None:
     with listening("--echo", "127.0.0.1:0") as (_, address):
         client = subprocess.Popen(
@@ -262,3 +301,9 @@ def test_run_finds_the_scripts_own_modules_first(tmp_path: Path) -> None:
     (tmp_path / "script.py").write_text("import smbclient\nprint(smbclient.NAME)\n")
     result = smbdirect("run", str(tmp_path / "script.py"))
     assert (result.returncode, result.stdout) == (0, "beside the script\n"), result.stderr
+
+
+def test_run_without_the_script_is_one_line(tmp_path: Path) -> None:
+    result = smbdirect("run", str(tmp_path / "missing.py"))
+    assert result.returncode == 2
+    assert result.stderr == f"smbdirect run: can't open file {str(tmp_path / 'missing.py')!r}: no such file\n"
