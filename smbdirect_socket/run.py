@@ -20,19 +20,17 @@ from collections.abc import Sequence
 
 from .parameters import Parameters
 from .patching import patch
+from .tools.common import Parser, port
 
 __all__ = ["main", "parser"]
 
 
 def _ports(text: str) -> list[int]:
-    try:
-        return [int(port) for port in text.split(",") if port]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ports are comma-separated numbers, got {text!r}") from None
+    return [port(number.strip()) for number in text.split(",") if number]
 
 
 def parser(prog: str = "python -m smbdirect_socket.run") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     routes = p.add_mutually_exclusive_group()
     routes.add_argument("--ports", type=_ports, default=[445, 5445], help="ports that ride SMB-Direct (445,5445)")
     routes.add_argument("--all-ports", action="store_true", help="every stream connection rides SMB-Direct")

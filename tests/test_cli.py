@@ -115,6 +115,7 @@ def test_version() -> None:
         (["listen", "[::1]:http"], "port 'http' is not a number"),
         (["gateway", "--listen", "127.0.0.1:65536", "--to", "127.0.0.1"], "port 65536 is out of range (0-65535)"),
         (["connect", "[::1"], "expected [IPV6]:PORT, got '[::1'"),
+        (["run", "--ports", "445,99999", "script.py"], "port 99999 is out of range (1-65535)"),
     ],
 )
 def test_bad_addresses_are_one_line_usage_errors(args: list[str], problem: str) -> None:

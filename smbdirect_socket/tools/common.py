@@ -22,6 +22,7 @@ __all__ = [
     "address_type",
     "describe",
     "format_address",
+    "port",
     "run_command",
 ]
 
@@ -40,13 +41,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _port(text: str, lowest: int) -> int:
+def port(text: str, lowest: int = 1) -> int:
+    """A port number from ``lowest`` to 65535 (argparse's error otherwise)."""
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"port {text!r} is not a number")
-    port = int(text)
-    if not lowest <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range ({lowest}-65535)")
-    return port
+    value = int(text)
+    if not lowest <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range ({lowest}-65535)")
+    return value
 
 
 def address_type(default_host: str, default_port: int, *, listening: bool = False) -> Callable[[str], tuple[str, int]]:
@@ -58,14 +60,14 @@ def address_type(default_host: str, default_port: int, *, listening: bool = Fals
             host, bracket, rest = text[1:].partition("]")
             if not bracket or (rest and not rest.startswith(":")):
                 raise argparse.ArgumentTypeError(f"expected [IPV6]:PORT, got {text!r}")
-            port = rest[1:] or str(default_port)
+            number = rest[1:] or str(default_port)
         elif text.count(":") == 1:
-            host, _, port = text.partition(":")
+            host, _, number = text.partition(":")
         elif listening and text.isdigit():
-            host, port = "", text
+            host, number = "", text
         else:  # a host name, an IPv4 address or a bare IPv6 address
-            host, port = text, str(default_port)
-        return (host or default_host, _port(port, 0 if listening else 1))
+            host, number = text, str(default_port)
+        return (host or default_host, port(number, 0 if listening else 1))
 
     return parse
 
