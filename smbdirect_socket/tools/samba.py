@@ -1,7 +1,9 @@
 """smbdirect samba: a throwaway Samba to try SMB clients against, optionally behind the gateway.
 
 It is the tests' own Samba (smbdirect_socket.smb.samba): smbd on 127.0.0.1
-with one writable share in a temporary directory, deleted when it stops.
+with one writable share in a temporary directory.  For trying things only,
+never for real files: it runs as root, anyone with its credentials may write
+the share, and the share is deleted when it stops (Ctrl-C, SIGTERM, SIGHUP).
 It needs root and Debian's samba package.
 """
 
