@@ -1,9 +1,8 @@
-"""The ``smbdirect`` command: ``smbdirect gateway`` and ``smbdirect run``."""
+"""The ``smbdirect`` command: ``listen``, ``connect``, ``samba``, ``gateway`` and ``run``."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -12,20 +11,17 @@ from functools import partial
 import attrs
 import trio
 
-from . import run
+from . import __version__, run
+from .constants import SMBDIRECT_IWARP_PORT
 from .parameters import Parameters
 from .rdma import get_provider
 from .smb.gateway import Gateway
 from .smb.limits import GatewayLimits
+from .tools.common import CommandError, Parser, address_type, describe, format_address, run_command
+from .tools.netcat import add_connect, add_listen
+from .tools.samba import add_samba
 
-__all__ = ["main"]
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return (host.strip("[]") or "0.0.0.0", int(port))
+__all__ = ["main", "parser"]
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -64,17 +60,28 @@ def _limits(args: argparse.Namespace) -> GatewayLimits:
         raise SystemExit(f"smbdirect gateway: {exc}") from None
 
 
-def _gateway(argv: Sequence[str]) -> None:
-    p = argparse.ArgumentParser(
-        prog="smbdirect gateway", description="Accept SMB-Direct and relay SMB2 to a TCP SMB server."
+def _add_gateway(commands: argparse._SubParsersAction[Parser]) -> None:
+    p = commands.add_parser(
+        "gateway",
+        help="accept SMB-Direct and relay SMB2 to a TCP SMB server (Samba, Windows)",
+        description="Accept SMB-Direct and relay SMB2 to a TCP SMB server.",
     )
-    p.add_argument("--listen", type=_address, default=("0.0.0.0", 5445), help="SMB-Direct address (0.0.0.0:5445)")
-    p.add_argument("--to", type=_address, required=True, help="the TCP SMB server, HOST:PORT")
+    p.add_argument(
+        "--listen",
+        type=address_type("0.0.0.0", SMBDIRECT_IWARP_PORT, listening=True),
+        default=("0.0.0.0", SMBDIRECT_IWARP_PORT),
+        metavar="[HOST:]PORT",
+        help=f"SMB-Direct address (0.0.0.0:{SMBDIRECT_IWARP_PORT})",
+    )
+    p.add_argument("--to", type=address_type("", 445), required=True, metavar="HOST[:PORT]", help="the SMB server")
     p.add_argument("--provider", default=None, help="RDMA engine provider (default: $SMBDIRECT_PROVIDER or softiwarp)")
     p.add_argument("--linux-sizes", action="store_true", help="the kernel's message sizes instead of 8 MiB messages")
     p.add_argument("-v", "--verbose", action="store_true")
     _add_limits(p)
-    args = p.parse_args(argv)
+    p.set_defaults(command=_gateway)
+
+
+def _gateway(args: argparse.Namespace) -> int:
     limits = _limits(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
     parameters = Parameters() if args.linux_sizes else Parameters().with_large_messages()
@@ -82,23 +89,45 @@ def _gateway(argv: Sequence[str]) -> None:
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(partial(gateway.serve, args.listen))
-            print(f"smbdirect gateway: SMB-Direct {address[0]}:{address[1]} -> TCP {args.to[0]}:{args.to[1]}")
+            try:
+                address = await nursery.start(partial(gateway.serve, args.listen))
+            except OSError as exc:
+                raise CommandError(f"cannot listen on {format_address(args.listen)}: {describe(exc)}") from None
+            print(f"smbdirect gateway: SMB-Direct {format_address(address)} -> TCP {format_address(args.to)}")
+            sys.stdout.flush()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(serve)
+    return run_command("smbdirect gateway", partial(trio.run, serve))
+
+
+def parser() -> Parser:
+    """The ``smbdirect`` command line, every subcommand included."""
+    p = Parser(
+        prog="smbdirect",
+        description="SMB-Direct from userspace: try it, relay it, run programs over it.",
+        epilog="Each command has its own --help. Ctrl-C exits 130; errors print one line and exit 1 (usage: 2).",
+    )
+    p.add_argument("--version", action="version", version=f"smbdirect-socket {__version__}")
+    commands = p.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    add_listen(commands)
+    add_connect(commands)
+    add_samba(commands)
+    _add_gateway(commands)
+    # Listed here; parsed by run's own parser, which hands the rest to the program.
+    commands.add_parser("run", add_help=False, help="run an unmodified Python program over SMB-Direct")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands: dict[str, Callable[[Sequence[str]], None]] = {
-        "gateway": _gateway,
-        "run": partial(run.main, prog="smbdirect run"),
-    }
-    if not argv or argv[0] not in commands:
-        print("usage: smbdirect {gateway,run} ...", file=sys.stderr)
+    if argv[:1] == ["run"]:
+        run.main(argv[1:], prog="smbdirect run")
+        return
+    p = parser()
+    if not argv:  # a usage error, as git and argparse treat it, but showing every command
+        p.print_help(sys.stderr)
         raise SystemExit(2)
-    commands[argv[0]](argv[1:])
+    args = p.parse_args(argv)
+    raise SystemExit(args.command(args))
 
 
 if __name__ == "__main__":

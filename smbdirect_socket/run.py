@@ -13,25 +13,24 @@ SMB-Direct, and smbprotocol's and impacket's I/O sizes fit the connection.
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
 import sys
 from collections.abc import Sequence
 
 from .parameters import Parameters
 from .patching import patch
+from .tools.common import Parser, port
 
 __all__ = ["main", "parser"]
 
 
 def _ports(text: str) -> list[int]:
-    try:
-        return [int(port) for port in text.split(",") if port]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ports are comma-separated numbers, got {text!r}") from None
+    return [port(number.strip()) for number in text.split(",") if number]
 
 
 def parser(prog: str = "python -m smbdirect_socket.run") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     routes = p.add_mutually_exclusive_group()
     routes.add_argument("--ports", type=_ports, default=[445, 5445], help="ports that ride SMB-Direct (445,5445)")
     routes.add_argument("--all-ports", action="store_true", help="every stream connection rides SMB-Direct")
@@ -52,6 +51,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m smbdirect_soc
     args = parser(prog).parse_args(argv)
     if args.module is None and not args.program:
         parser(prog).error("give a script or -m module")
+    if args.module is None and not os.path.isfile(args.program[0]):
+        parser(prog).exit(2, f"{prog}: can't open file {args.program[0]!r}: no such file\n")  # as python says it
     parameters = Parameters().with_large_messages() if args.large_messages else None
     hosts = [h for h in args.hosts.split(",") if h]
     with patch(
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m smbdirect_soc
             runpy.run_module(args.module, run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(args.program)
+            # As `python script.py` does: the script's directory comes first on the
+            # path, not the launcher's (a venv's bin/ holds impacket's smbclient.py).
+            sys.path[0] = os.path.dirname(os.path.abspath(args.program[0]))
             runpy.run_path(args.program[0], run_name="__main__")
 
 

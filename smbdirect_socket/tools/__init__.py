@@ -1,0 +1,1 @@
+"""The subcommands of the ``smbdirect`` command, one module each, and what they share."""

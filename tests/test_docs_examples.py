@@ -1,0 +1,72 @@
+"""The examples in README.md and docs/*.md run as written.
+
+A fenced ```python block right after a line ``<!-- tested -->`` runs against
+``smbdirect listen --echo``; one after ``<!-- tested with samba -->`` runs
+through ``smbdirect run`` to the gateway in front of ``smbdirect samba``.
+The examples name port 5445; the servers here listen on free ports, which
+replace it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_cli import COMMAND, TIMEOUT, listening, needs_samba, samba_with_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def examples(marker: str) -> list[Any]:
+    found = []
+    for page in PAGES:
+        lines = page.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if line.strip() != marker:
+                continue
+            assert lines[number + 1] == "```python", f"{page.name}:{number + 1}: {marker} is not before a python block"
+            end = lines.index("```", number + 2)
+            found.append(pytest.param("\n".join(lines[number + 2 : end]) + "\n", id=f"{page.name}:{number + 3}"))
+    return found
+
+
+ECHO_EXAMPLES = examples("<!-- tested -->")
+SAMBA_EXAMPLES = examples("<!-- tested with samba -->")
+
+
+def test_the_first_examples_are_tested() -> None:
+    pages = {str(example.id).split(":")[0] for example in ECHO_EXAMPLES + SAMBA_EXAMPLES}
+    assert {"README.md", "index.md"} <= pages
+
+
+@pytest.fixture(scope="module")
+def echo_port() -> Iterator[str]:
+    with listening("--echo", "127.0.0.1:0") as (_, address):
+        yield address.rsplit(":", 1)[1]
+
+
+@pytest.mark.parametrize("code", ECHO_EXAMPLES)
+def test_example_against_the_echo_server(code: str, echo_port: str, tmp_path: Path) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(code.replace("5445", echo_port))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert "b'hello'" in result.stdout
+
+
+@needs_samba
+@pytest.mark.parametrize("code", SAMBA_EXAMPLES)
+def test_example_through_run_to_samba(code: str, tmp_path: Path) -> None:
+    with samba_with_gateway() as (_, _, share, port):
+        script = tmp_path / "smb_example.py"
+        script.write_text(code.replace("5445", str(port)))
+        run = [*COMMAND, "run", "--ports", str(port), str(script)]
+        result = subprocess.run(run, capture_output=True, text=True, timeout=TIMEOUT)
+        assert (result.returncode, result.stdout) == (0, "hello over SMB-Direct\n"), result.stderr
+        assert (share / "hello.txt").read_text() == "hello over SMB-Direct\n"
