@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         SOL_SMBDIRECT,
     )
     from .errors import LocalProtocolError, PDUError, ProtocolError, RemoteProtocolError
+    from .options import SMBDIRECT_BYTESTREAM
     from .parameters import Parameters
     from .patching import patch
     from .pdu import BufferDescriptorV1, DataTransferMessage, NegotiateRequest, NegotiateResponse
@@ -38,6 +39,7 @@ _SOURCES = {
     "SMBDIRECT_PORT": "constants",
     "SMBDIRECT_VERSION": "constants",
     "SOL_SMBDIRECT": "constants",
+    "SMBDIRECT_BYTESTREAM": "options",
     "BufferDescriptorV1": "pdu",
     "DataTransferMessage": "pdu",
     "LocalProtocolError": "errors",
@@ -59,6 +61,7 @@ _SOURCES = {
 
 __all__ = [
     "IPPROTO_SMBDIRECT",
+    "SMBDIRECT_BYTESTREAM",
     "SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE",
     "SMBDIRECT_IWARP_PORT",
     "SMBDIRECT_PORT",

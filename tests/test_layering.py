@@ -42,6 +42,9 @@ MAY_IMPORT: dict[str, set[str]] = {
 MODULES = {
     "constants": "foundation",
     "errors": "foundation",
+    "layout": "foundation",
+    "_wire": "foundation",
+    "_wire.gen_layout": "commands",
     "parameters": "protocol",
     "pdu": "protocol",
     "reassembly": "protocol",
@@ -61,6 +64,8 @@ MODULES = {
     "": "programs",
     "smb": "smb",
     "cli": "commands",
+    "tools": "commands",
+    "tools.common": "programs",  # argument parsing and one-line errors, shared with run
     "demo": "commands",
 }
 
