@@ -346,14 +346,6 @@ class IwarpQueuePair:
             self._output.append(piece)
             self._queued += len(piece)
 
-    def _queue_framed(self, op: Op, word: int, number: int, data: Buffer) -> None:
-        """Queue the FPDUs of one request, framed by the compiled core: ``word`` is the STag
-        to invalidate (Sends) or the STag (tagged), ``number`` the MSN or the tagged offset."""
-        assert self.wire is not None
-        framed = self.wire.frame_one(op, word, number, data, self._untagged_chunk, self._tagged_chunk, self._crc)
-        self._output.append(framed)
-        self._queued += len(framed)
-
     def _send_rtr(self) -> None:
         """The zero-length ready-to-receive message of MPA peer-to-peer mode."""
         if self.negotiation.rtr == "write":
@@ -382,18 +374,24 @@ class IwarpQueuePair:
             op = Op.SEND_SE_INVALIDATE if solicited else Op.SEND_INVALIDATE
         msn = next(self._send_msn)
         word = invalidate_token or 0
-        if self.wire is not None and len(data) <= _FRAME_COPY_LIMIT:
-            self._queue_framed(op, word, msn, data)
-        elif len(data) <= self._untagged_chunk:  # one FPDU: most sends
+        size = len(data)
+        wire = self.wire
+        if wire is not None and size <= _FRAME_COPY_LIMIT:  # most sends: one call frames them
+            framed = wire.frame_one(op, word, msn, data, self._untagged_chunk, self._tagged_chunk, self._crc)
+            self._output.append(framed)
+            self._queued += len(framed)
+        elif size <= self._untagged_chunk:  # one FPDU: most sends
             self._queue(ddp.untagged_header(op, True, ddp.QN_SEND, msn, 0, word), data)
         else:
             for start, chunk, last in self._chunks(data, self._untagged_chunk):
                 self._queue(ddp.untagged_header(op, last, ddp.QN_SEND, msn, start, word), chunk)
-        self._marks.append((self._queued, Completion(wr_id, Opcode.SEND, byte_len=len(data)), signaled))
+        self._marks.append((self._queued, Completion(wr_id, Opcode.SEND, Status.SUCCESS, size), signaled))
 
     def _emit_tagged(self, op: Op, token: int, address: int, data: Buffer) -> None:
         if self.wire is not None and len(data) <= _FRAME_COPY_LIMIT:
-            self._queue_framed(op, token, address, data)
+            framed = self.wire.frame_one(op, token, address, data, self._untagged_chunk, self._tagged_chunk, self._crc)
+            self._output.append(framed)
+            self._queued += len(framed)
             return
         for start, chunk, last in self._chunks(data, self._tagged_chunk):
             self._queue(ddp.tagged_header(op, last, token, (address + start) & 0xFFFFFFFFFFFFFFFF), chunk)
