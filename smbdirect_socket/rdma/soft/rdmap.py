@@ -142,9 +142,10 @@ class IwarpQueuePair:
         # Output: buffers to write in order, and completions due once the
         # byte count written reaches their mark.
         self._output: deque[Buffer] = deque()
-        # A mark without a completion is the end of a Read Response (IRD accounting);
-        # the flag says whether a successful completion is reported (signaled).
-        self._marks: deque[tuple[int, Completion | None, bool]] = deque()
+        # Marks: (position, wr_id, opcode, byte_len, signaled); the completion is
+        # built only when it is reported.  A mark without an opcode is the end of a
+        # Read Response (IRD accounting).
+        self._marks: deque[tuple[int, int, Opcode | None, int, bool]] = deque()
         self._queued = 0  # bytes ever queued
         self._written = 0  # bytes ever written
         self._responses_queued = 0  # inbound reads answered but not yet written
@@ -265,12 +266,13 @@ class IwarpQueuePair:
             else:
                 self._output[0] = memoryview(head)[count:]
                 count = 0
-        while self._marks and self._marks[0][0] <= self._written:
-            _, completion, signaled = self._marks.popleft()
-            if completion is None:
+        marks = self._marks
+        while marks and marks[0][0] <= self._written:
+            _, wr_id, opcode, byte_len, signaled = marks.popleft()
+            if opcode is None:
                 self._responses_queued -= 1  # a Read Response is out
             elif signaled:
-                self._completions.append(completion)
+                self._completions.append(Completion(wr_id, opcode, Status.SUCCESS, byte_len))
 
     def data_to_send(self) -> bytes:
         """Everything queued, as one buffer, taken as written (for tests and tools)."""
@@ -337,22 +339,13 @@ class IwarpQueuePair:
                 )
             else:
                 self._emit_tagged(Op.WRITE, request.token, request.address, request.data)
-                completion = Completion(request.wr_id, Opcode.RDMA_WRITE, byte_len=len(request.data))
-                self._marks.append((self._queued, completion, True))
+                self._marks.append((self._queued, request.wr_id, Opcode.RDMA_WRITE, len(request.data), True))
 
     def _queue(self, header: bytes, payload: Buffer) -> None:
         """Queue one FPDU."""
         for piece in fpdu_pieces(header, payload, self._crc):
             self._output.append(piece)
             self._queued += len(piece)
-
-    def _queue_framed(self, op: Op, word: int, number: int, data: Buffer) -> None:
-        """Queue the FPDUs of one request, framed by the compiled core: ``word`` is the STag
-        to invalidate (Sends) or the STag (tagged), ``number`` the MSN or the tagged offset."""
-        assert self.wire is not None
-        framed = self.wire.frame_one(op, word, number, data, self._untagged_chunk, self._tagged_chunk, self._crc)
-        self._output.append(framed)
-        self._queued += len(framed)
 
     def _send_rtr(self) -> None:
         """The zero-length ready-to-receive message of MPA peer-to-peer mode."""
@@ -382,18 +375,24 @@ class IwarpQueuePair:
             op = Op.SEND_SE_INVALIDATE if solicited else Op.SEND_INVALIDATE
         msn = next(self._send_msn)
         word = invalidate_token or 0
-        if self.wire is not None and len(data) <= _FRAME_COPY_LIMIT:
-            self._queue_framed(op, word, msn, data)
-        elif len(data) <= self._untagged_chunk:  # one FPDU: most sends
+        size = len(data)
+        wire = self.wire
+        if wire is not None and size <= _FRAME_COPY_LIMIT:  # most sends: one call frames them
+            framed = wire.frame_one(op, word, msn, data, self._untagged_chunk, self._tagged_chunk, self._crc)
+            self._output.append(framed)
+            self._queued += len(framed)
+        elif size <= self._untagged_chunk:  # one FPDU: most sends
             self._queue(ddp.untagged_header(op, True, ddp.QN_SEND, msn, 0, word), data)
         else:
             for start, chunk, last in self._chunks(data, self._untagged_chunk):
                 self._queue(ddp.untagged_header(op, last, ddp.QN_SEND, msn, start, word), chunk)
-        self._marks.append((self._queued, Completion(wr_id, Opcode.SEND, byte_len=len(data)), signaled))
+        self._marks.append((self._queued, wr_id, Opcode.SEND, size, signaled))
 
     def _emit_tagged(self, op: Op, token: int, address: int, data: Buffer) -> None:
         if self.wire is not None and len(data) <= _FRAME_COPY_LIMIT:
-            self._queue_framed(op, token, address, data)
+            framed = self.wire.frame_one(op, token, address, data, self._untagged_chunk, self._tagged_chunk, self._crc)
+            self._output.append(framed)
+            self._queued += len(framed)
             return
         for start, chunk, last in self._chunks(data, self._tagged_chunk):
             self._queue(ddp.tagged_header(op, last, token, (address + start) & 0xFFFFFFFFFFFFFFFF), chunk)
@@ -561,7 +560,7 @@ class IwarpQueuePair:
             data = b""
         self._responses_queued += 1
         self._emit_tagged(Op.READ_RESPONSE, request.sink_token, request.sink_offset, data)
-        self._marks.append((self._queued, None, False))
+        self._marks.append((self._queued, 0, None, 0, False))
 
     def _on_read_response(self, segment: Segment) -> None:
         if not self._outstanding_reads:
@@ -623,7 +622,7 @@ class IwarpQueuePair:
         """Flush every request (but those already framed, unless ``framed``) and every receive."""
         flushed = []
         if framed:
-            flushed = [Completion(c.wr_id, c.opcode, Status.FLUSHED) for _, c, _ in self._marks if c is not None]
+            flushed = [Completion(w, op, Status.FLUSHED) for _, w, op, _, _ in self._marks if op is not None]
             self._marks.clear()
         for request in (*self._outstanding_reads, *self._pending):
             if isinstance(request, _Read) and request.rtr:
