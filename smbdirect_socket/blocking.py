@@ -28,6 +28,7 @@ from . import engine_thread
 from . import trio as _trio
 from .connection import Registration
 from .constants import IPPROTO_SMBDIRECT, SOL_SMBDIRECT
+from .errors import socket_error
 from .options import SMBDIRECT_BYTESTREAM, SocketInfo
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
@@ -38,10 +39,6 @@ __all__ = ["SMBDirectSocket", "create_connection", "create_server", "socket"]
 T = TypeVar("T")
 Address = tuple[Any, ...]
 _DEFAULT = object()
-
-
-def _timed_out() -> TimeoutError:
-    return TimeoutError(errno.ETIMEDOUT, "timed out")
 
 
 class SMBDirectSocket:
@@ -152,7 +149,7 @@ class SMBDirectSocket:
             return await afn(*args)
         with trio.move_on_after(timeout):
             return await afn(*args)
-        raise _timed_out()
+        raise socket_error(errno.ETIMEDOUT, "timed out")
 
     # ---- addresses, connect, accept ------------------------------------------------------
 
@@ -185,7 +182,7 @@ class SMBDirectSocket:
 
     def accept(self) -> tuple[SMBDirectSocket, Address]:
         if self._timeout == 0.0 and not engine_thread.run_sync(self._sock.is_readable):
-            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+            raise socket_error(errno.EAGAIN)
         inner, address = self._call(self._sock.accept)
         child = SMBDirectSocket(inner.family, _inner=inner)
         if _stdlib_socket.getdefaulttimeout() is None and self._timeout:
@@ -232,7 +229,7 @@ class SMBDirectSocket:
         with trio.move_on_after(timeout):
             await self._sock.wait_writable()
             return await self._sock.sendmsg(buffers, ancdata, flags, address)
-        raise _timed_out()
+        raise socket_error(errno.ETIMEDOUT, "timed out")
 
     # ---- receiving ------------------------------------------------------------------------
 
@@ -330,7 +327,7 @@ class SMBDirectSocket:
         engine_thread.run_sync(self._sock.close)
 
     def detach(self) -> int:
-        raise OSError(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
+        raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
 
 
 def socket(
@@ -346,7 +343,7 @@ def socket(
     """
     if proto == IPPROTO_SMBDIRECT:
         if fileno is not None:
-            raise OSError(errno.EOPNOTSUPP, "an SMB-Direct socket cannot adopt a descriptor")
+            raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket cannot adopt a descriptor")
         return SMBDirectSocket(family, type, proto, **options)
     return _stdlib_socket.socket(family, type, proto, fileno)
 
@@ -379,7 +376,7 @@ def create_connection(
             sock.close()
             errors.append(exc)
     if not errors:
-        raise OSError(errno.EHOSTUNREACH, f"getaddrinfo returned nothing for {host!r}")
+        raise socket_error(errno.EHOSTUNREACH, f"getaddrinfo returned nothing for {host!r}")
     if all_errors:
         raise ExceptionGroup("create_connection failed", errors)
     raise errors[0]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError, socket_error
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
 from .protocol import (
@@ -76,13 +76,6 @@ def iwarp_private_data(parameters: Parameters) -> bytes:
     return struct.pack("!II", parameters.responder_resources, parameters.initiator_depth)
 
 
-def _os_error(error: BaseException) -> OSError:
-    if isinstance(error, OSError):
-        return error
-    code = getattr(error, "errno", None) or errno.ECONNABORTED
-    return OSError(code, str(error))
-
-
 class Connection:
     """An SMB-Direct connection over any engine provider."""
 
@@ -129,10 +122,10 @@ class Connection:
                 timeout=parameters.rdma_connect_timeout_msec / 1000,
                 source=source,
             )
-        except RdmaError:
-            raise
-        except OSError as exc:
-            raise OSError(errno.ECONNREFUSED, f"RDMA connect to {address[0]}:{address[1]} failed: {exc}") from None
+        except RdmaError as exc:
+            raise socket_error(exc) from None
+        except OSError as exc:  # nothing answered there
+            raise socket_error(errno.ECONNREFUSED, f"RDMA connect to {address[0]}:{address[1]} failed: {exc}") from None
         connection = cls(qp, SMBDirectProtocol(Role.CLIENT, parameters))
         await connection._negotiate()
         return connection
@@ -155,7 +148,7 @@ class Connection:
         while self.protocol.state is State.NEGOTIATING:
             await self.wait_changed()
         if self.protocol.state is not State.CONNECTED:
-            raise _os_error(self.protocol.error or OSError(errno.ECONNABORTED, "negotiation failed"))
+            raise socket_error(self.protocol.error or errno.ECONNABORTED, "negotiation failed")
 
     # ---- data ---------------------------------------------------------------------
 
@@ -169,7 +162,7 @@ class Connection:
         try:
             self.protocol.send_message(payload, invalidate_token=invalidate_token)
         except LocalProtocolError as exc:
-            raise OSError(exc.errno, str(exc)) from None
+            raise socket_error(exc) from None
         self._carry_out()
         waited = False
         while self.protocol.pending_send_bytes and self.protocol.state is State.CONNECTED:
@@ -225,7 +218,7 @@ class Connection:
         try:
             region = self.qp.register(view, access)
         except ValueError as exc:
-            raise OSError(errno.EINVAL, str(exc)) from None
+            raise socket_error(errno.EINVAL, str(exc)) from None
         return Registration(region, [BufferDescriptorV1(region.address, region.token, len(view))])
 
     def deregister(self, registration: Registration) -> None:
@@ -235,7 +228,7 @@ class Connection:
         """Fill ``into`` from the peer's buffers, in descriptor order."""
         view = memoryview(into).cast("B")
         if view.readonly:
-            raise OSError(errno.EINVAL, "rdma_read needs a writable buffer")
+            raise socket_error(errno.EINVAL, "rdma_read needs a writable buffer")
         await self._rdma(view, descriptors, read=True)
         self.rdma_reads += 1
 
@@ -248,10 +241,10 @@ class Connection:
         self._raise_if_failed()
         total = sum(d.length for d in descriptors)
         if total != len(view):
-            raise OSError(errno.EINVAL, f"descriptors cover {total} bytes, the buffer has {len(view)}")
+            raise socket_error(errno.EINVAL, f"descriptors cover {total} bytes, the buffer has {len(view)}")
         limit = self.negotiated.max_read_write_size
         if limit and total > limit:
-            raise OSError(errno.EMSGSIZE, f"{total} bytes exceed the negotiated max read/write size {limit}")
+            raise socket_error(errno.EMSGSIZE, f"{total} bytes exceed the negotiated max read/write size {limit}")
         wr_ids = []
         offset = 0
         for descriptor in descriptors:
@@ -267,7 +260,7 @@ class Connection:
                 else:
                     self.qp.post_write(wr_id, part, descriptor.token, descriptor.offset)
             except RdmaError as exc:
-                raise OSError(exc.errno, str(exc)) from None
+                raise socket_error(exc) from None
         try:
             while any(self._rdma_results[w] is None for w in wr_ids) and self.protocol.state is not State.CLOSED:
                 await self.wait_changed()
@@ -278,9 +271,9 @@ class Connection:
         for result in results:
             if result is None:
                 self._raise_if_failed()
-                raise OSError(errno.ECONNRESET, "connection ended during the RDMA transfer")
+                raise socket_error(errno.ECONNRESET, "connection ended during the RDMA transfer")
             if result.status is not Status.SUCCESS:
-                raise OSError(
+                raise socket_error(
                     errno.EREMOTEIO,
                     f"RDMA {'read' if read else 'write'} failed: {result.reason or result.status.value}",
                 )
@@ -288,8 +281,9 @@ class Connection:
 
     @property
     def error(self) -> OSError | None:
+        """Why the connection ended, as a kernel socket reports it (None while it is up)."""
         error = self.protocol.error
-        return None if error is None else _os_error(error)
+        return None if error is None else socket_error(error)
 
     @property
     def at_eof(self) -> bool:
@@ -298,10 +292,7 @@ class Connection:
 
     def _raise_if_failed(self) -> None:
         if self.protocol.state is State.CLOSED:
-            error = self.protocol.error
-            if isinstance(error, LocalProtocolError):
-                raise OSError(errno.EPIPE, "connection is closed")
-            raise _os_error(error or OSError(errno.EPIPE, "connection is closed"))
+            raise self.error or socket_error(errno.EPIPE, "connection is closed")
 
     async def aclose(self) -> None:
         """Tear the connection down (there is no half-close, as in the kernel)."""

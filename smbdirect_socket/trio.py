@@ -40,7 +40,7 @@ from .constants import (
     SMBDIRECT_PORT,
     SOL_SMBDIRECT,
 )
-from .errors import ProtocolError
+from .errors import ProtocolError, socket_error
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
 from .protocol import State
@@ -64,12 +64,6 @@ _INVALIDATE = struct.Struct("=I")
 Address = tuple[Any, ...]
 
 
-def _error(code: int, message: str) -> NoReturn:
-    if code == errno.EAGAIN:
-        raise BlockingIOError(code, message)
-    raise OSError(code, message)
-
-
 class SMBDirectSocket(trio.socket.SocketType):
     """An ``IPPROTO_SMBDIRECT`` stream socket on an RDMA engine provider."""
 
@@ -83,13 +77,13 @@ class SMBDirectSocket(trio.socket.SocketType):
         parameters: Parameters | None = None,
     ) -> None:
         if family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
-            _error(errno.EAFNOSUPPORT, "SMB-Direct sockets are AF_INET or AF_INET6")
+            raise socket_error(errno.EAFNOSUPPORT, "SMB-Direct sockets are AF_INET or AF_INET6")
         if type & ~(_stdlib_socket.SOCK_NONBLOCK | _stdlib_socket.SOCK_CLOEXEC) != _stdlib_socket.SOCK_STREAM:
-            _error(errno.EPROTONOSUPPORT, "SMB-Direct sockets are SOCK_STREAM")
+            raise socket_error(errno.EPROTONOSUPPORT, "SMB-Direct sockets are SOCK_STREAM")
         self._family = family
         self._proto = IPPROTO_SMBDIRECT if proto in (0, _stdlib_socket.IPPROTO_TCP) else proto
         if self._proto != IPPROTO_SMBDIRECT:
-            _error(errno.EPROTONOSUPPORT, f"protocol {proto} is not IPPROTO_SMBDIRECT")
+            raise socket_error(errno.EPROTONOSUPPORT, f"protocol {proto} is not IPPROTO_SMBDIRECT")
         self._provider = provider or get_provider()
         self.parameters = parameters or Parameters()
         self.bytestream = False
@@ -157,23 +151,23 @@ class SMBDirectSocket(trio.socket.SocketType):
 
     def _check_open(self) -> None:
         if self._closed:
-            _error(errno.EBADF, "socket is closed")
+            raise socket_error(errno.EBADF, "socket is closed")
 
     def _connected(self) -> Connection:
         self._check_open()
         if self._connection is None:
-            _error(errno.ENOTCONN, "socket is not connected")
+            raise socket_error(errno.ENOTCONN, "socket is not connected")
         return self._connection
 
     # ---- addresses ---------------------------------------------------------------------
 
     async def _resolve(self, address: Address) -> Address:
         if not isinstance(address, tuple) or len(address) < 2:
-            _error(errno.EINVAL, f"address must be (host, port), got {address!r}")
+            raise socket_error(errno.EINVAL, f"address must be (host, port), got {address!r}")
         host, port = address[0], address[1]
         infos = await trio.socket.getaddrinfo(host, port, self._family, _stdlib_socket.SOCK_STREAM)
         if not infos:
-            _error(errno.EAFNOSUPPORT, f"no {self.family.name} address for {host!r}")
+            raise socket_error(errno.EAFNOSUPPORT, f"no {self.family.name} address for {host!r}")
         return tuple(infos[0][4])
 
     async def bind(self, address: Address) -> None:
@@ -181,7 +175,7 @@ class SMBDirectSocket(trio.socket.SocketType):
         check treats 5445 like 445)."""
         self._check_open()
         if self._bound is not None or self._connection is not None:
-            _error(errno.EINVAL, "socket is already bound")
+            raise socket_error(errno.EINVAL, "socket is already bound")
         resolved = await self._resolve(address)
         sock = _stdlib_socket.socket(self._family, _stdlib_socket.SOCK_STREAM)
         try:
@@ -198,11 +192,11 @@ class SMBDirectSocket(trio.socket.SocketType):
     def listen(self, backlog: int = 10) -> None:
         self._check_open()
         if self._connection is not None or self._connecting:
-            _error(errno.EINVAL, "a connected socket cannot listen")
+            raise socket_error(errno.EINVAL, "a connected socket cannot listen")
         if self._listener is not None:
             return
         if self._bound_socket is None:
-            _error(errno.EDESTADDRREQ, "bind() before listen()")
+            raise socket_error(errno.EDESTADDRREQ, "bind() before listen()")
         assert self._bound is not None
         self._listener = self._provider.listen((self._bound[0], self._bound[1]), backlog, sock=self._bound_socket)
         self._bound_socket = None
@@ -247,16 +241,16 @@ class SMBDirectSocket(trio.socket.SocketType):
                 await self._connect(address)
 
         trio.lowlevel.spawn_system_task(connect_in_background, name="smbdirect connect")
-        _error(errno.EINPROGRESS, "Operation now in progress")
+        raise socket_error(errno.EINPROGRESS, "Operation now in progress")
 
     def _check_can_connect(self) -> None:
         self._check_open()
         if self._connection is not None:
-            _error(errno.EISCONN, "socket is already connected")
+            raise socket_error(errno.EISCONN, "socket is already connected")
         if self._connecting:
-            _error(errno.EALREADY, "a connect is already in progress")
+            raise socket_error(errno.EALREADY, "a connect is already in progress")
         if self._listener is not None:
-            _error(errno.EINVAL, "a listening socket cannot connect")
+            raise socket_error(errno.EINVAL, "a listening socket cannot connect")
 
     async def _connect(self, address: Address) -> None:
         """Connect, with ``_connecting`` already set (EALREADY, not writable meanwhile)."""
@@ -277,18 +271,18 @@ class SMBDirectSocket(trio.socket.SocketType):
             self._update_readiness()
         if self._closed:
             await connection.aclose()
-            _error(errno.EBADF, "socket was closed during connect")
+            raise socket_error(errno.EBADF, "socket was closed during connect")
         self._attach(connection)
 
     async def accept(self) -> tuple[SMBDirectSocket, Address]:
         """The next connection that completed SMB-Direct negotiation."""
         self._check_open()
         if self._ready is None:
-            _error(errno.EINVAL, "socket is not listening")
+            raise socket_error(errno.EINVAL, "socket is not listening")
         try:
             connection = await self._ready.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            _error(errno.EBADF, "socket is closed")
+            raise socket_error(errno.EBADF, "socket is closed") from None
         self._update_readiness()
         child = SMBDirectSocket(self._family, provider=self._provider, parameters=self.parameters)
         child.bytestream = self.bytestream
@@ -327,36 +321,38 @@ class SMBDirectSocket(trio.socket.SocketType):
         address: Address | None = None,
     ) -> int:
         if address is not None:
-            _error(errno.EISCONN, "sendmsg on a connected stream takes no address")
+            raise socket_error(errno.EISCONN, "sendmsg on a connected stream takes no address")
         data = b"".join(memoryview(b).cast("B") for b in buffers)
         token = None
         ancillary = list(ancdata)
         if len(ancillary) > 1:
-            _error(errno.EINVAL, "at most one control message")
+            raise socket_error(errno.EINVAL, "at most one control message")
         for level, kind, payload in ancillary:
             if level != SOL_SMBDIRECT or kind != SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE:
-                _error(errno.EINVAL, f"control message ({level}, {kind:#x}) is not SMB-Direct remote invalidate")
+                raise socket_error(
+                    errno.EINVAL, f"control message ({level}, {kind:#x}) is not SMB-Direct remote invalidate"
+                )
             if len(payload) != _INVALIDATE.size:
-                _error(errno.EMSGSIZE, f"remote invalidate takes a 4-byte token, got {len(payload)} bytes")
+                raise socket_error(errno.EMSGSIZE, f"remote invalidate takes a 4-byte token, got {len(payload)} bytes")
             (token,) = _INVALIDATE.unpack(payload)
         return await self._send(memoryview(data), flags, token)
 
     async def _send(self, data: memoryview, flags: int, token: int | None) -> int:
         if flags & ~_ALLOWED_FLAGS:
-            _error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
+            raise socket_error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
         connection = self._connected()
         if self._shut_down:
-            _error(errno.EPIPE, "socket was shut down")
+            raise socket_error(errno.EPIPE, "socket was shut down")
         if self.bytestream:
             payload = data[: connection.negotiated.max_fragmented_send_size]
             sent = len(payload)
         else:
             if len(data) < _LENGTH.size:
-                _error(errno.EINVAL, f"a message starts with a 4-byte length; got {len(data)} bytes")
+                raise socket_error(errno.EINVAL, f"a message starts with a 4-byte length; got {len(data)} bytes")
             (declared,) = _LENGTH.unpack_from(data)
             payload = data[_LENGTH.size :]
             if declared != len(payload):
-                _error(errno.EINVAL, f"length header says {declared} bytes, {len(payload)} follow")
+                raise socket_error(errno.EINVAL, f"length header says {declared} bytes, {len(payload)} follow")
             sent = len(data)
         if not len(payload):
             # Nothing to carry: an SMB-Direct data message without data is only a
@@ -364,7 +360,7 @@ class SMBDirectSocket(trio.socket.SocketType):
             await trio.lowlevel.checkpoint()
             return sent
         if flags & _MSG_DONTWAIT and not connection.protocol.can_send:
-            _error(errno.EAGAIN, "no send credits")
+            raise socket_error(errno.EAGAIN, "no send credits")
         await connection.send_message(payload, token)
         return sent
 
@@ -405,10 +401,10 @@ class SMBDirectSocket(trio.socket.SocketType):
 
     async def _receive(self, size: int, flags: int) -> bytes:
         if flags & ~_ALLOWED_FLAGS:
-            _error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
+            raise socket_error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
         size = operator.index(size)  # TypeError for anything but an int, as the stdlib
         if size < 0:
-            _error(errno.EINVAL, "negative buffer size")
+            raise socket_error(errno.EINVAL, "negative buffer size")
         connection = self._connected()
         protocol = connection.protocol
         partial = self._partial
@@ -430,7 +426,7 @@ class SMBDirectSocket(trio.socket.SocketType):
                 partial += connection.read(protocol.readable)
                 continue
             if flags & _MSG_DONTWAIT:
-                _error(errno.EAGAIN, "not enough data reassembled")
+                raise socket_error(errno.EAGAIN, "not enough data reassembled")
             await connection.wait_changed()
             waited = True
         available = len(partial) + protocol.readable
@@ -451,7 +447,7 @@ class SMBDirectSocket(trio.socket.SocketType):
                 await trio.lowlevel.checkpoint()
             return b""
         # The connection ended before the bytes asked for could arrive.
-        raise connection.error or OSError(errno.ECONNRESET, "connection ended")
+        raise connection.error or socket_error(errno.ECONNRESET, "connection ended")
 
     def is_readable(self) -> bool:
         """Data, a message start or the end of the connection waits (or the socket is closed)."""
@@ -508,36 +504,36 @@ class SMBDirectSocket(trio.socket.SocketType):
         if level == _stdlib_socket.IPPROTO_IPV6 and optname == _stdlib_socket.IPV6_V6ONLY and value:
             return  # AF_INET6 SMB-Direct sockets are always v6-only, as the kernel's
         if level != SOL_SMBDIRECT:
-            _error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
+            raise socket_error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
         if optname == opt.SMBDIRECT_BYTESTREAM:
             self.bytestream = bool(value)
             return
         if optname == opt.SMBDIRECT_INFO:
-            _error(errno.EINVAL, "SMBDIRECT_INFO is read-only")
+            raise socket_error(errno.EINVAL, "SMBDIRECT_INFO is read-only")
         if self._connection is not None or self._connecting:
-            _error(errno.EISCONN, "parameters are fixed once connected")
+            raise socket_error(errno.EISCONN, "parameters are fixed once connected")
         if self._listener is not None:
-            _error(errno.EINVAL, "parameters are fixed once listening")
+            raise socket_error(errno.EINVAL, "parameters are fixed once listening")
         try:
             if optname == opt.SMBDIRECT_PARAMETERS:
                 if not isinstance(value, bytes | bytearray | memoryview):
-                    _error(errno.EINVAL, "SMBDIRECT_PARAMETERS takes the packed structure")
+                    raise socket_error(errno.EINVAL, "SMBDIRECT_PARAMETERS takes the packed structure")
                 self.parameters = Parameters.unpack(bytes(value))
             elif optname in opt.PARAMETER_OPTIONS:
                 if not isinstance(value, int):
-                    _error(errno.EINVAL, f"option {optname} takes an int")
+                    raise socket_error(errno.EINVAL, f"option {optname} takes an int")
                 self.parameters = self.parameters.replace(**{opt.PARAMETER_OPTIONS[optname]: value})
             else:
-                _error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
+                raise socket_error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
         except (ValueError, ProtocolError) as exc:  # a value of the wrong size or range
-            raise OSError(errno.EINVAL, str(exc)) from None
+            raise socket_error(errno.EINVAL, str(exc)) from None
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:  # type: ignore[override]
         self._check_open()
         if level == _stdlib_socket.SOL_SOCKET:
             return self._socket_option(optname)
         if level != SOL_SMBDIRECT:
-            _error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
+            raise socket_error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
         if optname == opt.SMBDIRECT_BYTESTREAM:
             return int(self.bytestream)
         if optname == opt.SMBDIRECT_PARAMETERS:
@@ -547,7 +543,7 @@ class SMBDirectSocket(trio.socket.SocketType):
         if optname in opt.PARAMETER_OPTIONS:
             value: int = getattr(self.parameters, opt.PARAMETER_OPTIONS[optname])
             return value
-        _error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
+        raise socket_error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
 
     def _socket_option(self, optname: int) -> int:
         s = _stdlib_socket
@@ -563,7 +559,7 @@ class SMBDirectSocket(trio.socket.SocketType):
             s.SO_REUSEADDR: 1,
         }
         if optname not in values:
-            _error(errno.ENOPROTOOPT, f"SOL_SOCKET option {optname} is not supported")
+            raise socket_error(errno.ENOPROTOOPT, f"SOL_SOCKET option {optname} is not supported")
         return values[optname]
 
     def info(self) -> opt.SocketInfo:
@@ -627,10 +623,10 @@ class SMBDirectSocket(trio.socket.SocketType):
         self.close()
 
     def detach(self) -> int:
-        _error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
+        raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
 
     def dup(self) -> SMBDirectSocket:
-        _error(errno.EOPNOTSUPP, "SMB-Direct sockets cannot be duplicated")
+        raise socket_error(errno.EOPNOTSUPP, "SMB-Direct sockets cannot be duplicated")
 
 
 def socket(
@@ -672,7 +668,7 @@ async def open_smbdirect_stream(
             error = exc
             continue
         return trio.SocketStream(sock)
-    raise error or OSError(errno.EHOSTUNREACH, f"no address for {host!r}")
+    raise error or socket_error(errno.EHOSTUNREACH, f"no address for {host!r}")
 
 
 async def open_smbdirect_listeners(
@@ -773,7 +769,7 @@ class _RoutedSocket(trio.socket.SocketType):
 
     def _socket(self) -> trio.socket.SocketType:
         if self._chosen is None:
-            _error(errno.ENOTCONN, "socket is neither connected nor bound yet")
+            raise socket_error(errno.ENOTCONN, "socket is neither connected nor bound yet")
         return self._chosen
 
     @property

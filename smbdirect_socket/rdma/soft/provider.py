@@ -521,15 +521,16 @@ class SoftIwarpProvider(Provider):
                 try:
                     await stream.send_all(request.pack())
                     reply = await _read_frame(stream, reply=True)
+                    if reply.reject:
+                        raise RdmaError(errno.ECONNREFUSED, "connection rejected by the peer (MPA reject)")
                     negotiation = check_reply(request, reply)
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise
         except trio.TooSlowError:
             raise RdmaError(errno.ETIMEDOUT, f"RDMA connect to {address[0]}:{address[1]} timed out") from None
-        except MpaError as exc:
-            code = errno.ECONNREFUSED if "rejected" in str(exc) else errno.ECONNABORTED
-            raise RdmaError(code, str(exc)) from None
+        except MpaError as exc:  # a reply we cannot work with
+            raise RdmaError(errno.ECONNABORTED, str(exc)) from None
         except trio.BrokenResourceError as exc:
             raise RdmaError(errno.ECONNRESET, f"connection lost during MPA setup: {exc}") from None
         return SoftQueuePair(stream, self.make_core(negotiation, initiator=True), reply.private_data)
