@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from .errors import LocalProtocolError, RemoteProtocolError, socket_error
+from .options import SocketInfo
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
 from .protocol import (
@@ -195,6 +196,34 @@ class Connection:
         while not self.protocol.can_send and self.protocol.state is State.CONNECTED:
             await self.wait_changed()
 
+    @property
+    def established(self) -> bool:
+        """Negotiated and not ended."""
+        return self.protocol.state is State.CONNECTED
+
+    @property
+    def ended(self) -> bool:
+        """Closed, failed or left by the peer: nothing more will arrive."""
+        return self.protocol.state is State.CLOSED
+
+    @property
+    def readable(self) -> int:
+        """Bytes reassembled and waiting to be read."""
+        return self.protocol.readable
+
+    @property
+    def can_send(self) -> bool:
+        """A message may go now (credits allow it, the last-credit rule included)."""
+        return self.protocol.can_send
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self.qp.local_address
+
+    @property
+    def peer_address(self) -> tuple[str, int]:
+        return self.qp.peer_address
+
     def read(self, nbytes: int) -> bytes:
         data = self.protocol.read(nbytes)
         self._carry_out()  # buffers freed by reading are reposted and granted
@@ -294,12 +323,43 @@ class Connection:
         if self.protocol.state is State.CLOSED:
             raise self.error or socket_error(errno.EPIPE, "connection is closed")
 
-    async def aclose(self) -> None:
-        """Tear the connection down (there is no half-close, as in the kernel)."""
+    def close_nowait(self) -> None:
+        """Start tearing the connection down (there is no half-close, as in the
+        kernel); the background task finishes it."""
         self.protocol.close()
         self._carry_out()
+
+    async def aclose(self) -> None:
+        """Tear the connection down and wait until it is."""
+        self.close_nowait()
         with trio.CancelScope(shield=True):
             await self._done.wait()
+
+    def info(self, state: int) -> SocketInfo:
+        """The ``SMBDIRECT_INFO`` statistics, with the socket's ``state``."""
+        protocol = self.protocol
+        negotiated = protocol.negotiated
+        sizes = attrs.astuple(negotiated)[:5] if negotiated is not None else (0, 0, 0, 0, 0)
+        stats = protocol.statistics
+        values: list[int] = [
+            state,
+            protocol.send_credits,
+            protocol.receive_credits,
+            protocol.receive_credit_target,
+            *sizes,
+            stats.bytes_sent,
+            stats.bytes_received,
+            stats.messages_sent,
+            stats.messages_received,
+            stats.fragments_sent,
+            stats.fragments_received,
+            stats.keepalives_sent,
+            stats.credit_messages_sent,
+            self.rdma_reads,
+            self.rdma_writes,
+            int(protocol.error is not None and not isinstance(protocol.error, OSError)),
+        ]
+        return SocketInfo(*values)
 
     # ---- the engine side ------------------------------------------------------------
 

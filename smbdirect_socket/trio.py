@@ -41,9 +41,9 @@ from .constants import (
     SOL_SMBDIRECT,
 )
 from .errors import ProtocolError, socket_error
+from .lifecycle import SocketState, transition
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
-from .protocol import State
 from .rdma import ConnectionRequest, Listener, Provider, get_provider
 from .readiness import ReadinessFd
 
@@ -87,14 +87,14 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._provider = provider or get_provider()
         self.parameters = parameters or Parameters()
         self.bytestream = False
+        self._state = SocketState.NEW  # changed only by transition()
+        # What the state holds: the bound address (and its TCP socket, until
+        # listen or connect takes it), the listener, the connection.
         self._bound: Address | None = None
         self._bound_socket: _stdlib_socket.socket | None = None
         self._listener: Listener | None = None
         self._connection: Connection | None = None
-        self._connecting = False
-        self._closed = False
-        self._shut_down = False
-        self._pending_error: OSError | None = None
+        self._so_error: OSError | None = None  # a failed connect's error, until SO_ERROR reads it
         self._readiness: ReadinessFd | None = None
         self._receiving = False
         self._partial = bytearray()  # part of a receive that is still waiting for the rest
@@ -117,11 +117,11 @@ class SMBDirectSocket(trio.socket.SocketType):
 
     @property
     def did_shutdown_SHUT_WR(self) -> bool:
-        return self._shut_down
+        return self._state is SocketState.SHUT_DOWN
 
     def fileno(self) -> int:
         """A real descriptor, readable exactly while :meth:`is_readable`; -1 once closed."""
-        if self._closed:
+        if self._state is SocketState.CLOSED:
             return -1
         if self._readiness is None:
             self._readiness = ReadinessFd()
@@ -132,7 +132,8 @@ class SMBDirectSocket(trio.socket.SocketType):
         if self._readiness is not None:
             self._readiness.update(self.is_readable(), self.is_writable())
 
-    def _attach(self, connection: Connection) -> None:
+    def _attach(self, connection: Connection, event: str) -> None:
+        self._state = transition(self._state, event)
         self._connection = connection
         connection.on_change.append(self._update_readiness)
         self._update_readiness()
@@ -141,16 +142,12 @@ class SMBDirectSocket(trio.socket.SocketType):
         return f"<SMBDirectSocket family={self.family.name} state={self._state_name()}>"
 
     def _state_name(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._listener is not None:
-            return "listening"
-        if self._connection is not None:
-            return "established" if self._connection.protocol.state is State.CONNECTED else "closed"
-        return "connecting" if self._connecting else "new"
+        if self._state is SocketState.CONNECTED and self._connection is not None and self._connection.ended:
+            return "closed"  # the peer left, or the connection failed
+        return self._state.value
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._state is SocketState.CLOSED:
             raise socket_error(errno.EBADF, "socket is closed")
 
     def _connected(self) -> Connection:
@@ -173,9 +170,7 @@ class SMBDirectSocket(trio.socket.SocketType):
     async def bind(self, address: Address) -> None:
         """Bind the address to listen on, or to connect from (the privileged-port
         check treats 5445 like 445)."""
-        self._check_open()
-        if self._bound is not None or self._connection is not None:
-            raise socket_error(errno.EINVAL, "socket is already bound")
+        transition(self._state, "bind")  # refused now, before resolving
         resolved = await self._resolve(address)
         sock = _stdlib_socket.socket(self._family, _stdlib_socket.SOCK_STREAM)
         try:
@@ -183,6 +178,7 @@ class SMBDirectSocket(trio.socket.SocketType):
             if self._family == _stdlib_socket.AF_INET6:
                 sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
             sock.bind(resolved)
+            self._state = transition(self._state, "bind")  # (closed meanwhile: EBADF)
         except OSError:
             sock.close()
             raise
@@ -190,16 +186,12 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._bound = tuple(sock.getsockname())
 
     def listen(self, backlog: int = 10) -> None:
-        self._check_open()
-        if self._connection is not None or self._connecting:
-            raise socket_error(errno.EINVAL, "a connected socket cannot listen")
-        if self._listener is not None:
-            return
-        if self._bound_socket is None:
-            raise socket_error(errno.EDESTADDRREQ, "bind() before listen()")
-        assert self._bound is not None
+        if transition(self._state, "listen") is self._state:
+            return  # listening already
+        assert self._bound is not None and self._bound_socket is not None
         self._listener = self._provider.listen((self._bound[0], self._bound[1]), backlog, sock=self._bound_socket)
         self._bound_socket = None
+        self._state = transition(self._state, "listen")
         send, self._ready = trio.open_memory_channel[Connection](max(backlog, 1))
         self._listen_scope = spawn_background(
             "smbdirect listener", partial(self._negotiate_incoming, self._listener, send)
@@ -208,7 +200,7 @@ class SMBDirectSocket(trio.socket.SocketType):
     def getsockname(self) -> Address:
         self._check_open()
         if self._connection is not None:
-            return self._connection.qp.local_address
+            return self._connection.local_address
         if self._listener is not None:
             return self._listener.address
         if self._bound is not None:
@@ -216,13 +208,12 @@ class SMBDirectSocket(trio.socket.SocketType):
         return ("0.0.0.0", 0) if self._family == _stdlib_socket.AF_INET else ("::", 0, 0, 0)
 
     def getpeername(self) -> Address:
-        return self._connected().qp.peer_address
+        return self._connected().peer_address
 
     # ---- connect / accept -----------------------------------------------------------------
 
     async def connect(self, address: Address) -> None:
-        self._check_can_connect()
-        self._connecting = True
+        self._state = transition(self._state, "connect")
         await self._connect(address)
 
     def connect_nowait(self, address: Address) -> NoReturn:
@@ -230,11 +221,10 @@ class SMBDirectSocket(trio.socket.SocketType):
         (``EINPROGRESS``) at once.  Meanwhile ``connect`` gives ``EALREADY`` and the
         socket is not writable; then it is, with the outcome in ``SO_ERROR`` (a
         failed attempt's error is also raised by the next ``connect_nowait``)."""
-        if self._pending_error is not None and self._connection is None and not self._connecting:
-            error, self._pending_error = self._pending_error, None
+        if self._so_error is not None and self._state is SocketState.NEW:
+            error, self._so_error = self._so_error, None
             raise error
-        self._check_can_connect()
-        self._connecting = True
+        self._state = transition(self._state, "connect")
 
         async def connect_in_background() -> None:
             with contextlib.suppress(OSError):  # kept in SO_ERROR for the program to collect
@@ -243,17 +233,8 @@ class SMBDirectSocket(trio.socket.SocketType):
         trio.lowlevel.spawn_system_task(connect_in_background, name="smbdirect connect")
         raise socket_error(errno.EINPROGRESS, "Operation now in progress")
 
-    def _check_can_connect(self) -> None:
-        self._check_open()
-        if self._connection is not None:
-            raise socket_error(errno.EISCONN, "socket is already connected")
-        if self._connecting:
-            raise socket_error(errno.EALREADY, "a connect is already in progress")
-        if self._listener is not None:
-            raise socket_error(errno.EINVAL, "a listening socket cannot connect")
-
     async def _connect(self, address: Address) -> None:
-        """Connect, with ``_connecting`` already set (EALREADY, not writable meanwhile)."""
+        """Connect, in the connecting state (EALREADY, not writable meanwhile)."""
         self._update_readiness()
         source = None
         if self._bound_socket is not None:  # bind() before connect(): connect from there
@@ -264,20 +245,20 @@ class SMBDirectSocket(trio.socket.SocketType):
             resolved = await self._resolve(address)
             connection = await Connection.connect(self._provider, (resolved[0], resolved[1]), self.parameters, source)
         except OSError as exc:
-            self._pending_error = exc
-            raise
-        finally:
-            self._connecting = False
+            if self._state is SocketState.CONNECTING:
+                self._so_error = exc
+                self._state = transition(self._state, "connect failed")
             self._update_readiness()
-        if self._closed:
+            raise
+        if self._state is SocketState.CLOSED:
             await connection.aclose()
             raise socket_error(errno.EBADF, "socket was closed during connect")
-        self._attach(connection)
+        self._attach(connection, "connected")
 
     async def accept(self) -> tuple[SMBDirectSocket, Address]:
         """The next connection that completed SMB-Direct negotiation."""
         self._check_open()
-        if self._ready is None:
+        if self._state is not SocketState.LISTENING or self._ready is None:
             raise socket_error(errno.EINVAL, "socket is not listening")
         try:
             connection = await self._ready.receive()
@@ -286,8 +267,8 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._update_readiness()
         child = SMBDirectSocket(self._family, provider=self._provider, parameters=self.parameters)
         child.bytestream = self.bytestream
-        child._attach(connection)
-        return child, connection.qp.peer_address
+        child._attach(connection, "accepted")
+        return child, connection.peer_address
 
     async def _negotiate_incoming(self, listener: Listener, ready: trio.MemorySendChannel[Connection]) -> None:
         """Negotiate each connection request in the background, like the kernel's
@@ -341,7 +322,7 @@ class SMBDirectSocket(trio.socket.SocketType):
         if flags & ~_ALLOWED_FLAGS:
             raise socket_error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
         connection = self._connected()
-        if self._shut_down:
+        if self._state is SocketState.SHUT_DOWN:
             raise socket_error(errno.EPIPE, "socket was shut down")
         if self.bytestream:
             payload = data[: connection.negotiated.max_fragmented_send_size]
@@ -359,7 +340,7 @@ class SMBDirectSocket(trio.socket.SocketType):
             # credit grant, so an empty framed message sends nothing and is done.
             await trio.lowlevel.checkpoint()
             return sent
-        if flags & _MSG_DONTWAIT and not connection.protocol.can_send:
+        if flags & _MSG_DONTWAIT and not connection.can_send:
             raise socket_error(errno.EAGAIN, "no send credits")
         await connection.send_message(payload, token)
         return sent
@@ -406,30 +387,30 @@ class SMBDirectSocket(trio.socket.SocketType):
         if size < 0:
             raise socket_error(errno.EINVAL, "negative buffer size")
         connection = self._connected()
-        protocol = connection.protocol
         partial = self._partial
         waited = False  # a receive that waited has been a checkpoint already
         while True:
             self._check_open()
             if size == 0:
                 break
-            if not self.bytestream and size == _LENGTH.size and not partial and protocol.message_start() is not None:
+            if not self.bytestream and size == _LENGTH.size and not partial and connection.message_start() is not None:
                 if not waited:
                     await trio.lowlevel.checkpoint()
                 return _LENGTH.pack(connection.consume_message_start())
-            if len(partial) + protocol.readable >= (1 if self.bytestream else size) or protocol.state is State.CLOSED:
+            readable = connection.readable
+            if len(partial) + readable >= (1 if self.bytestream else size) or connection.ended:
                 break
-            if protocol.readable:
+            if readable:
                 # A receive of N bytes waits for all N; taking what has arrived frees
                 # receive buffers, so messages larger than the receive credits can
                 # arrive.  Kept on the socket, it survives a cancelled receive.
-                partial += connection.read(protocol.readable)
+                partial += connection.read(readable)
                 continue
             if flags & _MSG_DONTWAIT:
                 raise socket_error(errno.EAGAIN, "not enough data reassembled")
             await connection.wait_changed()
             waited = True
-        available = len(partial) + protocol.readable
+        available = len(partial) + connection.readable
         if size and available >= (1 if self.bytestream else size):
             take = min(size, available)
             if partial:
@@ -442,7 +423,7 @@ class SMBDirectSocket(trio.socket.SocketType):
             if not waited:
                 await trio.lowlevel.checkpoint()
             return data
-        if not size or (not available and (connection.at_eof or self._shut_down)):
+        if not size or (not available and (connection.at_eof or self._state is SocketState.SHUT_DOWN)):
             if not waited:
                 await trio.lowlevel.checkpoint()
             return b""
@@ -452,23 +433,23 @@ class SMBDirectSocket(trio.socket.SocketType):
     def is_readable(self) -> bool:
         """Data, a message start or the end of the connection waits (or the socket is closed)."""
         connection = self._connection
-        if self._closed:
+        if self._state is SocketState.CLOSED:
             return True
         if self._ready is not None:
             return self._ready.statistics().current_buffer_used > 0
         if connection is None:
             return False
-        protocol = connection.protocol
-        return bool(self._partial or protocol.readable) or protocol.state is State.CLOSED
+        return bool(self._partial or connection.readable) or connection.ended
 
     def is_writable(self) -> bool:
         """A send would not wait for credits (or would fail at once: closed, broken, new)."""
-        connection = self._connection
-        if self._closed or (connection is None and not self._connecting and self._listener is None):
+        state = self._state
+        if state in (SocketState.NEW, SocketState.BOUND, SocketState.CLOSED):
             return True
+        connection = self._connection
         if connection is None:
-            return False
-        return connection.protocol.can_send or connection.protocol.state is State.CLOSED
+            return False  # connecting, or listening
+        return connection.can_send or connection.ended
 
     # ---- RDMA read and write -----------------------------------------------------------
 
@@ -510,10 +491,9 @@ class SMBDirectSocket(trio.socket.SocketType):
             return
         if optname == opt.SMBDIRECT_INFO:
             raise socket_error(errno.EINVAL, "SMBDIRECT_INFO is read-only")
-        if self._connection is not None or self._connecting:
-            raise socket_error(errno.EISCONN, "parameters are fixed once connected")
-        if self._listener is not None:
-            raise socket_error(errno.EINVAL, "parameters are fixed once listening")
+        if self._state not in (SocketState.NEW, SocketState.BOUND):
+            code = errno.EINVAL if self._state is SocketState.LISTENING else errno.EISCONN
+            raise socket_error(code, f"parameters are fixed once {self._state.value}")
         try:
             if optname == opt.SMBDIRECT_PARAMETERS:
                 if not isinstance(value, bytes | bytearray | memoryview):
@@ -548,14 +528,14 @@ class SMBDirectSocket(trio.socket.SocketType):
     def _socket_option(self, optname: int) -> int:
         s = _stdlib_socket
         if optname == s.SO_ERROR:
-            error = self._pending_error or (self._connection.error if self._connection else None)
-            self._pending_error = None
+            error = self._so_error or (self._connection.error if self._connection else None)
+            self._so_error = None
             return 0 if error is None or error.errno is None else error.errno
         values = {
             s.SO_TYPE: s.SOCK_STREAM,
             s.SO_PROTOCOL: self._proto,
             s.SO_DOMAIN: self._family,
-            s.SO_ACCEPTCONN: int(self._listener is not None),
+            s.SO_ACCEPTCONN: int(self._state is SocketState.LISTENING),
             s.SO_REUSEADDR: 1,
         }
         if optname not in values:
@@ -564,49 +544,25 @@ class SMBDirectSocket(trio.socket.SocketType):
 
     def info(self) -> opt.SocketInfo:
         """The statistics of ``SMBDIRECT_INFO``, decoded."""
-        state = opt.STATE_CODES[self._state_name()]
-        if self._connection is None:
-            return opt.SocketInfo(state, *([0] * 19))
-        protocol = self._connection.protocol
-        negotiated = protocol.negotiated
-        sizes = attrs.astuple(negotiated)[:5] if negotiated is not None else (0, 0, 0, 0, 0)
-        stats = protocol.statistics
-        values: list[int] = [
-            state,
-            protocol.send_credits,
-            protocol.receive_credits,
-            protocol.receive_credit_target,
-            *sizes,
-            stats.bytes_sent,
-            stats.bytes_received,
-            stats.messages_sent,
-            stats.messages_received,
-            stats.fragments_sent,
-            stats.fragments_received,
-            stats.keepalives_sent,
-            stats.credit_messages_sent,
-            self._connection.rdma_reads,
-            self._connection.rdma_writes,
-            int(protocol.error is not None and not isinstance(protocol.error, OSError)),
-        ]
-        return opt.SocketInfo(*values)
+        connection = self._connection
+        if connection is None:
+            return opt.SocketInfo(self._state.code(), *([0] * 19))
+        return connection.info(self._state.code(connection_up=not connection.ended))
 
     # ---- teardown -------------------------------------------------------------------------------
 
     def shutdown(self, flag: int) -> None:
         """Any ``how`` ends the whole connection, as the kernel socket does."""
         connection = self._connected()
-        self._shut_down = True
-        connection.protocol.close()
-        connection._carry_out()
+        self._state = transition(self._state, "shutdown")
+        connection.close_nowait()
 
     def close(self) -> None:
-        if self._closed:
+        if self._state is SocketState.CLOSED:
             return
-        self._closed = True
+        self._state = transition(self._state, "close")
         if self._connection is not None:
-            self._connection.protocol.close()
-            self._connection._carry_out()
+            self._connection.close_nowait()
         if self._listener is not None:
             assert self._listen_scope is not None
             self._listen_scope.cancel()
