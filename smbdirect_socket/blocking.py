@@ -26,6 +26,7 @@ import trio
 
 from . import engine_thread
 from . import trio as _trio
+from ._addresses import connect_any
 from .connection import Registration
 from .constants import IPPROTO_SMBDIRECT, SOL_SMBDIRECT
 from .errors import socket_error
@@ -360,26 +361,25 @@ def create_connection(
 ) -> SMBDirectSocket:
     """Like :func:`socket.create_connection`, over SMB-Direct."""
     host, port = address
-    errors: list[OSError] = []
-    for family, _, _, _, sockaddr in _stdlib_socket.getaddrinfo(host, port, 0, _stdlib_socket.SOCK_STREAM):
-        sock = SMBDirectSocket(family, parameters=parameters, provider=provider)
-        try:
-            if timeout is not _DEFAULT:
-                sock.settimeout(timeout)  # type: ignore[arg-type]
-            if bytestream:
-                sock.setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)
-            if source_address is not None:
-                sock.bind(source_address)
-            sock.connect(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            errors.append(exc)
-    if not errors:
-        raise socket_error(errno.EHOSTUNREACH, f"getaddrinfo returned nothing for {host!r}")
-    if all_errors:
-        raise ExceptionGroup("create_connection failed", errors)
-    raise errors[0]
+    connect_timeout = _stdlib_socket.getdefaulttimeout() if timeout is _DEFAULT else timeout
+
+    def make(family: int) -> _trio.SMBDirectSocket:
+        sock = _trio.SMBDirectSocket(family, parameters=parameters, provider=provider)
+        sock.bytestream = bytestream
+        return sock
+
+    async def connect(sock: _trio.SMBDirectSocket, sockaddr: Address) -> None:
+        if source_address is not None:
+            await sock.bind(source_address)
+        if connect_timeout == 0:
+            sock.connect_nowait(sockaddr)  # EINPROGRESS, as the stdlib's
+        await SMBDirectSocket._bounded(connect_timeout, sock.connect, (sockaddr,))  # type: ignore[arg-type]
+
+    inner = engine_thread.run(partial(connect_any, host, port, make, connect, all_errors=all_errors))
+    sock = SMBDirectSocket(inner.family, _inner=inner)
+    if timeout is not _DEFAULT:
+        sock.settimeout(timeout)  # type: ignore[arg-type]
+    return sock
 
 
 def create_server(

@@ -12,7 +12,7 @@ stream instead, for programs that are not length-framed.
 
 :func:`open_smbdirect_stream`, :func:`open_smbdirect_listeners` and
 :func:`serve_smbdirect` mirror trio's TCP helpers, and
-:class:`SMBDirectSocketFactory` routes chosen ports of ``trio.open_tcp_stream``
+:class:`~smbdirect_socket.routing.SMBDirectSocketFactory` routes chosen ports of ``trio.open_tcp_stream``
 and ``trio.open_tcp_listeners`` to SMB-Direct.
 """
 
@@ -27,17 +27,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, NoReturn
 
-import attrs
 import trio
 
 from . import options as opt
+from ._addresses import bound_tcp_socket, connect_any
 from ._tasks import serve_accepted, spawn_background
 from .connection import Connection, Registration
 from .constants import (
     IPPROTO_SMBDIRECT,
     SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE,
     SMBDIRECT_IWARP_PORT,
-    SMBDIRECT_PORT,
     SOL_SMBDIRECT,
 )
 from .errors import ProtocolError, socket_error
@@ -49,7 +48,6 @@ from .readiness import ReadinessFd
 
 __all__ = [
     "SMBDirectSocket",
-    "SMBDirectSocketFactory",
     "open_smbdirect_listeners",
     "open_smbdirect_stream",
     "serve_smbdirect",
@@ -64,7 +62,21 @@ _INVALIDATE = struct.Struct("=I")
 Address = tuple[Any, ...]
 
 
-class SMBDirectSocket(trio.socket.SocketType):
+class StreamIdentity:
+    """``family`` and ``type`` of a stream socket that keeps its family in ``_family``."""
+
+    _family: int
+
+    @property
+    def family(self) -> _stdlib_socket.AddressFamily:
+        return _stdlib_socket.AddressFamily(self._family)
+
+    @property
+    def type(self) -> _stdlib_socket.SocketKind:
+        return _stdlib_socket.SOCK_STREAM
+
+
+class SMBDirectSocket(StreamIdentity, trio.socket.SocketType):
     """An ``IPPROTO_SMBDIRECT`` stream socket on an RDMA engine provider."""
 
     def __init__(
@@ -102,14 +114,6 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._listen_scope: trio.CancelScope | None = None
 
     # ---- identity --------------------------------------------------------------------
-
-    @property
-    def family(self) -> _stdlib_socket.AddressFamily:
-        return _stdlib_socket.AddressFamily(self._family)
-
-    @property
-    def type(self) -> _stdlib_socket.SocketKind:
-        return _stdlib_socket.SOCK_STREAM
 
     @property
     def proto(self) -> int:
@@ -171,13 +175,8 @@ class SMBDirectSocket(trio.socket.SocketType):
         """Bind the address to listen on, or to connect from (the privileged-port
         check treats 5445 like 445)."""
         transition(self._state, "bind")  # refused now, before resolving
-        resolved = await self._resolve(address)
-        sock = _stdlib_socket.socket(self._family, _stdlib_socket.SOCK_STREAM)
+        sock = bound_tcp_socket(self._family, await self._resolve(address))
         try:
-            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
-            if self._family == _stdlib_socket.AF_INET6:
-                sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
-            sock.bind(resolved)
             self._state = transition(self._state, "bind")  # (closed meanwhile: EBADF)
         except OSError:
             sock.close()
@@ -597,7 +596,7 @@ def socket(
     return SMBDirectSocket(family, type, proto, provider=provider, parameters=parameters)
 
 
-def _configure(sock: SMBDirectSocket, bytestream: bool, parameters: Parameters | None) -> None:
+def configure(sock: SMBDirectSocket, bytestream: bool, parameters: Parameters | None) -> None:
     sock.bytestream = bytestream
     if parameters is not None:
         sock.parameters = parameters
@@ -612,19 +611,13 @@ async def open_smbdirect_stream(
     provider: Provider | None = None,
 ) -> trio.SocketStream:
     """Connect and return a ``trio.SocketStream`` over SMB-Direct."""
-    infos = await trio.socket.getaddrinfo(host, port, type=_stdlib_socket.SOCK_STREAM)
-    error: OSError | None = None
-    for family, _, _, _, address in infos:
+
+    def make(family: int) -> SMBDirectSocket:
         sock = socket(family, provider=provider)
-        _configure(sock, bytestream, parameters)
-        try:
-            await sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        return trio.SocketStream(sock)
-    raise error or socket_error(errno.EHOSTUNREACH, f"no address for {host!r}")
+        configure(sock, bytestream, parameters)
+        return sock
+
+    return trio.SocketStream(await connect_any(host, port, make))
 
 
 async def open_smbdirect_listeners(
@@ -641,7 +634,7 @@ async def open_smbdirect_listeners(
     listeners = []
     for family, _, _, _, address in infos[:1]:
         sock = socket(family, provider=provider)
-        _configure(sock, bytestream, parameters)
+        configure(sock, bytestream, parameters)
         await sock.bind(address)
         sock.listen(backlog)
         listeners.append(trio.SocketListener(sock))
@@ -662,144 +655,10 @@ async def serve_smbdirect(
     raise AssertionError("serve_listeners returned")  # pragma: no cover
 
 
-@attrs.define
-class SMBDirectSocketFactory(trio.abc.SocketFactory):
-    """For ``trio.socket.set_custom_socket_factory``: SMB-Direct for chosen ports or hosts.
+def __getattr__(name: str) -> Any:
+    # The factory lives with the rest of the routing (which imports this module).
+    if name == "SMBDirectSocketFactory":
+        from .routing import SMBDirectSocketFactory
 
-    Stream sockets trio creates (``open_tcp_stream``, ``open_tcp_listeners``,
-    ``serve_tcp``) decide when they connect or bind: an address whose port is
-    in ``ports`` (None: every port) or whose host is in ``hosts`` rides
-    SMB-Direct, in byte-stream mode unless ``bytestream`` is False; any other
-    address gets an ordinary TCP socket.  Other sockets are never touched.
-    """
-
-    ports: frozenset[int] | None = frozenset({SMBDIRECT_PORT, SMBDIRECT_IWARP_PORT})
-    hosts: frozenset[str] = frozenset()
-    bytestream: bool = True
-    parameters: Parameters | None = None
-    provider: Provider | None = None
-
-    def routes(self, address: Address) -> bool:
-        return (self.ports is None or address[1] in self.ports) or address[0] in self.hosts
-
-    def socket(
-        self,
-        family: int | None = None,
-        type: int | None = None,
-        proto: int | None = None,
-    ) -> trio.socket.SocketType:
-        family = _stdlib_socket.AF_INET if family is None else family
-        kind = _stdlib_socket.SOCK_STREAM if type is None else type
-        if kind != _stdlib_socket.SOCK_STREAM or family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
-            return trio.socket.from_stdlib_socket(_stdlib_socket.socket(family, kind, proto or 0))
-        return _RoutedSocket(self, family, proto or 0)
-
-
-class _RoutedSocket(trio.socket.SocketType):
-    """A stream socket that becomes SMB-Direct or TCP at its first connect or bind.
-
-    Options set before then are remembered and applied to the socket chosen.
-    """
-
-    def __init__(self, factory: SMBDirectSocketFactory, family: int, proto: int) -> None:
-        self._factory = factory
-        self._family = family
-        self._proto = proto
-        self._options: list[tuple[int, int, Any]] = []
-        self._chosen: trio.socket.SocketType | None = None
-
-    def _choose(self, address: Address) -> trio.socket.SocketType:
-        if self._chosen is None:
-            chosen: trio.socket.SocketType
-            if self._factory.routes(address):
-                sock = SMBDirectSocket(self._family, provider=self._factory.provider)
-                _configure(sock, self._factory.bytestream, self._factory.parameters)
-                chosen = sock
-            else:
-                stdlib = _stdlib_socket.socket(self._family, _stdlib_socket.SOCK_STREAM, self._proto)
-                chosen = trio.socket.from_stdlib_socket(stdlib)
-            for level, name, value in self._options:
-                chosen.setsockopt(level, name, value)
-            self._chosen = chosen
-        return self._chosen
-
-    def _socket(self) -> trio.socket.SocketType:
-        if self._chosen is None:
-            raise socket_error(errno.ENOTCONN, "socket is neither connected nor bound yet")
-        return self._chosen
-
-    @property
-    def family(self) -> _stdlib_socket.AddressFamily:
-        return _stdlib_socket.AddressFamily(self._family)
-
-    @property
-    def type(self) -> _stdlib_socket.SocketKind:
-        return _stdlib_socket.SOCK_STREAM
-
-    @property
-    def proto(self) -> int:
-        return self._chosen.proto if self._chosen is not None else self._proto
-
-    @property
-    def did_shutdown_SHUT_WR(self) -> bool:
-        return self._chosen is not None and self._chosen.did_shutdown_SHUT_WR
-
-    async def connect(self, address: Address) -> None:
-        await self._choose(address).connect(address)
-
-    async def bind(self, address: Address) -> None:
-        await self._choose(address).bind(address)
-
-    def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
-        if self._chosen is None:
-            self._options.append((level, optname, value))
-        else:
-            self._chosen.setsockopt(level, optname, value)
-
-    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
-        return (
-            self._socket().getsockopt(level, optname, buflen) if buflen else self._socket().getsockopt(level, optname)
-        )
-
-    def listen(self, backlog: int = 10) -> None:
-        self._socket().listen(backlog)
-
-    async def accept(self) -> tuple[trio.socket.SocketType, Address]:
-        return await self._socket().accept()
-
-    async def send(self, data: Any, flags: int = 0) -> int:
-        return await self._socket().send(data, flags)
-
-    async def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        return await self._socket().recv(bufsize, flags)
-
-    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        return await self._socket().recv_into(buffer, nbytes, flags)
-
-    async def wait_writable(self) -> None:
-        await self._socket().wait_writable()
-
-    def is_readable(self) -> bool:
-        return self._socket().is_readable()
-
-    def getsockname(self) -> Address:
-        return tuple(self._socket().getsockname())
-
-    def getpeername(self) -> Address:
-        return tuple(self._socket().getpeername())
-
-    def fileno(self) -> int:
-        return self._chosen.fileno() if self._chosen is not None else -1
-
-    def shutdown(self, flag: int) -> None:
-        self._socket().shutdown(flag)
-
-    def close(self) -> None:
-        if self._chosen is not None:
-            self._chosen.close()
-
-    def __enter__(self) -> _RoutedSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return SMBDirectSocketFactory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

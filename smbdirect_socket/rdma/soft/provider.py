@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ..._addresses import bound_tcp_socket, connect_any
 from ..._tasks import serve_accepted, spawn_background
 from ..base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
 from .memory import SoftMemoryRegion
@@ -65,21 +66,13 @@ async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
 async def _open_tcp(address: tuple[str, int], source: tuple[str, int] | None = None) -> trio.SocketStream:
     """A TCP connection made directly, never through trio's custom socket factory
     (which may be routing TCP to SMB-Direct, that is, back to us)."""
-    infos = await trio.socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
-    error: OSError = OSError(errno.EHOSTUNREACH, f"no address for {address[0]!r}")
-    for family, kind, proto, _, sockaddr in infos:
-        sock = trio.socket.from_stdlib_socket(socket.socket(family, kind, proto))
-        try:
-            if source is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                await sock.bind(source)
-            await sock.connect(sockaddr)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        return trio.SocketStream(sock)
-    raise error
+
+    def make(family: int) -> trio.socket.SocketType:
+        return trio.socket.from_stdlib_socket(
+            socket.socket(family) if source is None else bound_tcp_socket(family, source)
+        )
+
+    return trio.SocketStream(await connect_any(address[0], address[1], make))
 
 
 async def _read_frame(stream: trio.SocketStream, *, reply: bool) -> MpaFrame:
@@ -538,16 +531,7 @@ class SoftIwarpProvider(Provider):
     def listen(self, address: tuple[str, int], backlog: int = 10, *, sock: socket.socket | None = None) -> SoftListener:
         """Listen on ``address`` (or on ``sock``, a TCP socket already bound there)."""
         if sock is None:
-            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-            except OSError:
-                sock.close()
-                raise
+            sock = bound_tcp_socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, address)
         # The TCP queue is kept long: a dropped SYN costs the initiator a second's
         # retransmission; the backlog that counts is the one of connection requests.
         sock.listen(max(backlog, socket.SOMAXCONN))
