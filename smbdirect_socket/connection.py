@@ -23,6 +23,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from ._tasks import Handover
 from .errors import LocalProtocolError, RemoteProtocolError, socket_error
 from .options import SocketInfo
 from .parameters import Parameters
@@ -90,8 +91,7 @@ class Connection:
         # is the background task, which a waiting task takes the polling from.
         self._poller: trio.CancelScope | None = None
         self._background_polls = False
-        self._last_task_poll = -math.inf
-        self._poll_free = trio.lowlevel.ParkingLot()
+        self._handover = Handover(_HANDOVER_GRACE)  # counts the tasks polling
         self._timer: trio.CancelScope | None = None  # the background task's, due at the protocol's deadline
         self._done = trio.Event()
         self._scope: trio.CancelScope | None = None
@@ -188,7 +188,7 @@ class Connection:
         if self._background_polls:
             # Take the polling over: we are woken when it is free, and the
             # background task keeps off for its grace.
-            self._last_task_poll = trio.current_time()
+            self._handover.hold()
             poller.cancel()
         await self._changed.park()
 
@@ -425,6 +425,8 @@ class Connection:
     async def _poll(self, *, background: bool) -> None:
         """Take what completed from the queue pair and act on it (one task at a time)."""
         completions: list[Completion] = []
+        if not background:
+            self._handover.enter()
         with trio.CancelScope() as self._poller:
             self._background_polls = background
             try:
@@ -435,9 +437,7 @@ class Connection:
                 self._poller = None
                 now = trio.current_time()
                 if not background:
-                    self._last_task_poll = now
-                    if self._poll_free:
-                        self._poll_free.unpark_all()  # the background task takes over after its grace
+                    self._handover.leave()  # the background task takes over after its grace
                 if self._changed:
                     self._changed.unpark_all()  # a task that waits may poll now
         for completion in completions:
@@ -452,14 +452,8 @@ class Connection:
                 # _carry_out brings the deadline forward when the protocol's comes earlier;
                 # one that moved later fires early and changes nothing.
                 with trio.move_on_at(math.inf if deadline is None else deadline) as self._timer:
-                    while True:
-                        if self._poller is not None:
-                            await self._poll_free.park()  # woken when that task stops polling
-                        elif trio.current_time() >= self._last_task_poll + _HANDOVER_GRACE:
-                            await self._poll(background=True)
-                            break
-                        # Sleeping through the grace, later polls' ends do not wake us.
-                        await trio.sleep_until(self._last_task_poll + _HANDOVER_GRACE)
+                    await self._handover.background_turn()
+                    await self._poll(background=True)
                 timer, self._timer = self._timer, None
                 if timer.cancelled_caught:
                     self.protocol.handle_timer(trio.current_time())

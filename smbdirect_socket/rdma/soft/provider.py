@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import socket
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from ..._addresses import bound_tcp_socket, connect_any
-from ..._tasks import serve_accepted, spawn_background
+from ..._tasks import Handover, serve_accepted, spawn_background
 from ..base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
 from .memory import SoftMemoryRegion
 from .mpa import (
@@ -131,12 +130,10 @@ class SoftQueuePair(QueuePair):
         self._closed = False
         self._lingering = False
         # Who reads the socket: a task waiting for completions, else the reader task.
-        self._consumers = 0
+        self._handover = Handover(_HANDOVER_GRACE)  # counts the tasks waiting for completions
         self._consumer_reading = False
-        self._last_consumer = -math.inf
         self._reader_wait: trio.CancelScope | None = None
         self._consumer_wait: trio.CancelScope | None = None
-        self._no_consumers = trio.lowlevel.ParkingLot()  # woken when the last waiting task leaves, or at close
         self._socket_free = trio.lowlevel.ParkingLot()
         # One receive buffer, reused: the queue pair copies out what it keeps.
         self._received = bytearray(_RECEIVE_SIZE)
@@ -190,7 +187,7 @@ class SoftQueuePair(QueuePair):
         and notice a Terminate even then).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._consumers += 1
+        self._handover.enter()
         try:
             blocked = False
             while True:
@@ -222,11 +219,7 @@ class SoftQueuePair(QueuePair):
                         self._completed.unpark_all()  # another waiter may read now
                     self._read_once()
         finally:
-            self._consumers -= 1
-            if not self._consumers:
-                self._last_consumer = trio.current_time()
-                if self._no_consumers:
-                    self._no_consumers.unpark_all()
+            self._handover.leave()
 
     def register(self, buffer: memoryview, access: Access) -> SoftMemoryRegion:
         return self.core.register(buffer, access)
@@ -245,8 +238,8 @@ class SoftQueuePair(QueuePair):
         """Send what was posted, flush the rest and close TCP gracefully (a FIN, no Terminate)."""
         self.core.close()
         self._notify()  # tasks waiting for completions see the close and leave
-        while self._consumers and not self._closed:
-            await self._no_consumers.park()
+        while self._handover.tasks and not self._closed:
+            await self._handover.wait_free()
         if not self._closed:
             await self._linger()
         self._close_socket()
@@ -321,7 +314,7 @@ class SoftQueuePair(QueuePair):
             self._writer_scope.cancel()
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
-            self._no_consumers.unpark_all()
+            self._handover.release()
             self._socket_free.unpark_all()
 
     def _read_once(self) -> None:
@@ -344,21 +337,14 @@ class SoftQueuePair(QueuePair):
     async def _reader(self) -> None:
         """Read while no task waits for completions."""
         while not (self._closed or self._lingering):
-            # A task that just took completions usually comes straight back: leave
-            # the socket to it.  Sleeping through the grace (not parked), the reader
-            # is not woken by every task that leaves meanwhile.
-            idle = trio.current_time() - self._last_consumer
-            if idle < _HANDOVER_GRACE:
-                await trio.sleep(_HANDOVER_GRACE - idle)
-                continue
-            if self._consumers:
-                await self._no_consumers.park()  # woken when the last waiting task leaves
-                continue
+            await self._handover.background_turn()
+            if self._closed or self._lingering:
+                return
             with trio.CancelScope() as self._reader_wait:
                 await trio.lowlevel.wait_readable(self._sock)
             self._reader_wait = None
             self._socket_free.unpark_all()
-            if not self._consumers:
+            if not self._handover.tasks:
                 self._read_once()
 
     async def _writer(self) -> None:
