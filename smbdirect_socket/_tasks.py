@@ -4,13 +4,15 @@ Sockets outlive the code that makes them, as in the stdlib, so their
 helper tasks (queue-pair I/O, a connection's completion loop, a listener's
 negotiations) run as trio system tasks, each under a cancel scope its owner
 keeps to end it.  A listener's task accepts with :func:`serve_accepted`,
-which outlives running out of descriptors.
+which outlives running out of descriptors; :class:`Handover` decides when a
+background task drives what waiting tasks otherwise drive themselves.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -82,3 +84,56 @@ async def serve_accepted(
                 log.warning("%s accepts again", what)
                 out_of_resources = False
             nursery.start_soon(handle, item)
+
+
+class Handover:
+    """Who drives a shared resource (a socket to read, a queue pair to poll).
+
+    A task that waits on it drives it itself, which saves the switch to
+    another task; a background task drives it only while no such task does,
+    so that what needs no caller still gets done.  It keeps off for
+    ``grace`` seconds after the last task left (or took over): that task
+    usually comes straight back, and taking over costs a switch.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.tasks = 0  # tasks driving, or in line to
+        self._last = -math.inf
+        self._free = trio.lowlevel.ParkingLot()  # woken when the last task leaves
+
+    def enter(self) -> None:
+        self.tasks += 1
+
+    def leave(self) -> None:
+        self.tasks -= 1
+        if not self.tasks:
+            self.hold()
+            if self._free:
+                self._free.unpark_all()
+
+    def hold(self) -> None:
+        """Keep the background task off for a grace from now."""
+        self._last = trio.current_time()
+
+    def release(self) -> None:
+        """Wake whoever waits here to look again (at close)."""
+        self._free.unpark_all()
+
+    async def wait_free(self) -> None:
+        """Wait until no task drives (or :meth:`release`)."""
+        if self.tasks:
+            await self._free.park()
+
+    async def background_turn(self) -> None:
+        """Return once no task drives and the grace since the last one has passed."""
+        while True:
+            due = self._last + self.grace
+            if trio.current_time() < due:
+                # Sleeping through the grace (not parked), tasks that come and go
+                # meanwhile do not wake us.
+                await trio.sleep_until(due)
+            elif self.tasks:
+                await self._free.park()  # woken when the last one leaves
+            else:
+                return

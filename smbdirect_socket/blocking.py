@@ -26,8 +26,10 @@ import trio
 
 from . import engine_thread
 from . import trio as _trio
+from ._addresses import connect_any
 from .connection import Registration
 from .constants import IPPROTO_SMBDIRECT, SOL_SMBDIRECT
+from .errors import socket_error
 from .options import SMBDIRECT_BYTESTREAM, SocketInfo
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
@@ -38,10 +40,6 @@ __all__ = ["SMBDirectSocket", "create_connection", "create_server", "socket"]
 T = TypeVar("T")
 Address = tuple[Any, ...]
 _DEFAULT = object()
-
-
-def _timed_out() -> TimeoutError:
-    return TimeoutError(errno.ETIMEDOUT, "timed out")
 
 
 class SMBDirectSocket:
@@ -152,7 +150,7 @@ class SMBDirectSocket:
             return await afn(*args)
         with trio.move_on_after(timeout):
             return await afn(*args)
-        raise _timed_out()
+        raise socket_error(errno.ETIMEDOUT, "timed out")
 
     # ---- addresses, connect, accept ------------------------------------------------------
 
@@ -185,7 +183,7 @@ class SMBDirectSocket:
 
     def accept(self) -> tuple[SMBDirectSocket, Address]:
         if self._timeout == 0.0 and not engine_thread.run_sync(self._sock.is_readable):
-            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+            raise socket_error(errno.EAGAIN)
         inner, address = self._call(self._sock.accept)
         child = SMBDirectSocket(inner.family, _inner=inner)
         if _stdlib_socket.getdefaulttimeout() is None and self._timeout:
@@ -232,7 +230,7 @@ class SMBDirectSocket:
         with trio.move_on_after(timeout):
             await self._sock.wait_writable()
             return await self._sock.sendmsg(buffers, ancdata, flags, address)
-        raise _timed_out()
+        raise socket_error(errno.ETIMEDOUT, "timed out")
 
     # ---- receiving ------------------------------------------------------------------------
 
@@ -330,7 +328,7 @@ class SMBDirectSocket:
         engine_thread.run_sync(self._sock.close)
 
     def detach(self) -> int:
-        raise OSError(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
+        raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
 
 
 def socket(
@@ -346,7 +344,7 @@ def socket(
     """
     if proto == IPPROTO_SMBDIRECT:
         if fileno is not None:
-            raise OSError(errno.EOPNOTSUPP, "an SMB-Direct socket cannot adopt a descriptor")
+            raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket cannot adopt a descriptor")
         return SMBDirectSocket(family, type, proto, **options)
     return _stdlib_socket.socket(family, type, proto, fileno)
 
@@ -363,26 +361,25 @@ def create_connection(
 ) -> SMBDirectSocket:
     """Like :func:`socket.create_connection`, over SMB-Direct."""
     host, port = address
-    errors: list[OSError] = []
-    for family, _, _, _, sockaddr in _stdlib_socket.getaddrinfo(host, port, 0, _stdlib_socket.SOCK_STREAM):
-        sock = SMBDirectSocket(family, parameters=parameters, provider=provider)
-        try:
-            if timeout is not _DEFAULT:
-                sock.settimeout(timeout)  # type: ignore[arg-type]
-            if bytestream:
-                sock.setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)
-            if source_address is not None:
-                sock.bind(source_address)
-            sock.connect(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            errors.append(exc)
-    if not errors:
-        raise OSError(errno.EHOSTUNREACH, f"getaddrinfo returned nothing for {host!r}")
-    if all_errors:
-        raise ExceptionGroup("create_connection failed", errors)
-    raise errors[0]
+    connect_timeout = _stdlib_socket.getdefaulttimeout() if timeout is _DEFAULT else timeout
+
+    def make(family: int) -> _trio.SMBDirectSocket:
+        sock = _trio.SMBDirectSocket(family, parameters=parameters, provider=provider)
+        sock.bytestream = bytestream
+        return sock
+
+    async def connect(sock: _trio.SMBDirectSocket, sockaddr: Address) -> None:
+        if source_address is not None:
+            await sock.bind(source_address)
+        if connect_timeout == 0:
+            sock.connect_nowait(sockaddr)  # EINPROGRESS, as the stdlib's
+        await SMBDirectSocket._bounded(connect_timeout, sock.connect, (sockaddr,))  # type: ignore[arg-type]
+
+    inner = engine_thread.run(partial(connect_any, host, port, make, connect, all_errors=all_errors))
+    sock = SMBDirectSocket(inner.family, _inner=inner)
+    if timeout is not _DEFAULT:
+        sock.settimeout(timeout)  # type: ignore[arg-type]
+    return sock
 
 
 def create_server(

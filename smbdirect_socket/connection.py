@@ -23,7 +23,9 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from .errors import LocalProtocolError, RemoteProtocolError
+from ._tasks import Handover
+from .errors import LocalProtocolError, RemoteProtocolError, socket_error
+from .options import SocketInfo
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
 from .protocol import (
@@ -76,13 +78,6 @@ def iwarp_private_data(parameters: Parameters) -> bytes:
     return struct.pack("!II", parameters.responder_resources, parameters.initiator_depth)
 
 
-def _os_error(error: BaseException) -> OSError:
-    if isinstance(error, OSError):
-        return error
-    code = getattr(error, "errno", None) or errno.ECONNABORTED
-    return OSError(code, str(error))
-
-
 class Connection:
     """An SMB-Direct connection over any engine provider."""
 
@@ -96,8 +91,7 @@ class Connection:
         # is the background task, which a waiting task takes the polling from.
         self._poller: trio.CancelScope | None = None
         self._background_polls = False
-        self._last_task_poll = -math.inf
-        self._poll_free = trio.lowlevel.ParkingLot()
+        self._handover = Handover(_HANDOVER_GRACE)  # counts the tasks polling
         self._timer: trio.CancelScope | None = None  # the background task's, due at the protocol's deadline
         self._done = trio.Event()
         self._scope: trio.CancelScope | None = None
@@ -129,10 +123,10 @@ class Connection:
                 timeout=parameters.rdma_connect_timeout_msec / 1000,
                 source=source,
             )
-        except RdmaError:
-            raise
-        except OSError as exc:
-            raise OSError(errno.ECONNREFUSED, f"RDMA connect to {address[0]}:{address[1]} failed: {exc}") from None
+        except RdmaError as exc:
+            raise socket_error(exc) from None
+        except OSError as exc:  # nothing answered there
+            raise socket_error(errno.ECONNREFUSED, f"RDMA connect to {address[0]}:{address[1]} failed: {exc}") from None
         connection = cls(qp, SMBDirectProtocol(Role.CLIENT, parameters))
         await connection._negotiate()
         return connection
@@ -155,7 +149,7 @@ class Connection:
         while self.protocol.state is State.NEGOTIATING:
             await self.wait_changed()
         if self.protocol.state is not State.CONNECTED:
-            raise _os_error(self.protocol.error or OSError(errno.ECONNABORTED, "negotiation failed"))
+            raise socket_error(self.protocol.error or errno.ECONNABORTED, "negotiation failed")
 
     # ---- data ---------------------------------------------------------------------
 
@@ -169,7 +163,7 @@ class Connection:
         try:
             self.protocol.send_message(payload, invalidate_token=invalidate_token)
         except LocalProtocolError as exc:
-            raise OSError(exc.errno, str(exc)) from None
+            raise socket_error(exc) from None
         self._carry_out()
         waited = False
         while self.protocol.pending_send_bytes and self.protocol.state is State.CONNECTED:
@@ -194,13 +188,41 @@ class Connection:
         if self._background_polls:
             # Take the polling over: we are woken when it is free, and the
             # background task keeps off for its grace.
-            self._last_task_poll = trio.current_time()
+            self._handover.hold()
             poller.cancel()
         await self._changed.park()
 
     async def wait_writable(self) -> None:
         while not self.protocol.can_send and self.protocol.state is State.CONNECTED:
             await self.wait_changed()
+
+    @property
+    def established(self) -> bool:
+        """Negotiated and not ended."""
+        return self.protocol.state is State.CONNECTED
+
+    @property
+    def ended(self) -> bool:
+        """Closed, failed or left by the peer: nothing more will arrive."""
+        return self.protocol.state is State.CLOSED
+
+    @property
+    def readable(self) -> int:
+        """Bytes reassembled and waiting to be read."""
+        return self.protocol.readable
+
+    @property
+    def can_send(self) -> bool:
+        """A message may go now (credits allow it, the last-credit rule included)."""
+        return self.protocol.can_send
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self.qp.local_address
+
+    @property
+    def peer_address(self) -> tuple[str, int]:
+        return self.qp.peer_address
 
     def read(self, nbytes: int) -> bytes:
         data = self.protocol.read(nbytes)
@@ -225,7 +247,7 @@ class Connection:
         try:
             region = self.qp.register(view, access)
         except ValueError as exc:
-            raise OSError(errno.EINVAL, str(exc)) from None
+            raise socket_error(errno.EINVAL, str(exc)) from None
         return Registration(region, [BufferDescriptorV1(region.address, region.token, len(view))])
 
     def deregister(self, registration: Registration) -> None:
@@ -235,7 +257,7 @@ class Connection:
         """Fill ``into`` from the peer's buffers, in descriptor order."""
         view = memoryview(into).cast("B")
         if view.readonly:
-            raise OSError(errno.EINVAL, "rdma_read needs a writable buffer")
+            raise socket_error(errno.EINVAL, "rdma_read needs a writable buffer")
         await self._rdma(view, descriptors, read=True)
         self.rdma_reads += 1
 
@@ -248,10 +270,10 @@ class Connection:
         self._raise_if_failed()
         total = sum(d.length for d in descriptors)
         if total != len(view):
-            raise OSError(errno.EINVAL, f"descriptors cover {total} bytes, the buffer has {len(view)}")
+            raise socket_error(errno.EINVAL, f"descriptors cover {total} bytes, the buffer has {len(view)}")
         limit = self.negotiated.max_read_write_size
         if limit and total > limit:
-            raise OSError(errno.EMSGSIZE, f"{total} bytes exceed the negotiated max read/write size {limit}")
+            raise socket_error(errno.EMSGSIZE, f"{total} bytes exceed the negotiated max read/write size {limit}")
         wr_ids = []
         offset = 0
         for descriptor in descriptors:
@@ -267,7 +289,7 @@ class Connection:
                 else:
                     self.qp.post_write(wr_id, part, descriptor.token, descriptor.offset)
             except RdmaError as exc:
-                raise OSError(exc.errno, str(exc)) from None
+                raise socket_error(exc) from None
         try:
             while any(self._rdma_results[w] is None for w in wr_ids) and self.protocol.state is not State.CLOSED:
                 await self.wait_changed()
@@ -278,9 +300,9 @@ class Connection:
         for result in results:
             if result is None:
                 self._raise_if_failed()
-                raise OSError(errno.ECONNRESET, "connection ended during the RDMA transfer")
+                raise socket_error(errno.ECONNRESET, "connection ended during the RDMA transfer")
             if result.status is not Status.SUCCESS:
-                raise OSError(
+                raise socket_error(
                     errno.EREMOTEIO,
                     f"RDMA {'read' if read else 'write'} failed: {result.reason or result.status.value}",
                 )
@@ -288,8 +310,9 @@ class Connection:
 
     @property
     def error(self) -> OSError | None:
+        """Why the connection ended, as a kernel socket reports it (None while it is up)."""
         error = self.protocol.error
-        return None if error is None else _os_error(error)
+        return None if error is None else socket_error(error)
 
     @property
     def at_eof(self) -> bool:
@@ -298,17 +321,45 @@ class Connection:
 
     def _raise_if_failed(self) -> None:
         if self.protocol.state is State.CLOSED:
-            error = self.protocol.error
-            if isinstance(error, LocalProtocolError):
-                raise OSError(errno.EPIPE, "connection is closed")
-            raise _os_error(error or OSError(errno.EPIPE, "connection is closed"))
+            raise self.error or socket_error(errno.EPIPE, "connection is closed")
 
-    async def aclose(self) -> None:
-        """Tear the connection down (there is no half-close, as in the kernel)."""
+    def close_nowait(self) -> None:
+        """Start tearing the connection down (there is no half-close, as in the
+        kernel); the background task finishes it."""
         self.protocol.close()
         self._carry_out()
+
+    async def aclose(self) -> None:
+        """Tear the connection down and wait until it is."""
+        self.close_nowait()
         with trio.CancelScope(shield=True):
             await self._done.wait()
+
+    def info(self, state: int) -> SocketInfo:
+        """The ``SMBDIRECT_INFO`` statistics, with the socket's ``state``."""
+        protocol = self.protocol
+        negotiated = protocol.negotiated
+        sizes = attrs.astuple(negotiated)[:5] if negotiated is not None else (0, 0, 0, 0, 0)
+        stats = protocol.statistics
+        values: list[int] = [
+            state,
+            protocol.send_credits,
+            protocol.receive_credits,
+            protocol.receive_credit_target,
+            *sizes,
+            stats.bytes_sent,
+            stats.bytes_received,
+            stats.messages_sent,
+            stats.messages_received,
+            stats.fragments_sent,
+            stats.fragments_received,
+            stats.keepalives_sent,
+            stats.credit_messages_sent,
+            self.rdma_reads,
+            self.rdma_writes,
+            int(protocol.error is not None and not isinstance(protocol.error, OSError)),
+        ]
+        return SocketInfo(*values)
 
     # ---- the engine side ------------------------------------------------------------
 
@@ -374,6 +425,8 @@ class Connection:
     async def _poll(self, *, background: bool) -> None:
         """Take what completed from the queue pair and act on it (one task at a time)."""
         completions: list[Completion] = []
+        if not background:
+            self._handover.enter()
         with trio.CancelScope() as self._poller:
             self._background_polls = background
             try:
@@ -384,9 +437,7 @@ class Connection:
                 self._poller = None
                 now = trio.current_time()
                 if not background:
-                    self._last_task_poll = now
-                    if self._poll_free:
-                        self._poll_free.unpark_all()  # the background task takes over after its grace
+                    self._handover.leave()  # the background task takes over after its grace
                 if self._changed:
                     self._changed.unpark_all()  # a task that waits may poll now
         for completion in completions:
@@ -401,14 +452,8 @@ class Connection:
                 # _carry_out brings the deadline forward when the protocol's comes earlier;
                 # one that moved later fires early and changes nothing.
                 with trio.move_on_at(math.inf if deadline is None else deadline) as self._timer:
-                    while True:
-                        if self._poller is not None:
-                            await self._poll_free.park()  # woken when that task stops polling
-                        elif trio.current_time() >= self._last_task_poll + _HANDOVER_GRACE:
-                            await self._poll(background=True)
-                            break
-                        # Sleeping through the grace, later polls' ends do not wake us.
-                        await trio.sleep_until(self._last_task_poll + _HANDOVER_GRACE)
+                    await self._handover.background_turn()
+                    await self._poll(background=True)
                 timer, self._timer = self._timer, None
                 if timer.cancelled_caught:
                     self.protocol.handle_timer(trio.current_time())

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import attrs
 
+from .lifecycle import SocketState
 from .parameters import Parameters
 
 __all__ = [
@@ -60,15 +61,16 @@ PARAMETER_OPTIONS: dict[int, str] = {
     number: field.name for number, field in enumerate(attrs.fields(Parameters), start=SMBDIRECT_FLAGS)
 }
 
-STATE_CODES = {"new": 0, "connecting": 2, "negotiating": 3, "established": 1, "listening": 10, "closed": 7}
+#: The ``state`` numbers of :class:`SocketInfo`, by the name ``repr`` shows.
+STATE_CODES: dict[str, int] = {state.value: state.code() for state in SocketState}
 
 
 @attrs.frozen
 class SocketInfo:
     """What ``getsockopt(SOL_SMBDIRECT, SMBDIRECT_INFO, SocketInfo.size)`` returns.
 
-    ``state`` uses TCP's numbers (1 established, 7 closed, 10 listening) and
-    2/3 while RDMA connects / SMB-Direct negotiates.  Sizes are the
+    ``state`` uses TCP's numbers (1 established, 7 closed, 10 listening, 2
+    while RDMA connects and SMB-Direct negotiates), 0 before any of these.  Sizes are the
     negotiated ones (0 before negotiation); counters count since connect.
     """
 

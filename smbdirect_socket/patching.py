@@ -22,55 +22,21 @@ from __future__ import annotations
 
 import errno
 import socket as _stdlib_socket
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
 import trio
 
 from . import blocking
-from .constants import IPPROTO_SMBDIRECT, SMBDIRECT_IWARP_PORT, SMBDIRECT_PORT, SOL_SMBDIRECT
-from .options import SMBDIRECT_BYTESTREAM
+from .constants import IPPROTO_SMBDIRECT, SMBDIRECT_IWARP_PORT, SMBDIRECT_PORT
 from .parameters import Parameters
 from .rdma import Provider
+from .routing import Route
 
-__all__ = ["Patch", "Route", "patch"]
+__all__ = ["Patch", "Route", "patch"]  # Route lives in routing, with the trio factory
 
 _ORIGINAL_SOCKET = _stdlib_socket.socket
 _ORIGINAL_CREATE_CONNECTION = _stdlib_socket.create_connection
-
-
-@attrs.frozen
-class Route:
-    """Which connections ride SMB-Direct, and how."""
-
-    ports: frozenset[int] | None = frozenset({SMBDIRECT_PORT, SMBDIRECT_IWARP_PORT})  #: None: every port
-    hosts: frozenset[str] = frozenset()
-    fallback: bool = False
-    bytestream: bool = False
-    parameters: Parameters | None = None
-    provider: Provider | None = None
-    #: The SMB-Direct sockets connected through this route (while they live).
-    sockets: weakref.WeakSet[blocking.SMBDirectSocket] = attrs.field(factory=weakref.WeakSet, eq=False)
-
-    def takes(self, address: Any) -> bool:
-        if not isinstance(address, tuple) or len(address) < 2:
-            return False
-        return (self.ports is None or address[1] in self.ports) or address[0] in self.hosts
-
-    def connect(self, address: tuple[Any, ...], family: int, timeout: float | None) -> blocking.SMBDirectSocket:
-        sock = blocking.SMBDirectSocket(family, parameters=self.parameters, provider=self.provider)
-        try:
-            sock.settimeout(timeout)
-            if self.bytestream:
-                sock.setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)
-            sock.connect(address)
-        except BaseException:
-            sock.close()
-            raise
-        self.sockets.add(sock)
-        return sock
 
 
 def _refused(exc: OSError) -> bool:

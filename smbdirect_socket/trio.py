@@ -12,7 +12,7 @@ stream instead, for programs that are not length-framed.
 
 :func:`open_smbdirect_stream`, :func:`open_smbdirect_listeners` and
 :func:`serve_smbdirect` mirror trio's TCP helpers, and
-:class:`SMBDirectSocketFactory` routes chosen ports of ``trio.open_tcp_stream``
+:class:`~smbdirect_socket.routing.SMBDirectSocketFactory` routes chosen ports of ``trio.open_tcp_stream``
 and ``trio.open_tcp_listeners`` to SMB-Direct.
 """
 
@@ -27,29 +27,27 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, NoReturn
 
-import attrs
 import trio
 
 from . import options as opt
+from ._addresses import bound_tcp_socket, connect_any
 from ._tasks import serve_accepted, spawn_background
 from .connection import Connection, Registration
 from .constants import (
     IPPROTO_SMBDIRECT,
     SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE,
     SMBDIRECT_IWARP_PORT,
-    SMBDIRECT_PORT,
     SOL_SMBDIRECT,
 )
-from .errors import ProtocolError
+from .errors import ProtocolError, socket_error
+from .lifecycle import SocketState, transition
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
-from .protocol import State
 from .rdma import ConnectionRequest, Listener, Provider, get_provider
 from .readiness import ReadinessFd
 
 __all__ = [
     "SMBDirectSocket",
-    "SMBDirectSocketFactory",
     "open_smbdirect_listeners",
     "open_smbdirect_stream",
     "serve_smbdirect",
@@ -64,13 +62,21 @@ _INVALIDATE = struct.Struct("=I")
 Address = tuple[Any, ...]
 
 
-def _error(code: int, message: str) -> NoReturn:
-    if code == errno.EAGAIN:
-        raise BlockingIOError(code, message)
-    raise OSError(code, message)
+class StreamIdentity:
+    """``family`` and ``type`` of a stream socket that keeps its family in ``_family``."""
+
+    _family: int
+
+    @property
+    def family(self) -> _stdlib_socket.AddressFamily:
+        return _stdlib_socket.AddressFamily(self._family)
+
+    @property
+    def type(self) -> _stdlib_socket.SocketKind:
+        return _stdlib_socket.SOCK_STREAM
 
 
-class SMBDirectSocket(trio.socket.SocketType):
+class SMBDirectSocket(StreamIdentity, trio.socket.SocketType):
     """An ``IPPROTO_SMBDIRECT`` stream socket on an RDMA engine provider."""
 
     def __init__(
@@ -83,24 +89,24 @@ class SMBDirectSocket(trio.socket.SocketType):
         parameters: Parameters | None = None,
     ) -> None:
         if family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
-            _error(errno.EAFNOSUPPORT, "SMB-Direct sockets are AF_INET or AF_INET6")
+            raise socket_error(errno.EAFNOSUPPORT, "SMB-Direct sockets are AF_INET or AF_INET6")
         if type & ~(_stdlib_socket.SOCK_NONBLOCK | _stdlib_socket.SOCK_CLOEXEC) != _stdlib_socket.SOCK_STREAM:
-            _error(errno.EPROTONOSUPPORT, "SMB-Direct sockets are SOCK_STREAM")
+            raise socket_error(errno.EPROTONOSUPPORT, "SMB-Direct sockets are SOCK_STREAM")
         self._family = family
         self._proto = IPPROTO_SMBDIRECT if proto in (0, _stdlib_socket.IPPROTO_TCP) else proto
         if self._proto != IPPROTO_SMBDIRECT:
-            _error(errno.EPROTONOSUPPORT, f"protocol {proto} is not IPPROTO_SMBDIRECT")
+            raise socket_error(errno.EPROTONOSUPPORT, f"protocol {proto} is not IPPROTO_SMBDIRECT")
         self._provider = provider or get_provider()
         self.parameters = parameters or Parameters()
         self.bytestream = False
+        self._state = SocketState.NEW  # changed only by transition()
+        # What the state holds: the bound address (and its TCP socket, until
+        # listen or connect takes it), the listener, the connection.
         self._bound: Address | None = None
         self._bound_socket: _stdlib_socket.socket | None = None
         self._listener: Listener | None = None
         self._connection: Connection | None = None
-        self._connecting = False
-        self._closed = False
-        self._shut_down = False
-        self._pending_error: OSError | None = None
+        self._so_error: OSError | None = None  # a failed connect's error, until SO_ERROR reads it
         self._readiness: ReadinessFd | None = None
         self._receiving = False
         self._partial = bytearray()  # part of a receive that is still waiting for the rest
@@ -110,24 +116,16 @@ class SMBDirectSocket(trio.socket.SocketType):
     # ---- identity --------------------------------------------------------------------
 
     @property
-    def family(self) -> _stdlib_socket.AddressFamily:
-        return _stdlib_socket.AddressFamily(self._family)
-
-    @property
-    def type(self) -> _stdlib_socket.SocketKind:
-        return _stdlib_socket.SOCK_STREAM
-
-    @property
     def proto(self) -> int:
         return self._proto
 
     @property
     def did_shutdown_SHUT_WR(self) -> bool:
-        return self._shut_down
+        return self._state is SocketState.SHUT_DOWN
 
     def fileno(self) -> int:
         """A real descriptor, readable exactly while :meth:`is_readable`; -1 once closed."""
-        if self._closed:
+        if self._state is SocketState.CLOSED:
             return -1
         if self._readiness is None:
             self._readiness = ReadinessFd()
@@ -138,7 +136,8 @@ class SMBDirectSocket(trio.socket.SocketType):
         if self._readiness is not None:
             self._readiness.update(self.is_readable(), self.is_writable())
 
-    def _attach(self, connection: Connection) -> None:
+    def _attach(self, connection: Connection, event: str) -> None:
+        self._state = transition(self._state, event)
         self._connection = connection
         connection.on_change.append(self._update_readiness)
         self._update_readiness()
@@ -147,48 +146,38 @@ class SMBDirectSocket(trio.socket.SocketType):
         return f"<SMBDirectSocket family={self.family.name} state={self._state_name()}>"
 
     def _state_name(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._listener is not None:
-            return "listening"
-        if self._connection is not None:
-            return "established" if self._connection.protocol.state is State.CONNECTED else "closed"
-        return "connecting" if self._connecting else "new"
+        if self._state is SocketState.CONNECTED and self._connection is not None and self._connection.ended:
+            return "closed"  # the peer left, or the connection failed
+        return self._state.value
 
     def _check_open(self) -> None:
-        if self._closed:
-            _error(errno.EBADF, "socket is closed")
+        if self._state is SocketState.CLOSED:
+            raise socket_error(errno.EBADF, "socket is closed")
 
     def _connected(self) -> Connection:
         self._check_open()
         if self._connection is None:
-            _error(errno.ENOTCONN, "socket is not connected")
+            raise socket_error(errno.ENOTCONN, "socket is not connected")
         return self._connection
 
     # ---- addresses ---------------------------------------------------------------------
 
     async def _resolve(self, address: Address) -> Address:
         if not isinstance(address, tuple) or len(address) < 2:
-            _error(errno.EINVAL, f"address must be (host, port), got {address!r}")
+            raise socket_error(errno.EINVAL, f"address must be (host, port), got {address!r}")
         host, port = address[0], address[1]
         infos = await trio.socket.getaddrinfo(host, port, self._family, _stdlib_socket.SOCK_STREAM)
         if not infos:
-            _error(errno.EAFNOSUPPORT, f"no {self.family.name} address for {host!r}")
+            raise socket_error(errno.EAFNOSUPPORT, f"no {self.family.name} address for {host!r}")
         return tuple(infos[0][4])
 
     async def bind(self, address: Address) -> None:
         """Bind the address to listen on, or to connect from (the privileged-port
         check treats 5445 like 445)."""
-        self._check_open()
-        if self._bound is not None or self._connection is not None:
-            _error(errno.EINVAL, "socket is already bound")
-        resolved = await self._resolve(address)
-        sock = _stdlib_socket.socket(self._family, _stdlib_socket.SOCK_STREAM)
+        transition(self._state, "bind")  # refused now, before resolving
+        sock = bound_tcp_socket(self._family, await self._resolve(address))
         try:
-            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
-            if self._family == _stdlib_socket.AF_INET6:
-                sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
-            sock.bind(resolved)
+            self._state = transition(self._state, "bind")  # (closed meanwhile: EBADF)
         except OSError:
             sock.close()
             raise
@@ -196,16 +185,12 @@ class SMBDirectSocket(trio.socket.SocketType):
         self._bound = tuple(sock.getsockname())
 
     def listen(self, backlog: int = 10) -> None:
-        self._check_open()
-        if self._connection is not None or self._connecting:
-            _error(errno.EINVAL, "a connected socket cannot listen")
-        if self._listener is not None:
-            return
-        if self._bound_socket is None:
-            _error(errno.EDESTADDRREQ, "bind() before listen()")
-        assert self._bound is not None
+        if transition(self._state, "listen") is self._state:
+            return  # listening already
+        assert self._bound is not None and self._bound_socket is not None
         self._listener = self._provider.listen((self._bound[0], self._bound[1]), backlog, sock=self._bound_socket)
         self._bound_socket = None
+        self._state = transition(self._state, "listen")
         send, self._ready = trio.open_memory_channel[Connection](max(backlog, 1))
         self._listen_scope = spawn_background(
             "smbdirect listener", partial(self._negotiate_incoming, self._listener, send)
@@ -214,7 +199,7 @@ class SMBDirectSocket(trio.socket.SocketType):
     def getsockname(self) -> Address:
         self._check_open()
         if self._connection is not None:
-            return self._connection.qp.local_address
+            return self._connection.local_address
         if self._listener is not None:
             return self._listener.address
         if self._bound is not None:
@@ -222,13 +207,12 @@ class SMBDirectSocket(trio.socket.SocketType):
         return ("0.0.0.0", 0) if self._family == _stdlib_socket.AF_INET else ("::", 0, 0, 0)
 
     def getpeername(self) -> Address:
-        return self._connected().qp.peer_address
+        return self._connected().peer_address
 
     # ---- connect / accept -----------------------------------------------------------------
 
     async def connect(self, address: Address) -> None:
-        self._check_can_connect()
-        self._connecting = True
+        self._state = transition(self._state, "connect")
         await self._connect(address)
 
     def connect_nowait(self, address: Address) -> NoReturn:
@@ -236,30 +220,20 @@ class SMBDirectSocket(trio.socket.SocketType):
         (``EINPROGRESS``) at once.  Meanwhile ``connect`` gives ``EALREADY`` and the
         socket is not writable; then it is, with the outcome in ``SO_ERROR`` (a
         failed attempt's error is also raised by the next ``connect_nowait``)."""
-        if self._pending_error is not None and self._connection is None and not self._connecting:
-            error, self._pending_error = self._pending_error, None
+        if self._so_error is not None and self._state is SocketState.NEW:
+            error, self._so_error = self._so_error, None
             raise error
-        self._check_can_connect()
-        self._connecting = True
+        self._state = transition(self._state, "connect")
 
         async def connect_in_background() -> None:
             with contextlib.suppress(OSError):  # kept in SO_ERROR for the program to collect
                 await self._connect(address)
 
         trio.lowlevel.spawn_system_task(connect_in_background, name="smbdirect connect")
-        _error(errno.EINPROGRESS, "Operation now in progress")
-
-    def _check_can_connect(self) -> None:
-        self._check_open()
-        if self._connection is not None:
-            _error(errno.EISCONN, "socket is already connected")
-        if self._connecting:
-            _error(errno.EALREADY, "a connect is already in progress")
-        if self._listener is not None:
-            _error(errno.EINVAL, "a listening socket cannot connect")
+        raise socket_error(errno.EINPROGRESS, "Operation now in progress")
 
     async def _connect(self, address: Address) -> None:
-        """Connect, with ``_connecting`` already set (EALREADY, not writable meanwhile)."""
+        """Connect, in the connecting state (EALREADY, not writable meanwhile)."""
         self._update_readiness()
         source = None
         if self._bound_socket is not None:  # bind() before connect(): connect from there
@@ -270,30 +244,30 @@ class SMBDirectSocket(trio.socket.SocketType):
             resolved = await self._resolve(address)
             connection = await Connection.connect(self._provider, (resolved[0], resolved[1]), self.parameters, source)
         except OSError as exc:
-            self._pending_error = exc
-            raise
-        finally:
-            self._connecting = False
+            if self._state is SocketState.CONNECTING:
+                self._so_error = exc
+                self._state = transition(self._state, "connect failed")
             self._update_readiness()
-        if self._closed:
+            raise
+        if self._state is SocketState.CLOSED:
             await connection.aclose()
-            _error(errno.EBADF, "socket was closed during connect")
-        self._attach(connection)
+            raise socket_error(errno.EBADF, "socket was closed during connect")
+        self._attach(connection, "connected")
 
     async def accept(self) -> tuple[SMBDirectSocket, Address]:
         """The next connection that completed SMB-Direct negotiation."""
         self._check_open()
-        if self._ready is None:
-            _error(errno.EINVAL, "socket is not listening")
+        if self._state is not SocketState.LISTENING or self._ready is None:
+            raise socket_error(errno.EINVAL, "socket is not listening")
         try:
             connection = await self._ready.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            _error(errno.EBADF, "socket is closed")
+            raise socket_error(errno.EBADF, "socket is closed") from None
         self._update_readiness()
         child = SMBDirectSocket(self._family, provider=self._provider, parameters=self.parameters)
         child.bytestream = self.bytestream
-        child._attach(connection)
-        return child, connection.qp.peer_address
+        child._attach(connection, "accepted")
+        return child, connection.peer_address
 
     async def _negotiate_incoming(self, listener: Listener, ready: trio.MemorySendChannel[Connection]) -> None:
         """Negotiate each connection request in the background, like the kernel's
@@ -327,44 +301,46 @@ class SMBDirectSocket(trio.socket.SocketType):
         address: Address | None = None,
     ) -> int:
         if address is not None:
-            _error(errno.EISCONN, "sendmsg on a connected stream takes no address")
+            raise socket_error(errno.EISCONN, "sendmsg on a connected stream takes no address")
         data = b"".join(memoryview(b).cast("B") for b in buffers)
         token = None
         ancillary = list(ancdata)
         if len(ancillary) > 1:
-            _error(errno.EINVAL, "at most one control message")
+            raise socket_error(errno.EINVAL, "at most one control message")
         for level, kind, payload in ancillary:
             if level != SOL_SMBDIRECT or kind != SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE:
-                _error(errno.EINVAL, f"control message ({level}, {kind:#x}) is not SMB-Direct remote invalidate")
+                raise socket_error(
+                    errno.EINVAL, f"control message ({level}, {kind:#x}) is not SMB-Direct remote invalidate"
+                )
             if len(payload) != _INVALIDATE.size:
-                _error(errno.EMSGSIZE, f"remote invalidate takes a 4-byte token, got {len(payload)} bytes")
+                raise socket_error(errno.EMSGSIZE, f"remote invalidate takes a 4-byte token, got {len(payload)} bytes")
             (token,) = _INVALIDATE.unpack(payload)
         return await self._send(memoryview(data), flags, token)
 
     async def _send(self, data: memoryview, flags: int, token: int | None) -> int:
         if flags & ~_ALLOWED_FLAGS:
-            _error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
+            raise socket_error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
         connection = self._connected()
-        if self._shut_down:
-            _error(errno.EPIPE, "socket was shut down")
+        if self._state is SocketState.SHUT_DOWN:
+            raise socket_error(errno.EPIPE, "socket was shut down")
         if self.bytestream:
             payload = data[: connection.negotiated.max_fragmented_send_size]
             sent = len(payload)
         else:
             if len(data) < _LENGTH.size:
-                _error(errno.EINVAL, f"a message starts with a 4-byte length; got {len(data)} bytes")
+                raise socket_error(errno.EINVAL, f"a message starts with a 4-byte length; got {len(data)} bytes")
             (declared,) = _LENGTH.unpack_from(data)
             payload = data[_LENGTH.size :]
             if declared != len(payload):
-                _error(errno.EINVAL, f"length header says {declared} bytes, {len(payload)} follow")
+                raise socket_error(errno.EINVAL, f"length header says {declared} bytes, {len(payload)} follow")
             sent = len(data)
         if not len(payload):
             # Nothing to carry: an SMB-Direct data message without data is only a
             # credit grant, so an empty framed message sends nothing and is done.
             await trio.lowlevel.checkpoint()
             return sent
-        if flags & _MSG_DONTWAIT and not connection.protocol.can_send:
-            _error(errno.EAGAIN, "no send credits")
+        if flags & _MSG_DONTWAIT and not connection.can_send:
+            raise socket_error(errno.EAGAIN, "no send credits")
         await connection.send_message(payload, token)
         return sent
 
@@ -405,35 +381,35 @@ class SMBDirectSocket(trio.socket.SocketType):
 
     async def _receive(self, size: int, flags: int) -> bytes:
         if flags & ~_ALLOWED_FLAGS:
-            _error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
+            raise socket_error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
         size = operator.index(size)  # TypeError for anything but an int, as the stdlib
         if size < 0:
-            _error(errno.EINVAL, "negative buffer size")
+            raise socket_error(errno.EINVAL, "negative buffer size")
         connection = self._connected()
-        protocol = connection.protocol
         partial = self._partial
         waited = False  # a receive that waited has been a checkpoint already
         while True:
             self._check_open()
             if size == 0:
                 break
-            if not self.bytestream and size == _LENGTH.size and not partial and protocol.message_start() is not None:
+            if not self.bytestream and size == _LENGTH.size and not partial and connection.message_start() is not None:
                 if not waited:
                     await trio.lowlevel.checkpoint()
                 return _LENGTH.pack(connection.consume_message_start())
-            if len(partial) + protocol.readable >= (1 if self.bytestream else size) or protocol.state is State.CLOSED:
+            readable = connection.readable
+            if len(partial) + readable >= (1 if self.bytestream else size) or connection.ended:
                 break
-            if protocol.readable:
+            if readable:
                 # A receive of N bytes waits for all N; taking what has arrived frees
                 # receive buffers, so messages larger than the receive credits can
                 # arrive.  Kept on the socket, it survives a cancelled receive.
-                partial += connection.read(protocol.readable)
+                partial += connection.read(readable)
                 continue
             if flags & _MSG_DONTWAIT:
-                _error(errno.EAGAIN, "not enough data reassembled")
+                raise socket_error(errno.EAGAIN, "not enough data reassembled")
             await connection.wait_changed()
             waited = True
-        available = len(partial) + protocol.readable
+        available = len(partial) + connection.readable
         if size and available >= (1 if self.bytestream else size):
             take = min(size, available)
             if partial:
@@ -446,33 +422,33 @@ class SMBDirectSocket(trio.socket.SocketType):
             if not waited:
                 await trio.lowlevel.checkpoint()
             return data
-        if not size or (not available and (connection.at_eof or self._shut_down)):
+        if not size or (not available and (connection.at_eof or self._state is SocketState.SHUT_DOWN)):
             if not waited:
                 await trio.lowlevel.checkpoint()
             return b""
         # The connection ended before the bytes asked for could arrive.
-        raise connection.error or OSError(errno.ECONNRESET, "connection ended")
+        raise connection.error or socket_error(errno.ECONNRESET, "connection ended")
 
     def is_readable(self) -> bool:
         """Data, a message start or the end of the connection waits (or the socket is closed)."""
         connection = self._connection
-        if self._closed:
+        if self._state is SocketState.CLOSED:
             return True
         if self._ready is not None:
             return self._ready.statistics().current_buffer_used > 0
         if connection is None:
             return False
-        protocol = connection.protocol
-        return bool(self._partial or protocol.readable) or protocol.state is State.CLOSED
+        return bool(self._partial or connection.readable) or connection.ended
 
     def is_writable(self) -> bool:
         """A send would not wait for credits (or would fail at once: closed, broken, new)."""
-        connection = self._connection
-        if self._closed or (connection is None and not self._connecting and self._listener is None):
+        state = self._state
+        if state in (SocketState.NEW, SocketState.BOUND, SocketState.CLOSED):
             return True
+        connection = self._connection
         if connection is None:
-            return False
-        return connection.protocol.can_send or connection.protocol.state is State.CLOSED
+            return False  # connecting, or listening
+        return connection.can_send or connection.ended
 
     # ---- RDMA read and write -----------------------------------------------------------
 
@@ -508,36 +484,35 @@ class SMBDirectSocket(trio.socket.SocketType):
         if level == _stdlib_socket.IPPROTO_IPV6 and optname == _stdlib_socket.IPV6_V6ONLY and value:
             return  # AF_INET6 SMB-Direct sockets are always v6-only, as the kernel's
         if level != SOL_SMBDIRECT:
-            _error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
+            raise socket_error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
         if optname == opt.SMBDIRECT_BYTESTREAM:
             self.bytestream = bool(value)
             return
         if optname == opt.SMBDIRECT_INFO:
-            _error(errno.EINVAL, "SMBDIRECT_INFO is read-only")
-        if self._connection is not None or self._connecting:
-            _error(errno.EISCONN, "parameters are fixed once connected")
-        if self._listener is not None:
-            _error(errno.EINVAL, "parameters are fixed once listening")
+            raise socket_error(errno.EINVAL, "SMBDIRECT_INFO is read-only")
+        if self._state not in (SocketState.NEW, SocketState.BOUND):
+            code = errno.EINVAL if self._state is SocketState.LISTENING else errno.EISCONN
+            raise socket_error(code, f"parameters are fixed once {self._state.value}")
         try:
             if optname == opt.SMBDIRECT_PARAMETERS:
                 if not isinstance(value, bytes | bytearray | memoryview):
-                    _error(errno.EINVAL, "SMBDIRECT_PARAMETERS takes the packed structure")
+                    raise socket_error(errno.EINVAL, "SMBDIRECT_PARAMETERS takes the packed structure")
                 self.parameters = Parameters.unpack(bytes(value))
             elif optname in opt.PARAMETER_OPTIONS:
                 if not isinstance(value, int):
-                    _error(errno.EINVAL, f"option {optname} takes an int")
+                    raise socket_error(errno.EINVAL, f"option {optname} takes an int")
                 self.parameters = self.parameters.replace(**{opt.PARAMETER_OPTIONS[optname]: value})
             else:
-                _error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
+                raise socket_error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
         except (ValueError, ProtocolError) as exc:  # a value of the wrong size or range
-            raise OSError(errno.EINVAL, str(exc)) from None
+            raise socket_error(errno.EINVAL, str(exc)) from None
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:  # type: ignore[override]
         self._check_open()
         if level == _stdlib_socket.SOL_SOCKET:
             return self._socket_option(optname)
         if level != SOL_SMBDIRECT:
-            _error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
+            raise socket_error(errno.ENOPROTOOPT, f"option ({level}, {optname}) is not supported")
         if optname == opt.SMBDIRECT_BYTESTREAM:
             return int(self.bytestream)
         if optname == opt.SMBDIRECT_PARAMETERS:
@@ -547,70 +522,46 @@ class SMBDirectSocket(trio.socket.SocketType):
         if optname in opt.PARAMETER_OPTIONS:
             value: int = getattr(self.parameters, opt.PARAMETER_OPTIONS[optname])
             return value
-        _error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
+        raise socket_error(errno.ENOPROTOOPT, f"SOL_SMBDIRECT option {optname} does not exist")
 
     def _socket_option(self, optname: int) -> int:
         s = _stdlib_socket
         if optname == s.SO_ERROR:
-            error = self._pending_error or (self._connection.error if self._connection else None)
-            self._pending_error = None
+            error = self._so_error or (self._connection.error if self._connection else None)
+            self._so_error = None
             return 0 if error is None or error.errno is None else error.errno
         values = {
             s.SO_TYPE: s.SOCK_STREAM,
             s.SO_PROTOCOL: self._proto,
             s.SO_DOMAIN: self._family,
-            s.SO_ACCEPTCONN: int(self._listener is not None),
+            s.SO_ACCEPTCONN: int(self._state is SocketState.LISTENING),
             s.SO_REUSEADDR: 1,
         }
         if optname not in values:
-            _error(errno.ENOPROTOOPT, f"SOL_SOCKET option {optname} is not supported")
+            raise socket_error(errno.ENOPROTOOPT, f"SOL_SOCKET option {optname} is not supported")
         return values[optname]
 
     def info(self) -> opt.SocketInfo:
         """The statistics of ``SMBDIRECT_INFO``, decoded."""
-        state = opt.STATE_CODES[self._state_name()]
-        if self._connection is None:
-            return opt.SocketInfo(state, *([0] * 19))
-        protocol = self._connection.protocol
-        negotiated = protocol.negotiated
-        sizes = attrs.astuple(negotiated)[:5] if negotiated is not None else (0, 0, 0, 0, 0)
-        stats = protocol.statistics
-        values: list[int] = [
-            state,
-            protocol.send_credits,
-            protocol.receive_credits,
-            protocol.receive_credit_target,
-            *sizes,
-            stats.bytes_sent,
-            stats.bytes_received,
-            stats.messages_sent,
-            stats.messages_received,
-            stats.fragments_sent,
-            stats.fragments_received,
-            stats.keepalives_sent,
-            stats.credit_messages_sent,
-            self._connection.rdma_reads,
-            self._connection.rdma_writes,
-            int(protocol.error is not None and not isinstance(protocol.error, OSError)),
-        ]
-        return opt.SocketInfo(*values)
+        connection = self._connection
+        if connection is None:
+            return opt.SocketInfo(self._state.code(), *([0] * 19))
+        return connection.info(self._state.code(connection_up=not connection.ended))
 
     # ---- teardown -------------------------------------------------------------------------------
 
     def shutdown(self, flag: int) -> None:
         """Any ``how`` ends the whole connection, as the kernel socket does."""
         connection = self._connected()
-        self._shut_down = True
-        connection.protocol.close()
-        connection._carry_out()
+        self._state = transition(self._state, "shutdown")
+        connection.close_nowait()
 
     def close(self) -> None:
-        if self._closed:
+        if self._state is SocketState.CLOSED:
             return
-        self._closed = True
+        self._state = transition(self._state, "close")
         if self._connection is not None:
-            self._connection.protocol.close()
-            self._connection._carry_out()
+            self._connection.close_nowait()
         if self._listener is not None:
             assert self._listen_scope is not None
             self._listen_scope.cancel()
@@ -627,10 +578,10 @@ class SMBDirectSocket(trio.socket.SocketType):
         self.close()
 
     def detach(self) -> int:
-        _error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
+        raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
 
     def dup(self) -> SMBDirectSocket:
-        _error(errno.EOPNOTSUPP, "SMB-Direct sockets cannot be duplicated")
+        raise socket_error(errno.EOPNOTSUPP, "SMB-Direct sockets cannot be duplicated")
 
 
 def socket(
@@ -645,7 +596,7 @@ def socket(
     return SMBDirectSocket(family, type, proto, provider=provider, parameters=parameters)
 
 
-def _configure(sock: SMBDirectSocket, bytestream: bool, parameters: Parameters | None) -> None:
+def configure(sock: SMBDirectSocket, bytestream: bool, parameters: Parameters | None) -> None:
     sock.bytestream = bytestream
     if parameters is not None:
         sock.parameters = parameters
@@ -660,19 +611,13 @@ async def open_smbdirect_stream(
     provider: Provider | None = None,
 ) -> trio.SocketStream:
     """Connect and return a ``trio.SocketStream`` over SMB-Direct."""
-    infos = await trio.socket.getaddrinfo(host, port, type=_stdlib_socket.SOCK_STREAM)
-    error: OSError | None = None
-    for family, _, _, _, address in infos:
+
+    def make(family: int) -> SMBDirectSocket:
         sock = socket(family, provider=provider)
-        _configure(sock, bytestream, parameters)
-        try:
-            await sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        return trio.SocketStream(sock)
-    raise error or OSError(errno.EHOSTUNREACH, f"no address for {host!r}")
+        configure(sock, bytestream, parameters)
+        return sock
+
+    return trio.SocketStream(await connect_any(host, port, make))
 
 
 async def open_smbdirect_listeners(
@@ -689,7 +634,7 @@ async def open_smbdirect_listeners(
     listeners = []
     for family, _, _, _, address in infos[:1]:
         sock = socket(family, provider=provider)
-        _configure(sock, bytestream, parameters)
+        configure(sock, bytestream, parameters)
         await sock.bind(address)
         sock.listen(backlog)
         listeners.append(trio.SocketListener(sock))
@@ -710,144 +655,10 @@ async def serve_smbdirect(
     raise AssertionError("serve_listeners returned")  # pragma: no cover
 
 
-@attrs.define
-class SMBDirectSocketFactory(trio.abc.SocketFactory):
-    """For ``trio.socket.set_custom_socket_factory``: SMB-Direct for chosen ports or hosts.
+def __getattr__(name: str) -> Any:
+    # The factory lives with the rest of the routing (which imports this module).
+    if name == "SMBDirectSocketFactory":
+        from .routing import SMBDirectSocketFactory
 
-    Stream sockets trio creates (``open_tcp_stream``, ``open_tcp_listeners``,
-    ``serve_tcp``) decide when they connect or bind: an address whose port is
-    in ``ports`` (None: every port) or whose host is in ``hosts`` rides
-    SMB-Direct, in byte-stream mode unless ``bytestream`` is False; any other
-    address gets an ordinary TCP socket.  Other sockets are never touched.
-    """
-
-    ports: frozenset[int] | None = frozenset({SMBDIRECT_PORT, SMBDIRECT_IWARP_PORT})
-    hosts: frozenset[str] = frozenset()
-    bytestream: bool = True
-    parameters: Parameters | None = None
-    provider: Provider | None = None
-
-    def routes(self, address: Address) -> bool:
-        return (self.ports is None or address[1] in self.ports) or address[0] in self.hosts
-
-    def socket(
-        self,
-        family: int | None = None,
-        type: int | None = None,
-        proto: int | None = None,
-    ) -> trio.socket.SocketType:
-        family = _stdlib_socket.AF_INET if family is None else family
-        kind = _stdlib_socket.SOCK_STREAM if type is None else type
-        if kind != _stdlib_socket.SOCK_STREAM or family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
-            return trio.socket.from_stdlib_socket(_stdlib_socket.socket(family, kind, proto or 0))
-        return _RoutedSocket(self, family, proto or 0)
-
-
-class _RoutedSocket(trio.socket.SocketType):
-    """A stream socket that becomes SMB-Direct or TCP at its first connect or bind.
-
-    Options set before then are remembered and applied to the socket chosen.
-    """
-
-    def __init__(self, factory: SMBDirectSocketFactory, family: int, proto: int) -> None:
-        self._factory = factory
-        self._family = family
-        self._proto = proto
-        self._options: list[tuple[int, int, Any]] = []
-        self._chosen: trio.socket.SocketType | None = None
-
-    def _choose(self, address: Address) -> trio.socket.SocketType:
-        if self._chosen is None:
-            chosen: trio.socket.SocketType
-            if self._factory.routes(address):
-                sock = SMBDirectSocket(self._family, provider=self._factory.provider)
-                _configure(sock, self._factory.bytestream, self._factory.parameters)
-                chosen = sock
-            else:
-                stdlib = _stdlib_socket.socket(self._family, _stdlib_socket.SOCK_STREAM, self._proto)
-                chosen = trio.socket.from_stdlib_socket(stdlib)
-            for level, name, value in self._options:
-                chosen.setsockopt(level, name, value)
-            self._chosen = chosen
-        return self._chosen
-
-    def _socket(self) -> trio.socket.SocketType:
-        if self._chosen is None:
-            _error(errno.ENOTCONN, "socket is neither connected nor bound yet")
-        return self._chosen
-
-    @property
-    def family(self) -> _stdlib_socket.AddressFamily:
-        return _stdlib_socket.AddressFamily(self._family)
-
-    @property
-    def type(self) -> _stdlib_socket.SocketKind:
-        return _stdlib_socket.SOCK_STREAM
-
-    @property
-    def proto(self) -> int:
-        return self._chosen.proto if self._chosen is not None else self._proto
-
-    @property
-    def did_shutdown_SHUT_WR(self) -> bool:
-        return self._chosen is not None and self._chosen.did_shutdown_SHUT_WR
-
-    async def connect(self, address: Address) -> None:
-        await self._choose(address).connect(address)
-
-    async def bind(self, address: Address) -> None:
-        await self._choose(address).bind(address)
-
-    def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
-        if self._chosen is None:
-            self._options.append((level, optname, value))
-        else:
-            self._chosen.setsockopt(level, optname, value)
-
-    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
-        return (
-            self._socket().getsockopt(level, optname, buflen) if buflen else self._socket().getsockopt(level, optname)
-        )
-
-    def listen(self, backlog: int = 10) -> None:
-        self._socket().listen(backlog)
-
-    async def accept(self) -> tuple[trio.socket.SocketType, Address]:
-        return await self._socket().accept()
-
-    async def send(self, data: Any, flags: int = 0) -> int:
-        return await self._socket().send(data, flags)
-
-    async def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        return await self._socket().recv(bufsize, flags)
-
-    async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        return await self._socket().recv_into(buffer, nbytes, flags)
-
-    async def wait_writable(self) -> None:
-        await self._socket().wait_writable()
-
-    def is_readable(self) -> bool:
-        return self._socket().is_readable()
-
-    def getsockname(self) -> Address:
-        return tuple(self._socket().getsockname())
-
-    def getpeername(self) -> Address:
-        return tuple(self._socket().getpeername())
-
-    def fileno(self) -> int:
-        return self._chosen.fileno() if self._chosen is not None else -1
-
-    def shutdown(self, flag: int) -> None:
-        self._socket().shutdown(flag)
-
-    def close(self) -> None:
-        if self._chosen is not None:
-            self._chosen.close()
-
-    def __enter__(self) -> _RoutedSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return SMBDirectSocketFactory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -166,3 +166,15 @@ def test_the_timeout_bounds_framed_messages_too() -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_create_connection_reports_failures_as_the_stdlibs() -> None:
+    with stdlib_socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = probe.getsockname()  # nothing listens there
+    for connect in (stdlib_socket.create_connection, create_connection):
+        with pytest.raises(ConnectionRefusedError):
+            connect(address, timeout=5)
+        with pytest.raises(ExceptionGroup) as group:
+            connect(address, timeout=5, all_errors=True)
+        assert [type(error) for error in group.value.exceptions] == [ConnectionRefusedError]

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import socket
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..._tasks import serve_accepted, spawn_background
+from ..._addresses import bound_tcp_socket, connect_any
+from ..._tasks import Handover, serve_accepted, spawn_background
 from ..base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
 from .memory import SoftMemoryRegion
 from .mpa import (
@@ -65,21 +65,13 @@ async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
 async def _open_tcp(address: tuple[str, int], source: tuple[str, int] | None = None) -> trio.SocketStream:
     """A TCP connection made directly, never through trio's custom socket factory
     (which may be routing TCP to SMB-Direct, that is, back to us)."""
-    infos = await trio.socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
-    error: OSError = OSError(errno.EHOSTUNREACH, f"no address for {address[0]!r}")
-    for family, kind, proto, _, sockaddr in infos:
-        sock = trio.socket.from_stdlib_socket(socket.socket(family, kind, proto))
-        try:
-            if source is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                await sock.bind(source)
-            await sock.connect(sockaddr)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        return trio.SocketStream(sock)
-    raise error
+
+    def make(family: int) -> trio.socket.SocketType:
+        return trio.socket.from_stdlib_socket(
+            socket.socket(family) if source is None else bound_tcp_socket(family, source)
+        )
+
+    return trio.SocketStream(await connect_any(address[0], address[1], make))
 
 
 async def _read_frame(stream: trio.SocketStream, *, reply: bool) -> MpaFrame:
@@ -138,12 +130,10 @@ class SoftQueuePair(QueuePair):
         self._closed = False
         self._lingering = False
         # Who reads the socket: a task waiting for completions, else the reader task.
-        self._consumers = 0
+        self._handover = Handover(_HANDOVER_GRACE)  # counts the tasks waiting for completions
         self._consumer_reading = False
-        self._last_consumer = -math.inf
         self._reader_wait: trio.CancelScope | None = None
         self._consumer_wait: trio.CancelScope | None = None
-        self._no_consumers = trio.lowlevel.ParkingLot()  # woken when the last waiting task leaves, or at close
         self._socket_free = trio.lowlevel.ParkingLot()
         # One receive buffer, reused: the queue pair copies out what it keeps.
         self._received = bytearray(_RECEIVE_SIZE)
@@ -197,7 +187,7 @@ class SoftQueuePair(QueuePair):
         and notice a Terminate even then).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._consumers += 1
+        self._handover.enter()
         try:
             blocked = False
             while True:
@@ -229,11 +219,7 @@ class SoftQueuePair(QueuePair):
                         self._completed.unpark_all()  # another waiter may read now
                     self._read_once()
         finally:
-            self._consumers -= 1
-            if not self._consumers:
-                self._last_consumer = trio.current_time()
-                if self._no_consumers:
-                    self._no_consumers.unpark_all()
+            self._handover.leave()
 
     def register(self, buffer: memoryview, access: Access) -> SoftMemoryRegion:
         return self.core.register(buffer, access)
@@ -252,8 +238,8 @@ class SoftQueuePair(QueuePair):
         """Send what was posted, flush the rest and close TCP gracefully (a FIN, no Terminate)."""
         self.core.close()
         self._notify()  # tasks waiting for completions see the close and leave
-        while self._consumers and not self._closed:
-            await self._no_consumers.park()
+        while self._handover.tasks and not self._closed:
+            await self._handover.wait_free()
         if not self._closed:
             await self._linger()
         self._close_socket()
@@ -328,7 +314,7 @@ class SoftQueuePair(QueuePair):
             self._writer_scope.cancel()
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
-            self._no_consumers.unpark_all()
+            self._handover.release()
             self._socket_free.unpark_all()
 
     def _read_once(self) -> None:
@@ -351,21 +337,14 @@ class SoftQueuePair(QueuePair):
     async def _reader(self) -> None:
         """Read while no task waits for completions."""
         while not (self._closed or self._lingering):
-            # A task that just took completions usually comes straight back: leave
-            # the socket to it.  Sleeping through the grace (not parked), the reader
-            # is not woken by every task that leaves meanwhile.
-            idle = trio.current_time() - self._last_consumer
-            if idle < _HANDOVER_GRACE:
-                await trio.sleep(_HANDOVER_GRACE - idle)
-                continue
-            if self._consumers:
-                await self._no_consumers.park()  # woken when the last waiting task leaves
-                continue
+            await self._handover.background_turn()
+            if self._closed or self._lingering:
+                return
             with trio.CancelScope() as self._reader_wait:
                 await trio.lowlevel.wait_readable(self._sock)
             self._reader_wait = None
             self._socket_free.unpark_all()
-            if not self._consumers:
+            if not self._handover.tasks:
                 self._read_once()
 
     async def _writer(self) -> None:
@@ -521,15 +500,16 @@ class SoftIwarpProvider(Provider):
                 try:
                     await stream.send_all(request.pack())
                     reply = await _read_frame(stream, reply=True)
+                    if reply.reject:
+                        raise RdmaError(errno.ECONNREFUSED, "connection rejected by the peer (MPA reject)")
                     negotiation = check_reply(request, reply)
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise
         except trio.TooSlowError:
             raise RdmaError(errno.ETIMEDOUT, f"RDMA connect to {address[0]}:{address[1]} timed out") from None
-        except MpaError as exc:
-            code = errno.ECONNREFUSED if "rejected" in str(exc) else errno.ECONNABORTED
-            raise RdmaError(code, str(exc)) from None
+        except MpaError as exc:  # a reply we cannot work with
+            raise RdmaError(errno.ECONNABORTED, str(exc)) from None
         except trio.BrokenResourceError as exc:
             raise RdmaError(errno.ECONNRESET, f"connection lost during MPA setup: {exc}") from None
         return SoftQueuePair(stream, self.make_core(negotiation, initiator=True), reply.private_data)
@@ -537,16 +517,7 @@ class SoftIwarpProvider(Provider):
     def listen(self, address: tuple[str, int], backlog: int = 10, *, sock: socket.socket | None = None) -> SoftListener:
         """Listen on ``address`` (or on ``sock``, a TCP socket already bound there)."""
         if sock is None:
-            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-            except OSError:
-                sock.close()
-                raise
+            sock = bound_tcp_socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, address)
         # The TCP queue is kept long: a dropped SYN costs the initiator a second's
         # retransmission; the backlog that counts is the one of connection requests.
         sock.listen(max(backlog, socket.SOMAXCONN))
