@@ -264,10 +264,19 @@ class SMBDirectSocket(StreamIdentity, trio.socket.SocketType):
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise socket_error(errno.EBADF, "socket is closed") from None
         self._update_readiness()
-        child = SMBDirectSocket(self._family, provider=self._provider, parameters=self.parameters)
+        child = SMBDirectSocket.accepted(connection, provider=self._provider, parameters=self.parameters)
         child.bytestream = self.bytestream
-        child._attach(connection, "accepted")
         return child, connection.peer_address
+
+    @classmethod
+    def accepted(
+        cls, connection: Connection, *, provider: Provider | None = None, parameters: Parameters | None = None
+    ) -> SMBDirectSocket:
+        """A connected socket for ``connection``, which a listener of one's own accepted (as the gateway does)."""
+        family = _stdlib_socket.AF_INET6 if ":" in connection.peer_address[0] else _stdlib_socket.AF_INET
+        sock = cls(family, provider=provider, parameters=parameters)
+        sock._attach(connection, "accepted")
+        return sock
 
     async def _negotiate_incoming(self, listener: Listener, ready: trio.MemorySendChannel[Connection]) -> None:
         """Negotiate each connection request in the background, like the kernel's

@@ -51,16 +51,19 @@ MODULES = {
     "credits": "protocol",
     "protocol": "protocol",
     "testing": "protocol",
+    "lifecycle": "protocol",  # the socket's state machine: sans-IO
     "_tasks": "runtime",
     "engine_thread": "runtime",
     "readiness": "runtime",
+    "_addresses": "runtime",
     "rdma": "engine",
     "connection": "connection",
-    "options": "sockets",
+    "options": "connection",  # option codes and the statistics a connection reports
     "trio": "sockets",
     "blocking": "sockets",
     "patching": "programs",
     "run": "programs",
+    "routing": "programs",
     "": "programs",
     "smb": "smb",
     "cli": "commands",
@@ -74,6 +77,7 @@ EXTERNAL = {"trio": "runtime"}
 
 # Lazy imports (inside a function) allowed across the rule, and why.
 OPT_INS = {
+    ("trio", "routing"): "trio.SMBDirectSocketFactory, a documented name, lives with the rest of the routing",
     ("patching", "smb.clients"): "patch(fit_smb_clients=True) fits the SMB clients' sizes, its documented opt-in",
 }
 

@@ -23,7 +23,6 @@ import contextlib
 import errno
 import logging
 import queue
-import socket as _socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Set
@@ -163,9 +162,7 @@ class Gateway:
             except OSError as exc:
                 log.info("client %s: SMB-Direct set-up failed: %s", peer[0], exc)
                 return
-            family = _socket.AF_INET6 if ":" in peer[0] else _socket.AF_INET
-            client = sdtrio.SMBDirectSocket(family, provider=provider, parameters=self.parameters)
-            client._attach(connection)
+            client = sdtrio.SMBDirectSocket.accepted(connection, provider=provider, parameters=self.parameters)
             await self._relay(client, peer)
         except Exception as exc:  # whatever one client does ends its session only
             _log_end(peer, exc)
