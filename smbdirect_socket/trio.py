@@ -243,9 +243,10 @@ class SMBDirectSocket(StreamIdentity, trio.socket.SocketType):
         try:
             resolved = await self._resolve(address)
             connection = await Connection.connect(self._provider, (resolved[0], resolved[1]), self.parameters, source)
-        except OSError as exc:
+        except BaseException as exc:  # failed, or cancelled (a timeout): connect may be tried again
             if self._state is SocketState.CONNECTING:
-                self._so_error = exc
+                if isinstance(exc, OSError):
+                    self._so_error = exc
                 self._state = transition(self._state, "connect failed")
             self._update_readiness()
             raise
