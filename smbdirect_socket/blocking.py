@@ -135,13 +135,23 @@ class SMBDirectSocket:
         return result
 
     def _receive(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """:meth:`_call` for receives, which wait their turn (the timeout counts the wait)."""
+        """:meth:`_call` for receives (``args`` end with the flags), which wait their
+        turn: the timeout counts the wait, and a non-blocking one does not wait."""
         result: T = self._call(self._in_turn, afn, *args)
         return result
 
     async def _in_turn(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        async with self._receiving:
+        if args[-1] & _stdlib_socket.MSG_DONTWAIT:
+            try:
+                self._receiving.acquire_nowait()
+            except trio.WouldBlock:
+                raise socket_error(errno.EAGAIN, "another thread is receiving") from None
+        else:
+            await self._receiving.acquire()
+        try:
             result: T = await afn(*args)
+        finally:
+            self._receiving.release()
         return result
 
     @staticmethod

@@ -26,7 +26,7 @@ from .errors import socket_error
 from .options import SMBDIRECT_BYTESTREAM
 from .parameters import Parameters
 from .rdma import Provider
-from .trio import SMBDirectSocket, StreamIdentity, configure
+from .trio import SMBDirectSocket, StreamSocketBase, configure
 
 __all__ = ["Route", "SMBDirectSocketFactory", "routed"]
 
@@ -103,7 +103,7 @@ class SMBDirectSocketFactory(trio.abc.SocketFactory):
         return _RoutedSocket(self, family, proto or 0)
 
 
-class _RoutedSocket(StreamIdentity, trio.socket.SocketType):
+class _RoutedSocket(StreamSocketBase, trio.socket.SocketType):
     """A stream socket that becomes SMB-Direct or TCP at its first connect or bind.
 
     Options set before then are remembered and applied to the socket chosen.
@@ -197,9 +197,3 @@ class _RoutedSocket(StreamIdentity, trio.socket.SocketType):
     def close(self) -> None:
         if self._chosen is not None:
             self._chosen.close()
-
-    def __enter__(self) -> _RoutedSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

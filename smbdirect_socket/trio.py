@@ -25,7 +25,7 @@ import socket as _stdlib_socket
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import trio
 
@@ -62,8 +62,9 @@ _INVALIDATE = struct.Struct("=I")
 Address = tuple[Any, ...]
 
 
-class StreamIdentity:
-    """``family`` and ``type`` of a stream socket that keeps its family in ``_family``."""
+class StreamSocketBase:
+    """What this package's trio stream sockets share: ``family`` and ``type``
+    (the family kept in ``_family``), and closing at the end of ``with``."""
 
     _family: int
 
@@ -75,8 +76,17 @@ class StreamIdentity:
     def type(self) -> _stdlib_socket.SocketKind:
         return _stdlib_socket.SOCK_STREAM
 
+    def close(self) -> None:
+        raise NotImplementedError
 
-class SMBDirectSocket(StreamIdentity, trio.socket.SocketType):
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
     """An ``IPPROTO_SMBDIRECT`` stream socket on an RDMA engine provider."""
 
     def __init__(
@@ -243,9 +253,10 @@ class SMBDirectSocket(StreamIdentity, trio.socket.SocketType):
         try:
             resolved = await self._resolve(address)
             connection = await Connection.connect(self._provider, (resolved[0], resolved[1]), self.parameters, source)
-        except OSError as exc:
+        except BaseException as exc:  # failed, or cancelled (a timeout): connect may be tried again
             if self._state is SocketState.CONNECTING:
-                self._so_error = exc
+                if isinstance(exc, OSError):
+                    self._so_error = exc
                 self._state = transition(self._state, "connect failed")
             self._update_readiness()
             raise
@@ -579,12 +590,6 @@ class SMBDirectSocket(StreamIdentity, trio.socket.SocketType):
             self._bound_socket.close()
         if self._readiness is not None:
             self._readiness.close()
-
-    def __enter__(self) -> SMBDirectSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def detach(self) -> int:
         raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")

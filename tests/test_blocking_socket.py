@@ -356,3 +356,20 @@ def test_a_killed_peer_process_ends_its_connection_only(server: SMBDirectSocket)
     assert receive_message(other) == b"still here"
     for sock in (victim, survivor, other):
         sock.close()
+
+
+def test_msg_dontwait_does_not_wait_behind_a_blocked_receiver(pair: tuple[SMBDirectSocket, SMBDirectSocket]) -> None:
+    """Threads that receive take turns; one that asks not to wait gets EAGAIN at
+    once, as from the kernel, instead of waiting for its turn."""
+    client, server = pair
+    server.settimeout(10)
+    received: list[bytes] = []
+    waiting = in_thread(lambda: received.append(server.recv(4)))
+    time.sleep(0.2)  # it waits now
+    started = time.monotonic()
+    with pytest.raises(BlockingIOError):
+        server.recv(4, stdlib_socket.MSG_DONTWAIT)
+    assert time.monotonic() - started < 1
+    client.send(framed(b"ping"))
+    waiting.join(10)
+    assert received == [struct.pack(">I", 4)]

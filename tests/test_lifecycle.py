@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+import trio
 
 from smbdirect_socket import options as opt
 from smbdirect_socket.lifecycle import SocketState, transition
@@ -72,3 +73,17 @@ async def test_a_socket_through_its_life() -> None:
     for each in (sock, listener, client, server):
         each.close()
         assert "state=closed" in repr(each) and each.fileno() == -1
+
+
+async def test_a_cancelled_connect_leaves_the_socket_new() -> None:
+    with trio.socket.socket() as silent:  # takes TCP connections and never answers MPA
+        await silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        sock = socket()
+        with trio.move_on_after(0.2):
+            await sock.connect(silent.getsockname())
+        assert "state=new" in repr(sock)
+        with pytest.raises(OSError) as info, trio.fail_after(10):
+            await sock.connect(silent.getsockname())  # tried again: not EALREADY
+        assert info.value.errno == errno.ETIMEDOUT
+        sock.close()
