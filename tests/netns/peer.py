@@ -15,7 +15,6 @@ digest, which the sender compares with its own.
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import random
@@ -24,10 +23,10 @@ import sys
 import time
 from typing import Any
 
+from benchmarks.soak import receive_message, send_message
 from smbdirect_socket import Parameters, create_connection, create_server
 from smbdirect_socket.blocking import SMBDirectSocket
 
-_HEADER = struct.Struct(">I")
 _START = struct.Struct(">QI")  # messages, message size
 _SEQUENCE = struct.Struct(">Q")
 
@@ -38,26 +37,6 @@ def report(event: str, **fields: Any) -> None:
 
 def payload(sequence: int, size: int) -> bytes:
     return _SEQUENCE.pack(sequence) + random.Random(sequence).randbytes(size - _SEQUENCE.size)
-
-
-def receive_exactly(sock: SMBDirectSocket, size: int) -> bytes:
-    parts, left = [], size
-    while left:
-        part = sock.recv(left)
-        if not part:
-            raise ConnectionResetError(errno.ECONNRESET, f"peer closed with {left} of {size} bytes due")
-        parts.append(part)
-        left -= len(part)
-    return b"".join(parts)
-
-
-def receive_message(sock: SMBDirectSocket) -> bytes:
-    (length,) = _HEADER.unpack(receive_exactly(sock, _HEADER.size))
-    return receive_exactly(sock, length)
-
-
-def send_message(sock: SMBDirectSocket, data: bytes) -> None:
-    sock.sendall(_HEADER.pack(len(data)) + data)
 
 
 def serve_one(sock: SMBDirectSocket) -> None:
