@@ -14,7 +14,7 @@ WIRE_SOURCES := $(wildcard smbdirect_socket/_wire/*.c smbdirect_socket/_wire/*.h
 
 $(STAMP): pyproject.toml setup.py $(WIRE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77"  # the same setuptools as the build, for fuzz's direct build
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
