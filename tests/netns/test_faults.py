@@ -119,6 +119,8 @@ class Link:
 
     def destroy(self) -> None:
         self.end_peers()
+        for namespace in (self.a, self.b):
+            _ip("netns", "del", namespace, check=False)  # the veth pair goes with them
 
     def end_peers(self) -> str:
         """Kill the peers still running; what all of them wrote to stderr."""
@@ -129,8 +131,6 @@ class Link:
         text = "".join(peer.stderr() for peer in self.peers)
         self.peers = []
         return text
-        for namespace in (self.a, self.b):
-            _ip("netns", "del", namespace, check=False)  # the veth pair goes with them
 
     def start(self, side: str, *args: str) -> Peer:
         peer = Peer(self.a if side == "a" else self.b, *args)
@@ -193,6 +193,8 @@ def link() -> Iterator[Link]:
         yield pair
     finally:
         pair.destroy()
+    left = [name for name in _ip("netns", "list").stdout.split() if name in (pair.a, pair.b)]
+    assert not left, f"network namespaces left behind: {left}"
 
 
 @pytest.fixture(autouse=True)
