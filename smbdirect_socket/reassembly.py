@@ -36,10 +36,16 @@ class ReceiveQueue:
         """The number of fragments (receive buffers) still held."""
         return len(self._fragments)
 
-    def push(self, data: memoryview, message_length: int | None) -> None:
-        """Queue one fragment; ``message_length`` is given on a message's first."""
-        self._fragments.append(_Fragment(data, message_length))
-        self.size += len(data)
+    def push_pieces(self, buffer: bytearray, pieces: list[tuple[int, int]]) -> None:
+        """Queue the fragments gathered one after another in ``buffer``: ``(length, total)``
+        each, ``total`` the length of the message a fragment starts, else 0."""
+        view = memoryview(buffer)
+        append = self._fragments.append
+        position = 0
+        for length, total in pieces:
+            append(_Fragment(view[position : position + length], total or None))
+            position += length
+        self.size += position
 
     def message_start(self) -> int | None:
         """The total length of the message at the head, if none of it was read."""
