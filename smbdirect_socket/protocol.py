@@ -250,7 +250,8 @@ class SMBDirectProtocol:
         self.receive_many((pdu,), now)
 
     def receive_many(self, pdus: Sequence[Buffer], now: float) -> None:
-        """Feed completed receives, in the order they completed: one check for them all."""
+        """Feed completed receives (a list or tuple of their bytes) in the order they
+        completed, such as one poll of the completion queue: one check for them all."""
         if self.state is State.CLOSED or not pdus:
             return
         try:
