@@ -66,18 +66,22 @@ The decisions, and why
     unread data, each sees the other as "may be stalled", and every message
     with no data would be answered by one, for ever.  So the credit that
     merely replaces the buffer a data-less message filled (:meth:`~Credits.
-    peer_message`) is not worth a message of its own: a peer that could
+    peer_messages`) is not worth a message of its own: a peer that could
     send a message with no data was not stalled for want of it.  Credits
     freed by the application reading, or a peer left with none, still are.
 
-The peer's side is checked here too: a message when the peer holds no
-credit, or grants that take our credits above 65535 (a u16 on the wire, the
-kernel's limit), end the connection with :class:`RemoteProtocolError`.
+The peer's side is checked too: a message when the peer holds no credit, or
+grants that take our credits above 65535 (a u16 on the wire, the kernel's
+limit), end the connection with :class:`RemoteProtocolError`.  For data
+messages :func:`~smbdirect_socket.pdu.check_data_transfers` checks a whole
+batch against :meth:`~Credits.receiving` and :meth:`~Credits.peer_messages`
+takes the result; the negotiation goes through :meth:`~Credits.peer_credits`.
 """
 
 from __future__ import annotations
 
 from .errors import RemoteProtocolError
+from .pdu import ReceiveState
 
 __all__ = ["MAX_CREDITS", "Credits"]
 
@@ -118,12 +122,6 @@ class Credits:
             raise RemoteProtocolError("message arrived with no receive posted")
         self.posted -= 1
 
-    def peer_spent(self) -> None:
-        """The peer sent a data message: it spent one of the credits we granted."""
-        if not self.granted:
-            raise RemoteProtocolError("peer sent a message without holding a credit")
-        self.granted -= 1
-
     def peer_credits(self, requested: int, granted: int) -> None:
         """The peer's message asked for ``requested`` credits in all and granted us ``granted`` more."""
         self.target = max(1, min(requested, self.recv_credit_max))
@@ -131,14 +129,24 @@ class Credits:
         if self.send > MAX_CREDITS:
             raise RemoteProtocolError(f"DataTransferMessage.credits_granted: peer granted {self.send} credits in all")
 
-    def peer_message(self, carries_data: bool) -> None:
-        """The peer's message carried data or not.
+    def receiving(self, message_remaining: int) -> ReceiveState:
+        """The state a batch of the peer's data messages is checked against."""
+        return ReceiveState(self.granted, self.send, message_remaining, self.target)
 
-        A data-less one's buffer is reposted at once, and re-granting it alone
-        is no news while the peer sends nothing else; a peer that sends data
-        may be stalled behind it, so then every ungranted receive is news.
+    def peer_messages(self, state: ReceiveState, count: int, data_less_tail: int) -> None:
+        """``count`` messages of the peer filled posted receives and were checked into
+        ``state`` (the credits they spent, granted and asked for); the last
+        ``data_less_tail`` of them carried no data.
+
+        A data-less message's buffer is reposted at once, and re-granting it alone
+        is no news while the peer sends nothing else; a peer that sends data may be
+        stalled behind it, so then every ungranted receive is news.
         """
-        self.echoes = 0 if carries_data else self.echoes + 1
+        self.posted -= count
+        self.granted = state.granted
+        self.send = state.send_credits
+        self.target = state.receive_target
+        self.echoes = data_less_tail if data_less_tail < count else self.echoes + count
 
     def refill(self, held: int) -> int:
         """How many receives to post now (counted as posted); ``held`` buffers hold unread data."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import errno
 from collections import deque
+from collections.abc import Sequence
 
 import attrs
 
@@ -35,7 +36,16 @@ from . import constants as c
 from .credits import Credits
 from .errors import LocalProtocolError, PDUError, RemoteProtocolError
 from .parameters import Parameters
-from .pdu import Buffer, NegotiateRequest, NegotiateResponse, decode_data_transfer, encode_data_transfer
+from .pdu import (
+    DATA_TRANSFER,
+    Buffer,
+    NegotiateRequest,
+    NegotiateResponse,
+    ReceiveLimits,
+    check_data_transfers,
+    encode_data_transfer,
+    encode_data_transfers,
+)
 from .reassembly import ReceiveQueue
 
 __all__ = [
@@ -167,6 +177,7 @@ class SMBDirectProtocol:
         self._response_owed = False  # the peer set RESPONSE_REQUESTED
         self._send_keepalive = False  # our idle timer expired
         self._flush_due = False  # receives came in: what to send is worked out in actions()
+        self._limits = ReceiveLimits(0, 0, 0)  # set once negotiated
         # send side
         self._outgoing: deque[_Outgoing] = deque()
         self._fragments = 0  # fragments the outgoing messages still make
@@ -236,17 +247,23 @@ class SMBDirectProtocol:
 
     def receive(self, pdu: Buffer, now: float) -> None:
         """Feed one completed receive (the bytes the peer sent)."""
-        if self.state is State.CLOSED:
+        self.receive_many((pdu,), now)
+
+    def receive_many(self, pdus: Sequence[Buffer], now: float) -> None:
+        """Feed completed receives (a list or tuple of their bytes) in the order they
+        completed, such as one poll of the completion queue: one check for them all."""
+        if self.state is State.CLOSED or not pdus:
             return
         try:
-            self._credits.receive_completed()  # none is posted before start()
-            if self.state is State.NEGOTIATING:
+            if self.state is not State.CONNECTED:
+                self._credits.receive_completed()  # none is posted before start()
                 if self.role is Role.SERVER:
-                    self._receive_negotiate_request(pdu, now)
+                    self._receive_negotiate_request(pdus[0], now)
                 else:
-                    self._receive_negotiate_response(pdu, now)
-            else:
-                self._receive_data(pdu, now)
+                    self._receive_negotiate_response(pdus[0], now)
+                pdus = pdus[1:]
+            if pdus:
+                self._receive_data(pdus, now)
         except (PDUError, RemoteProtocolError) as exc:
             error = exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc))
             self._fail(error)
@@ -445,6 +462,9 @@ class SMBDirectProtocol:
 
     def _established(self, negotiated: Negotiated, now: float) -> None:
         self.negotiated = negotiated
+        self._limits = ReceiveLimits(
+            negotiated.max_fragmented_receive_size, negotiated.max_receive_size, self.parameters.recv_credit_max
+        )
         self.state = State.CONNECTED
         self._negotiate_deadline = None
         self._arm_idle(now)
@@ -452,46 +472,33 @@ class SMBDirectProtocol:
 
     # ---- data transfer ----------------------------------------------------------
 
-    def _receive_data(self, pdu: Buffer, now: float) -> None:
-        requested, granted, flags, remaining, data = decode_data_transfer(pdu)
-        assert self.negotiated is not None
-        self._credits.peer_spent()
-        if requested == 0:
-            raise RemoteProtocolError("DataTransferMessage.credits_requested: must not be 0")
-        length = len(data)
-        total = length + remaining
-        if total > self.negotiated.max_fragmented_receive_size:
-            raise RemoteProtocolError(
-                f"DataTransferMessage.remaining_data_length: message of {total} bytes exceeds the max "
-                f"fragmented receive size {self.negotiated.max_fragmented_receive_size}"
-            )
-        if len(pdu) > self.negotiated.max_receive_size:
-            raise RemoteProtocolError(
-                f"DataTransferMessage.length: {len(pdu)}-byte message exceeds the max receive size "
-                f"{self.negotiated.max_receive_size}"
-            )
-        self._credits.peer_credits(requested, granted)
-        if flags & c.SMB_DIRECT_RESPONSE_REQUESTED:
-            self._response_owed = True
-        self._arm_idle(now)
-        self._keepalive_deadline = None
-        stats = self.statistics
-        stats.fragments_received += 1
-        self._credits.peer_message(carries_data=bool(length))
-        if not length:
-            return
-        if self._message_remaining:
-            if total != self._message_remaining:
-                raise RemoteProtocolError(
-                    f"DataTransferMessage.remaining_data_length: {remaining} + data_length "
-                    f"{length} does not continue the message ({self._message_remaining} bytes due)"
-                )
-            self._incoming.push(data, None)
-        else:
-            self._incoming.push(data, total)
-            stats.messages_received += 1
-        self._message_remaining = remaining
-        stats.bytes_received += length
+    def _receive_data(self, pdus: Sequence[Buffer], now: float) -> None:
+        credits = self._credits
+        count = min(len(pdus), credits.posted)
+        if count:
+            batch = pdus[:count] if count < len(pdus) else pdus
+            state = credits.receiving(self._message_remaining)
+            into = bytearray(sum(map(len, batch)))
+            result = check_data_transfers(batch, into, state, self._limits)
+            applied = result.applied
+            if applied:
+                tail = 0  # the messages with no data at the end of the batch
+                while tail < applied and not _data_length(batch[applied - 1 - tail]):
+                    tail += 1
+                credits.peer_messages(state, applied, tail)
+                self._incoming.push_pieces(into, result.pieces)
+                self._message_remaining = state.message_remaining
+                self._response_owed |= state.response_requested
+                self._arm_idle(now)
+                self._keepalive_deadline = None
+                stats = self.statistics
+                stats.fragments_received += state.fragments
+                stats.messages_received += state.messages
+                stats.bytes_received += state.bytes
+            if result.error is not None:
+                raise result.error
+        if count < len(pdus):
+            raise RemoteProtocolError("message arrived with no receive posted")
 
     def _arm_idle(self, now: float) -> None:
         interval = self.parameters.keepalive_interval_msec
@@ -514,41 +521,53 @@ class SMBDirectProtocol:
         credits = self._credits
         outgoing = self._outgoing
         if outgoing:
-            chunk = self.negotiated.max_send_size - c.DATA_TRANSFER_DATA_OFFSET
             count, grant = credits.take(self._fragments)
-            self._fragments -= count
-            for _ in range(count):
-                message = outgoing[0]
-                start = message.sent
-                end = min(start + chunk, len(message.view))
-                remaining = len(message.view) - end
-                token = message.invalidate_token if remaining == 0 else None
-                self._send(message.view[start:end], remaining, grant, token)
-                grant = 0
-                message.sent = end
-                if not remaining:
-                    outgoing.popleft()
             if count:
+                self._send_fragments(count, grant)
                 return  # a data message answers a request or keepalive, and grants all there was to grant
         if self._response_owed or self._send_keepalive or credits.grant_due():
             count, grant = credits.take(1)
             if count:
-                self._send(b"", 0, grant)
+                self._send(grant)
 
-    def _send(self, data: Buffer, remaining: int, granted: int, invalidate_token: int | None = None) -> None:
+    def _send_fragments(self, count: int, grant: int) -> None:
+        """Send the next ``count`` fragments of the outgoing messages, one buffer per message."""
+        assert self.negotiated is not None
+        size = self.negotiated.max_send_size
+        chunk = size - c.DATA_TRANSFER_DATA_OFFSET
+        outgoing = self._outgoing
+        actions = self._actions
+        stats = self.statistics
+        self._fragments -= count
+        self._send_keepalive = self._response_owed = False
+        stats.fragments_sent += count
+        while count:
+            message = outgoing[0]
+            view = message.view
+            start = message.sent
+            data = encode_data_transfers(self._credits.send_target, grant, 0, view, start, count, chunk)
+            sends = [SendPDU(data[i : i + size]) for i in range(0, len(data), size)]
+            count -= len(sends)
+            grant = 0
+            message.sent = min(start + len(sends) * chunk, len(view))
+            stats.bytes_sent += message.sent - start
+            if message.sent == len(view):
+                outgoing.popleft()
+                if message.invalidate_token is not None:
+                    sends[-1] = SendPDU(sends[-1].data, message.invalidate_token)
+            actions += sends
+
+    def _send(self, granted: int) -> None:
+        """Send a message with no data: credits, an answer, or a keepalive."""
         flags = 0
-        if self._send_keepalive and not data:
+        if self._send_keepalive:
             flags = c.SMB_DIRECT_RESPONSE_REQUESTED
             self.statistics.keepalives_sent += 1
-        self._send_keepalive = False
-        self._response_owed = False
-        pdu = encode_data_transfer(self._credits.send_target, granted, flags, remaining, data)
-        stats = self.statistics
-        stats.fragments_sent += 1
-        stats.bytes_sent += len(data)
-        if not data and not flags:
-            stats.credit_messages_sent += 1
-        self._actions.append(SendPDU(pdu, invalidate_token))
+        else:
+            self.statistics.credit_messages_sent += 1
+        self._send_keepalive = self._response_owed = False
+        self.statistics.fragments_sent += 1
+        self._actions.append(SendPDU(encode_data_transfer(self._credits.send_target, granted, flags, 0, b"")))
 
     # ---- termination -----------------------------------------------------------
 
@@ -570,3 +589,10 @@ class SMBDirectProtocol:
         if disconnect:
             self._actions.append(Disconnect())
         self._events.append(Terminated(error))
+
+
+_DATA_LENGTH = DATA_TRANSFER.offsets["data_length"]
+
+
+def _data_length(pdu: Buffer) -> int:
+    return int.from_bytes(pdu[_DATA_LENGTH : _DATA_LENGTH + 4], "little")

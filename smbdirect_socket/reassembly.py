@@ -5,72 +5,98 @@ a receive credit), until the application has read all of it.  That is the
 flow control of SMB-Direct: a reader that stops reading stops the granting of
 credits, and the sender stalls instead of the receiver buffering without
 bound.
+
+The fragments of one batch of receives arrive gathered one after another in
+one buffer, so the queue keeps a batch as one run with the fragments'
+boundaries, and a read costs a slice per run, not per fragment.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
+from itertools import accumulate
 
 __all__ = ["ReceiveQueue"]
 
 
-class _Fragment:
-    __slots__ = ("data", "message_length", "position")
+class _Run:
+    """Fragments gathered back to back in one buffer, read from ``position`` on."""
 
-    def __init__(self, data: memoryview, message_length: int | None) -> None:
+    __slots__ = ("data", "ends", "first", "position", "starts")
+
+    def __init__(self, data: memoryview, ends: list[int], starts: list[int]) -> None:
         self.data = data
+        self.ends = ends  # where each fragment ends in ``data``
+        # The total length of the message each fragment starts, 0 inside one.
+        self.starts = starts
+        self.first = 0  # the first fragment not wholly read
         self.position = 0
-        # Total length of the message this fragment starts, None inside one.
-        self.message_length = message_length
 
 
 class ReceiveQueue:
     """A FIFO of fragments with message starts marked."""
 
     def __init__(self) -> None:
-        self._fragments: deque[_Fragment] = deque()
+        self._runs: deque[_Run] = deque()
         #: Bytes queued and not yet read.
         self.size = 0
+        self._held = 0
 
     def __len__(self) -> int:
         """The number of fragments (receive buffers) still held."""
-        return len(self._fragments)
+        return self._held
 
-    def push(self, data: memoryview, message_length: int | None) -> None:
-        """Queue one fragment; ``message_length`` is given on a message's first."""
-        self._fragments.append(_Fragment(data, message_length))
-        self.size += len(data)
+    def push_pieces(self, buffer: bytearray, pieces: list[tuple[int, int]]) -> None:
+        """Queue the fragments gathered one after another in ``buffer``: ``(length, total)``
+        each, ``total`` the length of the message a fragment starts, else 0."""
+        if not pieces:
+            return
+        lengths, starts = zip(*pieces, strict=True)
+        ends = list(accumulate(lengths))
+        self._runs.append(_Run(memoryview(buffer)[: ends[-1]], ends, list(starts)))
+        self.size += ends[-1]
+        self._held += len(ends)
 
     def message_start(self) -> int | None:
         """The total length of the message at the head, if none of it was read."""
-        if not self._fragments:
+        if not self._runs:
             return None
-        head = self._fragments[0]
-        return head.message_length if head.position == 0 else None
+        head = self._runs[0]
+        first = head.first
+        if head.position != (head.ends[first - 1] if first else 0):
+            return None
+        return head.starts[first] or None
 
     def consume_message_start(self) -> int:
         """Mark the head message as started (its synthesized header was read)."""
         length = self.message_start()
         if length is None:
             raise ValueError("the queue is not at the start of a message")
-        self._fragments[0].message_length = None
+        head = self._runs[0]
+        head.starts[head.first] = 0
         return length
 
     def read(self, nbytes: int) -> tuple[bytes, int]:
         """Take up to ``nbytes``; return them and how many fragments were freed."""
         parts: list[memoryview] = []
-        freed = 0
+        held = self._held
         wanted = nbytes
-        while wanted and self._fragments:
-            head = self._fragments[0]
-            take = min(len(head.data) - head.position, wanted)
-            parts.append(head.data[head.position : head.position + take])
-            head.position += take
-            head.message_length = None
-            wanted -= take
-            if head.position == len(head.data):
-                self._fragments.popleft()
-                freed += 1
+        runs = self._runs
+        while wanted and runs:
+            head = runs[0]
+            start = head.position
+            end = min(start + wanted, len(head.data))
+            parts.append(head.data[start:end])
+            wanted -= end - start
+            if end == len(head.data):
+                runs.popleft()
+                self._held -= len(head.ends) - head.first
+            else:
+                first = bisect_right(head.ends, end, head.first)
+                self._held -= first - head.first
+                head.first = first
+                head.position = end
         data = b"".join(parts)
         self.size -= len(data)
-        return data, freed
+        return data, held - self._held

@@ -74,26 +74,43 @@ class ProtocolPair:
             elif isinstance(action, Disconnect):
                 side.disconnected = True
 
+    def deliver(self, protocol: SMBDirectProtocol, limit: int | None = None) -> int:
+        """Complete the receives in flight to ``protocol`` (at most ``limit``) as one batch,
+        as a poll of the completion queue would; return how many arrived."""
+        side = self.side(protocol)
+        count = 0
+        for pdu in side.in_flight:
+            if count == limit or count == len(side.posted) or len(pdu) > side.posted[count]:
+                break
+            count += 1
+        if count:
+            pdus = [side.in_flight.popleft() for _ in range(count)]
+            for _ in range(count):
+                side.posted.popleft()
+            self.hand_over(protocol, pdus)
+        elif side.in_flight:  # the next message has no (large enough) buffer
+            size = side.posted[0] if side.posted else 0
+            pdu = side.in_flight.popleft()
+            protocol.connection_lost(ReceiverNotReady(f"{len(pdu)}-byte message, receive buffer {size}"))
+            count = 1
+        else:
+            return 0
+        self.collect(protocol)
+        return count
+
+    def hand_over(self, protocol: SMBDirectProtocol, pdus: list[bytes]) -> None:
+        """Give ``protocol`` its completed receives (a subclass may look at them first)."""
+        protocol.receive_many(pdus, self.now)
+
     def deliver_one(self, protocol: SMBDirectProtocol) -> bool:
         """Complete one receive on ``protocol``; False if nothing was in flight."""
-        side = self.side(protocol)
-        if not side.in_flight:
-            return False
-        pdu = side.in_flight.popleft()
-        if not side.posted or len(pdu) > side.posted[0]:
-            size = side.posted[0] if side.posted else 0
-            protocol.connection_lost(ReceiverNotReady(f"{len(pdu)}-byte message, receive buffer {size}"))
-        else:
-            side.posted.popleft()
-            protocol.receive(pdu, self.now)
-        self.collect(protocol)
-        return True
+        return self.deliver(protocol, 1) > 0
 
     def run(self, limit: int = 1_000_000) -> int:
         """Deliver in both directions until nothing moves; return the deliveries."""
         moved = 0
         while moved < limit:
-            step = self.deliver_one(self.client) + self.deliver_one(self.server)
+            step = self.deliver(self.client) + self.deliver(self.server)
             if not step:
                 return moved
             moved += step

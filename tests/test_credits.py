@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from smbdirect_socket import DataTransferMessage, Parameters, RemoteProtocolError, State
 from smbdirect_socket.constants import SMB_DIRECT_RESPONSE_REQUESTED
 from smbdirect_socket.credits import MAX_CREDITS, Credits
+from smbdirect_socket.pdu import ReceivedBatch, ReceiveLimits, check_data_transfers
 from smbdirect_socket.protocol import Action, PostReceives, SendPDU, SMBDirectProtocol
 from smbdirect_socket.testing import ProtocolPair
 
@@ -28,6 +29,27 @@ def credits(send: int = 0, posted: int = 0, granted: int = 0, target: int = 10, 
     result = Credits(maximum, 255)
     result.send, result.posted, result.granted, result.target = send, posted, granted, target
     return result
+
+
+def arrive(c: Credits, *messages: DataTransferMessage) -> ReceivedBatch:
+    """The peer's messages fill posted receives and are checked as one batch, as the protocol does."""
+    pdus = [m.pack() for m in messages]
+    state = c.receiving(0)
+    limits = ReceiveLimits(1 << 20, 1 << 20, c.recv_credit_max)
+    batch = check_data_transfers(pdus, bytearray(sum(map(len, pdus))), state, limits)
+    tail = 0
+    while tail < batch.applied and not messages[batch.applied - 1 - tail].data_length:
+        tail += 1
+    c.peer_messages(state, batch.applied, tail)
+    return batch
+
+
+def empty(c: Credits) -> DataTransferMessage:
+    return DataTransferMessage(c.target, 0)
+
+
+def data(c: Credits) -> DataTransferMessage:
+    return DataTransferMessage(c.target, 0, data=b"x")
 
 
 # ---- sending ------------------------------------------------------------------
@@ -109,9 +131,7 @@ def test_grant_due(posted: int, granted: int, target: int, due: bool) -> None:
 def test_replacing_the_buffer_of_a_message_with_no_data_is_no_news() -> None:
     # Otherwise two peers that stopped reading answer each data-less message with one, for ever.
     c = credits(send=3, posted=2, granted=2, target=255)
-    c.receive_completed()
-    c.peer_spent()
-    c.peer_message(carries_data=False)
+    arrive(c, empty(c))
     assert c.refill(held=253) == 1
     assert not c.grant_due()  # the peer holds one credit, but the only news would be the buffer it just used
     assert c.refill(held=252) == 1  # the application read a message: that credit is news
@@ -122,24 +142,30 @@ def test_replacing_the_buffer_of_a_message_with_no_data_is_no_news() -> None:
 
 def test_a_peer_sending_data_may_be_stalled_whatever_came_before() -> None:
     c = credits(send=3, posted=3, granted=3, target=3, maximum=3)
-    c.receive_completed()
-    c.peer_spent()
-    c.peer_message(carries_data=False)
+    arrive(c, empty(c))
     c.refill(held=0)
-    c.receive_completed()
-    c.peer_spent()
-    c.peer_message(carries_data=True)  # it holds one credit now, maybe with more to send
+    arrive(c, data(c))  # it holds one credit now, maybe with more to send
     assert c.refill(held=1) == 0 and c.granted == 1
     assert c.grant_due()
 
 
 def test_a_peer_with_no_credit_is_always_granted() -> None:
     c = credits(send=3, posted=1, granted=1, target=255)
-    c.receive_completed()
-    c.peer_spent()
-    c.peer_message(carries_data=False)
+    arrive(c, empty(c))
     c.refill(held=254)
     assert c.granted == 0 and c.grant_due()  # else a keepalive could never be answered
+
+
+def test_a_batch_counts_the_messages_with_no_data_after_its_last_data() -> None:
+    c = credits(send=3, posted=8, granted=8, target=255)
+    arrive(c, empty(c), empty(c))
+    assert (c.echoes, c.posted, c.granted) == (2, 6, 6)
+    arrive(c, empty(c))
+    assert c.echoes == 3  # still nothing but data-less messages
+    arrive(c, empty(c), data(c), empty(c), empty(c))
+    assert (c.echoes, c.posted, c.granted) == (2, 1, 1)
+    arrive(c, data(c))
+    assert c.echoes == 0
 
 
 # ---- the peer's side -------------------------------------------------------------------
@@ -152,9 +178,11 @@ def test_receive_with_none_posted() -> None:
 
 
 def test_peer_sending_without_a_credit() -> None:
-    c = credits(posted=3, granted=0)
-    with pytest.raises(RemoteProtocolError, match=r"^peer sent a message without holding a credit$"):
-        c.peer_spent()
+    c = credits(posted=3, granted=1)
+    batch = arrive(c, data(c), data(c))
+    assert batch.applied == 1 and c.granted == 0
+    assert isinstance(batch.error, RemoteProtocolError)
+    assert str(batch.error) == "peer sent a message without holding a credit"
 
 
 def test_peer_request_is_clamped_and_grants_add_up() -> None:
@@ -191,9 +219,8 @@ class CreditMachine(RuleBasedStateMachine):
     @rule(requested=st.integers(1, 0xFFFF), granted=st.integers(0, 40), data=st.booleans())
     def peer_sends(self, requested: int, granted: int, data: bool) -> None:
         c = self.credits
-        c.receive_completed()
-        c.peer_spent()
-        c.peer_credits(requested, granted)
+        message = DataTransferMessage(requested, granted, data=b"x" if data else b"")
+        assert arrive(c, message).error is None
         self.held += data
 
     @precondition(lambda self: self.held > 0)
@@ -302,11 +329,9 @@ class AuditedPair(ProtocolPair):
         book.outstanding += granted
         assert book.outstanding <= book.posted, "credits granted beyond the receives posted"
 
-    def deliver_one(self, protocol: SMBDirectProtocol) -> bool:
-        side = self.side(protocol)
-        if side.in_flight:
-            pdu = side.in_flight[0]
-            book = self.books[id(protocol)]
+    def hand_over(self, protocol: SMBDirectProtocol, pdus: list[bytes]) -> None:
+        book = self.books[id(protocol)]
+        for pdu in pdus:
             first = book.received == 0
             book.received += 1
             assert book.posted >= 1, "a message arrived with no receive posted"
@@ -319,7 +344,7 @@ class AuditedPair(ProtocolPair):
                 book.outstanding -= 1
                 assert book.outstanding >= 0, "the peer sent a message without a credit"
                 book.answer_owed |= bool(message.flags & SMB_DIRECT_RESPONSE_REQUESTED)
-        return super().deliver_one(protocol)
+        super().hand_over(protocol, pdus)
 
 
 tight = st.builds(

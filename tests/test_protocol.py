@@ -327,6 +327,38 @@ def test_message_with_no_receive_posted() -> None:
     assert_terminated(server, "message arrived with no receive posted")
 
 
+def test_a_batch_of_receives_is_applied_up_to_its_first_fault() -> None:
+    pair = connected_pair()
+    events(pair.server)
+    batch = [data_message(data=b"abc", remaining_data_length=3), data_message(data=b"def")]
+    pair.server.receive_many([*batch, data_message(credits_requested=0), data_message()], 0.0)
+    assert_terminated(pair.server, "DataTransferMessage.credits_requested: must not be 0")
+    assert pair.server.statistics.messages_received == 1
+    assert pair.server.message_start() == 6
+    assert drain(pair.server) == b"abcdef"
+
+
+def test_a_batch_longer_than_the_receives_posted() -> None:
+    pair = connected_pair(server=Parameters(recv_credit_max=4))
+    events(pair.server)
+    posted = pair.server.posted_receives
+    pair.server._credits.granted = posted  # the peer holds a credit for each: only the buffer is missing
+    pair.server.receive_many([data_message(data=bytes([i])) for i in range(posted + 1)], 0.0)
+    assert_terminated(pair.server, "message arrived with no receive posted")
+    assert drain(pair.server) == bytes(range(posted))
+
+
+def test_a_batch_may_start_with_the_negotiate_request() -> None:
+    server = SMBDirectProtocol(Role.SERVER)
+    server.start(0.0)
+    server.actions()
+    # The data messages spend credits the negotiate response grants.
+    server.receive_many([GOOD_REQUEST.pack(), data_message(), data_message(data=b"def")], 0.0)
+    assert server.state is State.CONNECTED
+    assert drain(server) == b"abcdef"
+    assert server.statistics.fragments_received == 2
+
+
 def test_last_credit_needs_a_grant() -> None:
     pair = connected_pair(Parameters(send_credit_target=3), Parameters(recv_credit_max=3))
     client = pair.client
