@@ -61,14 +61,15 @@ The decisions, and why
     message the peer asked for (RESPONSE_REQUESTED) or a keepalive is the
     protocol's decision; it spends a credit the same way.
 
-    The minimum of 3 protects idle peers, not peers whose applications
-    stopped reading: when each side holds all but two of its buffers with
-    unread data, each sees the other as "may be stalled", and every message
-    with no data would be answered by one, for ever.  So the credit that
-    merely replaces the buffer a data-less message filled (:meth:`~Credits.
-    peer_messages`) is not worth a message of its own: a peer that could
-    send a message with no data was not stalled for want of it.  Credits
-    freed by the application reading, or a peer left with none, still are.
+    Known limit: the minimum of 3 protects idle peers, not peers whose
+    applications stopped reading.  When each side holds all but two of its
+    buffers with unread data, each sees the other as "may be stalled", and
+    a message with no data starts an endless exchange of single-credit
+    grants (``test_keepalive_between_two_peers_that_stopped_reading``).
+    Not answering a data-less message whose buffer is all there is to grant
+    ends that exchange but deadlocks a peer that queued data after it sent
+    that message and now holds its last credit with nothing to grant (the
+    wire-rules property test finds such a case), so the limit stays.
 
 The peer's side is checked too: a message when the peer holds no credit, or
 grants that take our credits above 65535 (a u16 on the wire, the kernel's
@@ -97,7 +98,7 @@ class Credits:
     ``send_credit_target``).
     """
 
-    __slots__ = ("echoes", "granted", "posted", "recv_credit_max", "send", "send_target", "target")
+    __slots__ = ("granted", "posted", "recv_credit_max", "send", "send_target", "target")
 
     def __init__(self, recv_credit_max: int, send_target: int) -> None:
         self.recv_credit_max = recv_credit_max
@@ -106,7 +107,6 @@ class Credits:
         self.posted = 0
         self.granted = 0
         self.target = 1
-        self.echoes = 0  # ungranted receives that only replace buffers of data-less messages
 
     def __repr__(self) -> str:
         return (
@@ -133,20 +133,13 @@ class Credits:
         """The state a batch of the peer's data messages is checked against."""
         return ReceiveState(self.granted, self.send, message_remaining, self.target)
 
-    def peer_messages(self, state: ReceiveState, count: int, data_less_tail: int) -> None:
+    def peer_messages(self, state: ReceiveState, count: int) -> None:
         """``count`` messages of the peer filled posted receives and were checked into
-        ``state`` (the credits they spent, granted and asked for); the last
-        ``data_less_tail`` of them carried no data.
-
-        A data-less message's buffer is reposted at once, and re-granting it alone
-        is no news while the peer sends nothing else; a peer that sends data may be
-        stalled behind it, so then every ungranted receive is news.
-        """
+        ``state`` (the credits they spent, granted and asked for)."""
         self.posted -= count
         self.granted = state.granted
         self.send = state.send_credits
         self.target = state.receive_target
-        self.echoes = data_less_tail if data_less_tail < count else self.echoes + count
 
     def refill(self, held: int) -> int:
         """How many receives to post now (counted as posted); ``held`` buffers hold unread data."""
@@ -185,7 +178,6 @@ class Credits:
         """Grant every posted receive not yet granted (the negotiate response does, with no credit)."""
         grant = self.posted - self.granted
         self.granted = self.posted
-        self.echoes = 0
         return grant
 
     def grant_due(self) -> bool:
@@ -194,7 +186,4 @@ class Credits:
         if not new:
             return False
         peer = self.granted
-        if not peer:
-            return True
-        fresh = new - self.echoes  # credits that are news to the peer
-        return (peer == 1 and fresh >= 1) or (fresh >= 2 and peer <= self.target // 4)
+        return peer <= 1 or (new >= 2 and peer <= self.target // 4)

@@ -37,7 +37,6 @@ from .credits import Credits
 from .errors import LocalProtocolError, PDUError, RemoteProtocolError
 from .parameters import Parameters
 from .pdu import (
-    DATA_TRANSFER,
     Buffer,
     NegotiateRequest,
     NegotiateResponse,
@@ -482,10 +481,7 @@ class SMBDirectProtocol:
             result = check_data_transfers(batch, into, state, self._limits)
             applied = result.applied
             if applied:
-                tail = 0  # the messages with no data at the end of the batch
-                while tail < applied and not _data_length(batch[applied - 1 - tail]):
-                    tail += 1
-                credits.peer_messages(state, applied, tail)
+                credits.peer_messages(state, applied)
                 self._incoming.push_pieces(into, result.pieces)
                 self._message_remaining = state.message_remaining
                 self._response_owed |= state.response_requested
@@ -589,10 +585,3 @@ class SMBDirectProtocol:
         if disconnect:
             self._actions.append(Disconnect())
         self._events.append(Terminated(error))
-
-
-_DATA_LENGTH = DATA_TRANSFER.offsets["data_length"]
-
-
-def _data_length(pdu: Buffer) -> int:
-    return int.from_bytes(pdu[_DATA_LENGTH : _DATA_LENGTH + 4], "little")
