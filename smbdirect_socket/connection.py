@@ -400,12 +400,24 @@ class Connection:
         for callback in self.on_change:
             callback()
 
-    def _complete(self, completion: Completion, now: float) -> None:
-        if completion.opcode is Opcode.RECV and completion.status is Status.SUCCESS:
-            buffer = self._receive_buffers.pop(completion.wr_id, None)
-            if buffer is not None:
-                self.protocol.receive(memoryview(buffer)[: completion.byte_len], now)
-                return
+    def _complete_all(self, completions: list[Completion], now: float) -> None:
+        """Act on one poll's completions in order; runs of received messages go to the protocol as one batch."""
+        received: list[memoryview] = []
+        for completion in completions:
+            if completion.opcode is Opcode.RECV and completion.status is Status.SUCCESS:
+                buffer = self._receive_buffers.pop(completion.wr_id, None)
+                if buffer is not None:
+                    received.append(memoryview(buffer)[: completion.byte_len])
+                    continue
+            if received:
+                self.protocol.receive_many(received, now)
+                received = []
+            self._complete(completion)
+        if received:
+            self.protocol.receive_many(received, now)
+
+    def _complete(self, completion: Completion) -> None:
+        """A completion that is not a received message: an RDMA result, or a failure."""
         if completion.wr_id in self._rdma_results:
             self._rdma_results[completion.wr_id] = completion
             if completion.status is Status.SUCCESS or completion.status is Status.REMOTE_ACCESS_ERROR:
@@ -440,8 +452,7 @@ class Connection:
                     self._handover.leave()  # the background task takes over after its grace
                 if self._changed:
                     self._changed.unpark_all()  # a task that waits may poll now
-        for completion in completions:
-            self._complete(completion, now)
+        self._complete_all(completions, now)
         self._carry_out()
 
     async def _run(self) -> None:
