@@ -41,7 +41,14 @@ _ORIGINAL_CREATE_CONNECTION = _stdlib_socket.create_connection
 
 def _refused(exc: OSError) -> bool:
     """Nothing speaks SMB-Direct there: nothing listens, or what listens fails the handshake."""
-    return exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH)
+    return exc.errno in (
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+    )
 
 
 def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:

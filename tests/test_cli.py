@@ -191,7 +191,11 @@ def test_a_tcp_server_is_named_as_not_smbdirect() -> None:
         result = smbdirect("connect", f"{host}:{port}", stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
-    assert "is it an SMB-Direct peer? a TCP SMB server needs `smbdirect gateway` in front of it" in result.stderr
+    assert result.stderr == (
+        f"smbdirect connect: cannot connect to {host}:{port}: the peer at {host}:{port} answered with non-MPA "
+        "bytes (b'SMB over TCP, sa'): it is a plain TCP service, not SMB-Direct/iWARP; for a TCP SMB server put "
+        "`smbdirect gateway` in front of it\n"
+    )
 
 
 LOOPBACKS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1"))]

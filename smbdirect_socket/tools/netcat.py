@@ -232,7 +232,7 @@ async def _dial(args: argparse.Namespace) -> None:
         return
     assert error is not None
     hint = ""
-    if error.errno in _NOT_SMBDIRECT:
+    if error.errno in _NOT_SMBDIRECT and "smbdirect gateway" not in str(error):  # the error may name it
         hint = " (is it an SMB-Direct peer? a TCP SMB server needs `smbdirect gateway` in front of it)"
     raise CommandError(f"cannot connect to {address}: {describe(error)}{hint}")
 
