@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from smbdirect_socket import __version__
+from smbdirect_socket import __version__, _wire
 from smbdirect_socket.smb.samba import samba_available
 
 COMMAND = [sys.executable, "-m", "smbdirect_socket.cli"]
@@ -312,3 +312,13 @@ def test_run_without_the_script_is_one_line(tmp_path: Path) -> None:
     result = smbdirect("run", str(tmp_path / "missing.py"))
     assert result.returncode == 2
     assert result.stderr == f"smbdirect run: can't open file {str(tmp_path / 'missing.py')!r}: no such file\n"
+
+
+def test_connect_verbose_says_whether_the_compiled_core_runs() -> None:
+    with listening("--echo", "127.0.0.1:0") as (_, address):
+        result = smbdirect("connect", "-v", "-q", "0", address, stdin=subprocess.DEVNULL)
+    core = "compiled wire core" if _wire.COMPILED else "pure-Python wire path"
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[0] == (
+        f"smbdirect connect: connected to {address} (framed: a 4-byte length before each message; {core})"
+    )

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket as stdlib_socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
 
-from smbdirect_socket import Parameters
+from smbdirect_socket import SOL_SMBDIRECT, Parameters, _wire
+from smbdirect_socket import options as opt
 from smbdirect_socket import trio as sdtrio
+from tests.test_trio_socket import connected_pair, framed
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
@@ -103,3 +106,46 @@ async def test_nothing_listening_is_still_refused() -> None:
     probe.close()
     error = await _connect(address)
     assert error.errno == errno.ECONNREFUSED
+
+
+async def test_a_plain_tcp_client_is_logged_by_the_listener(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="smbdirect_socket")
+    listener = sdtrio.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = await trio.open_tcp_stream(*listener.getsockname())
+    await client.send_all(b"\x00\x00\x00\x44\xfeSMB" + bytes(64))  # an SMB2 client over TCP, say
+    with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+        assert await client.receive_some(1024) == b""  # closed (reset: bytes unread) without an answer, as siw
+    await client.aclose()
+    listener.close()
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            "smbdirect_socket.rdma.soft.provider",
+            logging.INFO,
+            "client 127.0.0.1: not MPA (a plain TCP client? use `smbdirect run` or patch())",
+        )
+    ]
+
+
+async def test_an_over_size_message_names_fit_sizes_and_large_messages() -> None:
+    client, server = await connected_pair()
+    with pytest.raises(OSError) as info:
+        await client.send(framed(bytes(173911)))
+    assert (info.value.errno, info.value.strerror) == (
+        errno.EMSGSIZE,
+        "message of 173911 bytes exceeds the negotiated max fragmented send size 173910; for an SMB client call "
+        "smbdirect_socket.smb.clients.fit_sizes() (patch() and run do), or negotiate larger messages: "
+        "Parameters().with_large_messages(), `smbdirect run --large-messages`",
+    )
+    client.close()
+    server.close()
+
+
+async def test_the_statistics_say_whether_the_compiled_core_runs() -> None:
+    client, server = await connected_pair()
+    decoded = opt.SocketInfo.unpack(client.getsockopt(SOL_SMBDIRECT, opt.SMBDIRECT_INFO, opt.SocketInfo.size))
+    assert decoded.compiled == client.info().compiled == int(_wire.COMPILED)
+    assert opt.SocketInfo.size == 128
+    client.close()
+    server.close()

@@ -226,7 +226,8 @@ async def _dial(args: argparse.Namespace) -> None:
             sock.close()
             error = exc
             continue
-        _log(args, f"connected to {format_address(resolved)} ({_mode(args)})")
+        core = "compiled wire core" if sock.info().compiled else "pure-Python wire path"
+        _log(args, f"connected to {format_address(resolved)} ({_mode(args)}; {core})")
         with sock:
             await _pipe(sock, args.quit_after)
         return

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -42,6 +43,8 @@ from .mpa import (
 from .rdmap import DEFAULT_MAX_FPDU, IwarpQueuePair
 
 __all__ = ["SoftIwarpProvider", "SoftQueuePair"]
+
+log = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 256 * 1024
 #: How long the reader task leaves the socket to a task that just took completions.
@@ -421,6 +424,11 @@ class SoftListener(Listener):
                 raise MpaError("peer asked for MPA markers", reply=reject_reply(request))
         except MpaError as exc:
             self._note(str(exc))
+            if isinstance(exc, NotMpaError):
+                log.info(
+                    "client %s: not MPA (a plain TCP client? use `smbdirect run` or patch())",
+                    _address(stream.socket, peer=True)[0],
+                )
             if exc.reply is not None:
                 with contextlib.suppress(trio.BrokenResourceError, OSError):
                     await stream.send_all(exc.reply.pack())
