@@ -78,6 +78,13 @@ def iwarp_private_data(parameters: Parameters) -> bytes:
     return struct.pack("!II", parameters.responder_resources, parameters.initiator_depth)
 
 
+#: What an over-size message suggests (SMB clients size their messages by the server's limits).
+_TOO_LARGE_HINT = (
+    "; for an SMB client call smbdirect_socket.smb.clients.fit_sizes() (patch() and run do),"
+    " or negotiate larger messages: Parameters().with_large_messages(), `smbdirect run --large-messages`"
+)
+
+
 class Connection:
     """An SMB-Direct connection over any engine provider."""
 
@@ -163,6 +170,8 @@ class Connection:
         try:
             self.protocol.send_message(payload, invalidate_token=invalidate_token)
         except LocalProtocolError as exc:
+            if exc.errno == errno.EMSGSIZE:  # most often an SMB client sizing its messages by the server
+                raise socket_error(exc.errno, f"{exc}{_TOO_LARGE_HINT}") from None
             raise socket_error(exc) from None
         self._carry_out()
         waited = False

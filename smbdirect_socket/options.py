@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import attrs
 
+from ._wire import COMPILED
 from .lifecycle import SocketState
 from .parameters import Parameters
 
@@ -72,6 +73,8 @@ class SocketInfo:
     ``state`` uses TCP's numbers (1 established, 7 closed, 10 listening, 2
     while RDMA connects and SMB-Direct negotiates), 0 before any of these.  Sizes are the
     negotiated ones (0 before negotiation); counters count since connect.
+    ``compiled`` is 1 when the compiled wire core runs (``_wire.COMPILED``),
+    0 on the pure-Python path.
     """
 
     state: int
@@ -94,8 +97,9 @@ class SocketInfo:
     rdma_reads: int
     rdma_writes: int
     errors: int
+    compiled: int = int(COMPILED)
 
-    layout: ClassVar = struct.Struct("=9I11Q")
+    layout: ClassVar = struct.Struct("=9I11QI")
     size: ClassVar = layout.size
 
     def pack(self) -> bytes:

@@ -13,16 +13,21 @@
   software provider's wire) and trio programs, which route with
   :class:`smbdirect_socket.trio.SMBDirectSocketFactory` instead.
 
-With ``fallback=True`` a connection that SMB-Direct refuses (no listener)
-is made over TCP instead; otherwise the refusal is the program's error.
+With ``fallback=True`` a connection that SMB-Direct refuses (no listener,
+or a peer that is not SMB-Direct) is made over TCP instead, within one
+connect timeout and with a warning in the log; otherwise the refusal is the
+program's error.
 :mod:`smbdirect_socket.run` applies this to a whole program.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import socket as _stdlib_socket
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import trio
@@ -35,13 +40,35 @@ from .routing import Route
 
 __all__ = ["Patch", "Route", "patch"]  # Route lives in routing, with the trio factory
 
+log = logging.getLogger(__name__)
+
+#: Errors that say nothing speaks SMB-Direct there: nothing listens, or what listens fails the handshake.
+_NOT_SMBDIRECT = frozenset(
+    (errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPROTO, errno.ETIMEDOUT, errno.EHOSTUNREACH)
+)
+
 _ORIGINAL_SOCKET = _stdlib_socket.socket
 _ORIGINAL_CREATE_CONNECTION = _stdlib_socket.create_connection
 
 
-def _refused(exc: OSError) -> bool:
-    """Nothing speaks SMB-Direct there: nothing listens, or what listens fails the handshake."""
-    return exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH)
+_tcp_only = threading.local()  # set while the fallback connects: its sockets are not routed again
+
+
+@contextlib.contextmanager
+def _unrouted() -> Iterator[None]:
+    _tcp_only.on = True
+    try:
+        yield
+    finally:
+        _tcp_only.on = False
+
+
+def _falls_back(route: Route, address: Any, exc: OSError) -> bool:
+    """Whether this failure makes the connection TCP instead; says so when it does."""
+    if not (route.fallback and exc.errno in _NOT_SMBDIRECT):
+        return False
+    log.warning("SMB-Direct to %s:%s failed (%s): falling back to TCP", address[0], address[1], exc.strerror or exc)
+    return True
 
 
 def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:
@@ -63,6 +90,7 @@ def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:
             if (
                 self._smbdirect is None
                 and not trio.lowlevel.in_trio_run()  # the engine's own TCP, and trio programs
+                and not getattr(_tcp_only, "on", False)
                 and route.takes(address)
                 and self.type == _stdlib_socket.SOCK_STREAM
                 and self.family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
@@ -72,7 +100,7 @@ def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:
                     _ORIGINAL_SOCKET.close(self)  # the TCP descriptor is never used now
                     return
                 except OSError as exc:
-                    if not (route.fallback and _refused(exc)):
+                    if not _falls_back(route, address, exc):
                         raise
             super().connect(address)
 
@@ -145,10 +173,18 @@ class Patch:
         """``socket.create_connection``, over SMB-Direct for routed addresses."""
         if not self.route.takes(address):
             return _ORIGINAL_CREATE_CONNECTION(address, timeout, source_address, all_errors=all_errors)
-        options: dict[str, Any] = {}
-        if timeout is not _stdlib_socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
-            options["timeout"] = timeout
-        try:
+        if self.route.fallback:
+            try:
+                sock = self._first_smbdirect(address, timeout, source_address)
+            except OSError as exc:
+                if not _falls_back(self.route, address, exc):
+                    raise
+                with _unrouted():
+                    return _ORIGINAL_CREATE_CONNECTION(address, timeout, source_address, all_errors=all_errors)
+        else:
+            options: dict[str, Any] = {}
+            if timeout is not _stdlib_socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                options["timeout"] = timeout
             sock = blocking.create_connection(
                 address,
                 source_address=source_address,
@@ -158,12 +194,29 @@ class Patch:
                 provider=self.route.provider,
                 **options,
             )
-            self.route.sockets.add(sock)
-            return sock
-        except OSError as exc:
-            if not (self.route.fallback and _refused(exc)):
-                raise
-        return _ORIGINAL_CREATE_CONNECTION(address, timeout, source_address, all_errors=all_errors)
+        self.route.sockets.add(sock)
+        return sock
+
+    def _first_smbdirect(self, address: tuple[str, int], timeout: Any, source: Any) -> blocking.SMBDirectSocket:
+        """SMB-Direct to the first of the host's addresses that takes it, within one connect timeout.
+
+        Only a refusal moves on to the next address: a peer that answered in
+        another protocol, or stayed silent until the timeout, is the host
+        telling that it does not speak SMB-Direct, and trying its other
+        addresses would only make the fallback wait for more timeouts.
+        """
+        if timeout is _stdlib_socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+            timeout = _stdlib_socket.getdefaulttimeout()
+        found = _stdlib_socket.getaddrinfo(address[0], address[1], 0, _stdlib_socket.SOCK_STREAM)
+        refused: OSError | None = None
+        for family, _, _, _, sockaddr in found:
+            try:
+                return self.route.connect(sockaddr, family, timeout, source)
+            except OSError as exc:
+                if exc.errno != errno.ECONNREFUSED:
+                    raise
+                refused = refused or exc
+        raise refused or OSError(errno.EHOSTUNREACH, f"getaddrinfo gave no address for {address[0]!r}")
 
     def apply(self) -> Patch:
         if _stdlib_socket.socket is not _ORIGINAL_SOCKET:

@@ -56,10 +56,14 @@ class Route:
     def takes(self, address: Any) -> bool:
         return routed(self.ports, self.hosts, address)
 
-    def connect(self, address: tuple[Any, ...], family: int, timeout: float | None) -> blocking.SMBDirectSocket:
+    def connect(
+        self, address: tuple[Any, ...], family: int, timeout: float | None, source: Address | None = None
+    ) -> blocking.SMBDirectSocket:
         sock = blocking.SMBDirectSocket(family, parameters=self.parameters, provider=self.provider)
         try:
             sock.settimeout(timeout)
+            if source is not None:
+                sock.bind(source)
             if self.bytestream:
                 sock.setsockopt(SOL_SMBDIRECT, SMBDIRECT_BYTESTREAM, 1)
             sock.connect(address)

@@ -58,6 +58,11 @@ __all__ = [
 _MSG_DONTWAIT = int(_stdlib_socket.MSG_DONTWAIT)
 _ALLOWED_FLAGS = int(_MSG_DONTWAIT | _stdlib_socket.MSG_WAITALL | _stdlib_socket.MSG_NOSIGNAL)
 _LENGTH = struct.Struct(">I")
+#: What a framing error suggests: the caller wrote a plain byte stream.
+_FRAMING_HINT = (
+    "; framed socket: lead each message with its 4-byte big-endian length,"
+    " or set SMBDIRECT_BYTESTREAM (bytestream=True)"
+)
 _INVALIDATE = struct.Struct("=I")
 Address = tuple[Any, ...]
 
@@ -348,11 +353,15 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             sent = len(payload)
         else:
             if len(data) < _LENGTH.size:
-                raise socket_error(errno.EINVAL, f"a message starts with a 4-byte length; got {len(data)} bytes")
+                raise socket_error(
+                    errno.EINVAL, f"a message starts with a 4-byte length; got {len(data)} bytes{_FRAMING_HINT}"
+                )
             (declared,) = _LENGTH.unpack_from(data)
             payload = data[_LENGTH.size :]
             if declared != len(payload):
-                raise socket_error(errno.EINVAL, f"length header says {declared} bytes, {len(payload)} follow")
+                raise socket_error(
+                    errno.EINVAL, f"length header says {declared} bytes, {len(payload)} follow{_FRAMING_HINT}"
+                )
             sent = len(data)
         if not len(payload):
             # Nothing to carry: an SMB-Direct data message without data is only a

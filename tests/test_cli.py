@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from smbdirect_socket import __version__
+from smbdirect_socket import __version__, _wire
 from smbdirect_socket.smb.samba import samba_available
 
 COMMAND = [sys.executable, "-m", "smbdirect_socket.cli"]
@@ -191,7 +191,11 @@ def test_a_tcp_server_is_named_as_not_smbdirect() -> None:
         result = smbdirect("connect", f"{host}:{port}", stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
-    assert "is it an SMB-Direct peer? a TCP SMB server needs `smbdirect gateway` in front of it" in result.stderr
+    assert result.stderr == (
+        f"smbdirect connect: cannot connect to {host}:{port}: the peer at {host}:{port} answered with non-MPA "
+        "bytes (b'SMB over TCP, sa'): it is a plain TCP service, not SMB-Direct/iWARP; for a TCP SMB server put "
+        "`smbdirect gateway` in front of it\n"
+    )
 
 
 LOOPBACKS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1"))]
@@ -308,3 +312,13 @@ def test_run_without_the_script_is_one_line(tmp_path: Path) -> None:
     result = smbdirect("run", str(tmp_path / "missing.py"))
     assert result.returncode == 2
     assert result.stderr == f"smbdirect run: can't open file {str(tmp_path / 'missing.py')!r}: no such file\n"
+
+
+def test_connect_verbose_says_whether_the_compiled_core_runs() -> None:
+    with listening("--echo", "127.0.0.1:0") as (_, address):
+        result = smbdirect("connect", "-v", "-q", "0", address, stdin=subprocess.DEVNULL)
+    core = "compiled wire core" if _wire.COMPILED else "pure-Python wire path"
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[0] == (
+        f"smbdirect connect: connected to {address} (framed: a 4-byte length before each message; {core})"
+    )

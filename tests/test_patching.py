@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import struct
@@ -11,12 +12,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from smbdirect_socket import IPPROTO_SMBDIRECT, SMBDirectSocket, create_server, patch
+from smbdirect_socket import IPPROTO_SMBDIRECT, Parameters, SMBDirectSocket, create_server, patch
 
 ORIGINAL = socket.socket
 
@@ -106,7 +108,7 @@ def test_fallback_only_when_asked(tcp_echo: tuple[str, int]) -> None:
     """A TCP server that does not speak SMB-Direct fails the handshake."""
     with patch(ports=[tcp_echo[1]]), pytest.raises(OSError) as info:
         socket.create_connection(tcp_echo, timeout=10)
-    assert info.value.errno in (errno.ECONNABORTED, errno.ECONNRESET)
+    assert info.value.errno == errno.EPROTO and "plain TCP service" in info.value.strerror
     with patch(ports=[tcp_echo[1]], fallback=True):
         with socket.create_connection(tcp_echo, timeout=10) as sock:
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP
@@ -153,3 +155,28 @@ def test_run_a_script_and_a_module(echo_server: tuple[str, int], tmp_path: Path)
         [sys.executable, "client.py", port], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert unpatched.returncode != 0  # plain TCP cannot talk to an SMB-Direct listener
+
+
+def test_fallback_takes_one_connect_timeout_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A silent TCP server (it never accepts, the kernel's backlog answers) on all of localhost's addresses."""
+    with ORIGINAL(socket.AF_INET6) as silent:
+        silent.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        silent.bind(("::", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        timeout = 0.5
+        parameters = Parameters(rdma_connect_timeout_msec=int(timeout * 1000))
+        caplog.set_level(logging.WARNING, logger="smbdirect_socket")
+        with patch(ports=[port], fallback=True, parameters=parameters):
+            started = time.monotonic()
+            with socket.create_connection(("localhost", port), timeout=10) as sock:
+                elapsed = time.monotonic() - started
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP
+    assert timeout <= elapsed < 2 * timeout  # one timeout, not one per address of localhost
+    [record] = [r for r in caplog.records if r.name.startswith("smbdirect_socket")]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(f"SMB-Direct to localhost:{port} failed (RDMA connect to ")
+    assert record.getMessage().endswith(
+        f":{port} timed out: no MPA reply: the peer accepted TCP but does not speak iWARP/SMB-Direct; for a TCP SMB "
+        "server put `smbdirect gateway` in front of it): falling back to TCP"
+    )

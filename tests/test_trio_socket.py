@@ -104,7 +104,11 @@ async def test_framing_errors() -> None:
     assert info.value.errno == errno.EINVAL
     with pytest.raises(OSError) as info:
         await client.send(struct.pack(">I", 5) + b"abc")
-    assert (info.value.errno, info.value.strerror) == (errno.EINVAL, "length header says 5 bytes, 3 follow")
+    assert (info.value.errno, info.value.strerror) == (
+        errno.EINVAL,
+        "length header says 5 bytes, 3 follow; framed socket: lead each message with its 4-byte big-endian length, "
+        "or set SMBDIRECT_BYTESTREAM (bytestream=True)",
+    )
     with pytest.raises(OSError) as info:
         await client.send(framed(bytes(173911)))
     assert info.value.errno == errno.EMSGSIZE

@@ -226,13 +226,14 @@ async def _dial(args: argparse.Namespace) -> None:
             sock.close()
             error = exc
             continue
-        _log(args, f"connected to {format_address(resolved)} ({_mode(args)})")
+        core = "compiled wire core" if sock.info().compiled else "pure-Python wire path"
+        _log(args, f"connected to {format_address(resolved)} ({_mode(args)}; {core})")
         with sock:
             await _pipe(sock, args.quit_after)
         return
     assert error is not None
     hint = ""
-    if error.errno in _NOT_SMBDIRECT:
+    if error.errno in _NOT_SMBDIRECT and "smbdirect gateway" not in str(error):  # the error may name it
         hint = " (is it an SMB-Direct peer? a TCP SMB server needs `smbdirect gateway` in front of it)"
     raise CommandError(f"cannot connect to {address}: {describe(error)}{hint}")
 

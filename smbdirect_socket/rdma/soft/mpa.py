@@ -28,6 +28,7 @@ __all__ = [
     "MpaError",
     "MpaFrame",
     "Negotiation",
+    "NotMpaError",
     "answer_request",
     "check_reply",
     "frame_fpdu",
@@ -71,6 +72,16 @@ class MpaError(Exception):
         self.reply = reply
 
 
+class NotMpaError(MpaError):
+    """The peer's first 16 bytes are not the MPA key expected: it speaks another protocol."""
+
+    def __init__(self, key: bytes, expected: bytes) -> None:
+        super().__init__(f"MPA key {key!r} is not {expected!r}")
+        self.key = key
+        #: The peer sent back our own request (an echo service, say).
+        self.echoed = key == REQUEST_KEY and expected == REPLY_KEY
+
+
 @attrs.frozen
 class MpaFrame:
     """An MPA request or reply frame."""
@@ -112,7 +123,7 @@ class MpaFrame:
         key, bits, length = cls.header.unpack(header)
         expected = REPLY_KEY if reply else REQUEST_KEY
         if key != expected:
-            raise MpaError(f"MPA key {key!r} is not {expected!r}")
+            raise NotMpaError(key, expected)
         revision = bits & REVISION_MASK
         if revision > 2:
             raise MpaError(f"MPA revision {revision} is not supported")

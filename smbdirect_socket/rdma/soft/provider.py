@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -34,6 +35,7 @@ from .mpa import (
     MpaError,
     MpaFrame,
     Negotiation,
+    NotMpaError,
     answer_request,
     check_reply,
     reject_reply,
@@ -42,12 +44,16 @@ from .rdmap import DEFAULT_MAX_FPDU, IwarpQueuePair
 
 __all__ = ["SoftIwarpProvider", "SoftQueuePair"]
 
+log = logging.getLogger(__name__)
+
 _RECEIVE_SIZE = 256 * 1024
 #: How long the reader task leaves the socket to a task that just took completions.
 _HANDOVER_GRACE = 0.05
 # How long a graceful disconnect waits for the peer's FIN, discarding what
 # still arrives: bytes left unread at close() turn the FIN into a reset.
 _LINGER = 1.0
+#: The fix, when the peer turns out to be a plain TCP service.
+_GATEWAY_HINT = "; for a TCP SMB server put `smbdirect gateway` in front of it"
 #: How long a responder waits for a complete MPA request (siw: 5 s).
 MPA_REQUEST_TIMEOUT = 5.0
 
@@ -418,6 +424,11 @@ class SoftListener(Listener):
                 raise MpaError("peer asked for MPA markers", reply=reject_reply(request))
         except MpaError as exc:
             self._note(str(exc))
+            if isinstance(exc, NotMpaError):
+                log.info(
+                    "client %s: not MPA (a plain TCP client? use `smbdirect run` or patch())",
+                    _address(stream.socket, peer=True)[0],
+                )
             if exc.reply is not None:
                 with contextlib.suppress(trio.BrokenResourceError, OSError):
                     await stream.send_all(exc.reply.pack())
@@ -494,11 +505,14 @@ class SoftIwarpProvider(Provider):
             ird |= IRD_P2P
             ord_ |= ORD_WRITE_RTR | ORD_READ_RTR
         request = MpaFrame(reply=False, revision=2, crc=self.crc, ird=ird, ord=ord_, private_data=private_data)
+        where = f"{address[0]}:{address[1]}"
+        answered = False  # TCP is up and the MPA request sent: only the reply is missing
         try:
             with trio.fail_after(timeout):
                 stream = await _open_tcp(address, source)
                 try:
                     await stream.send_all(request.pack())
+                    answered = True
                     reply = await _read_frame(stream, reply=True)
                     if reply.reject:
                         raise RdmaError(errno.ECONNREFUSED, "connection rejected by the peer (MPA reject)")
@@ -507,7 +521,20 @@ class SoftIwarpProvider(Provider):
                     await trio.aclose_forcefully(stream)
                     raise
         except trio.TooSlowError:
-            raise RdmaError(errno.ETIMEDOUT, f"RDMA connect to {address[0]}:{address[1]} timed out") from None
+            if answered:
+                raise RdmaError(
+                    errno.ETIMEDOUT,
+                    f"RDMA connect to {where} timed out: no MPA reply: the peer accepted TCP but does not speak "
+                    f"iWARP/SMB-Direct{_GATEWAY_HINT}",
+                ) from None
+            raise RdmaError(errno.ETIMEDOUT, f"RDMA connect to {where} timed out") from None
+        except NotMpaError as exc:
+            # siw fails such a reply with EPROTO: something answered, in another protocol.
+            what = "echoed our MPA request" if exc.echoed else f"answered with non-MPA bytes ({exc.key!r})"
+            raise RdmaError(
+                errno.EPROTO,
+                f"the peer at {where} {what}: it is a plain TCP service, not SMB-Direct/iWARP{_GATEWAY_HINT}",
+            ) from None
         except MpaError as exc:  # a reply we cannot work with
             raise RdmaError(errno.ECONNABORTED, str(exc)) from None
         except trio.BrokenResourceError as exc:
