@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test lint docs bench bench-verbs demo interop faults soak fuzz clean
+.PHONY: install system-deps fuzz-deps test lint docs bench bench-verbs demo interop faults soak fuzz clean
 
 install: $(STAMP)
 
@@ -83,5 +83,12 @@ faults: install
 # libfuzzer-*-dev from the system), FUZZ_SECONDS each; then the core's own
 # tests under ASan.
 FUZZ_SECONDS ?= 60
-fuzz: install
+fuzz: install fuzz-deps
 	$(MAKE) -C fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+# clang with libFuzzer and the sanitizer runtimes, from Debian (as root).
+fuzz-deps:
+	@if ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends clang-14 libfuzzer-14-dev libclang-rt-14-dev >/dev/null; \
+	else echo "not root: install clang-14 libfuzzer-14-dev libclang-rt-14-dev for make fuzz"; exit 1; fi
