@@ -4,10 +4,15 @@
 ``IPPROTO_SMBDIRECT`` as the protocol it returns an :class:`SMBDirectSocket`,
 otherwise a plain stdlib socket.  An :class:`SMBDirectSocket` has the stdlib's
 blocking surface (timeouts raise :class:`TimeoutError`, non-blocking calls
-:class:`BlockingIOError`) over the trio socket of :mod:`smbdirect_socket.trio`:
-every call runs on one engine thread per process, so there is exactly one
-protocol implementation.  ``fileno()`` is a real, level-triggered descriptor
-for select, poll, epoll and selectors.
+:class:`BlockingIOError`) over the trio socket of :mod:`smbdirect_socket.trio`, so there is exactly
+one protocol implementation.  Sends and receives on a connected socket run
+in the calling thread, which drives the connection itself and sleeps in
+``poll()`` on its descriptor, as a thread sleeps in a kernel socket
+(:meth:`smbdirect_socket.connection.Connection.drive`); what needs no caller
+(set-up, accepting, keepalives, timers, credits while nobody reads) runs on
+one engine thread per process, which every other call goes through.
+``fileno()`` is a real, level-triggered descriptor for select, poll, epoll
+and selectors.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import errno
 import io
 import math
 import socket as _stdlib_socket
+import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,7 +33,7 @@ import trio
 from . import engine_thread
 from . import trio as _trio
 from ._addresses import connect_any
-from .connection import Registration
+from .connection import NotDriven, Registration
 from .constants import IPPROTO_SMBDIRECT, SOL_SMBDIRECT
 from .errors import socket_error
 from .options import SMBDIRECT_BYTESTREAM, SocketInfo
@@ -40,6 +46,7 @@ __all__ = ["SMBDirectSocket", "create_connection", "create_server", "socket"]
 T = TypeVar("T")
 Address = tuple[Any, ...]
 _DEFAULT = object()
+_MSG_DONTWAIT = int(_stdlib_socket.MSG_DONTWAIT)
 
 
 class SMBDirectSocket:
@@ -66,6 +73,8 @@ class SMBDirectSocket:
         # Threads that receive at once take turns, as on a kernel socket (a trio
         # socket lets one task receive at a time).
         self._receiving = trio.Lock()
+        self._receive_turn = threading.Lock()  # the same, for receives in the calling thread
+        self._direct = True  # sends and receives run in the calling thread (unless the provider cannot)
 
     # ---- identity ------------------------------------------------------------------
 
@@ -230,6 +239,15 @@ class SMBDirectSocket:
         self, buffers: list[Any], ancdata: list[Any], flags: int, deadline: float | None, address: Any = None
     ) -> int:
         flags = self._nonblocking(flags)
+        connection = self._sock.connection if self._direct else None
+        if connection is not None:
+            data, token = self._sock.message_of(buffers, ancdata, address)
+            if flags & _MSG_DONTWAIT:
+                deadline = 0
+            sent = self._here(connection.drive, partial(self._sock.send_nowait, data, flags, token), deadline)
+            if sent is not None:
+                self._here(connection.drive, connection.check_sent, deadline)  # its fragments wait for credits
+                return sent
         if deadline is None or flags & _stdlib_socket.MSG_DONTWAIT:
             return engine_thread.run(self._sock.sendmsg, buffers, ancdata, flags, address)
         return engine_thread.run(self._send_within, deadline - time.monotonic(), buffers, ancdata, flags, address)
@@ -245,13 +263,70 @@ class SMBDirectSocket:
     # ---- receiving ------------------------------------------------------------------------
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        return self._receive(self._sock.recv, bufsize, self._nonblocking(flags))
+        flags = self._nonblocking(flags)
+        data = self._receive_here(bufsize, flags)
+        return self._receive(self._sock.recv, bufsize, flags) if data is None else data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        return self._receive(self._sock.recv_into, buffer, nbytes, self._nonblocking(flags))
+        flags = self._nonblocking(flags)
+        view = memoryview(buffer).cast("B")
+        if nbytes < 0:  # checked before anything is read, with the stdlib's messages
+            raise ValueError("negative buffersize in recv_into")
+        if nbytes > len(view):
+            raise ValueError("buffer too small for requested bytes")
+        data = self._receive_here(nbytes or len(view), flags)
+        if data is None:
+            return self._receive(self._sock.recv_into, buffer, nbytes, flags)
+        view[: len(data)] = data
+        return len(data)
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
-        return self._receive(self._sock.recvmsg, bufsize, ancbufsize, self._nonblocking(flags))
+        flags = self._nonblocking(flags)
+        data = self._receive_here(bufsize, flags)
+        if data is None:
+            return self._receive(self._sock.recvmsg, bufsize, ancbufsize, flags)
+        return data, [], 0, None
+
+    def _receive_here(self, size: int, flags: int) -> bytes | None:
+        """Receive in this thread, driving the connection; None when it must go
+        through the engine (not connected, or a provider that cannot be driven so)."""
+        connection = self._sock.connection if self._direct else None
+        if connection is None:
+            return None
+        size = self._sock.check_receive(size, flags)
+        deadline = self._deadline(flags)
+        if not self._take_turn(deadline):
+            raise socket_error(errno.EAGAIN if deadline == 0 else errno.ETIMEDOUT, "another thread is receiving")
+        try:
+            return self._here(connection.drive, partial(self._sock.receive_nowait, size, flags), deadline)
+        finally:
+            self._receive_turn.release()
+
+    def _take_turn(self, deadline: float | None) -> bool:
+        if deadline is None:
+            return self._receive_turn.acquire()
+        return self._receive_turn.acquire(timeout=max(deadline - time.monotonic(), 0))
+
+    def _deadline(self, flags: int) -> float | None:
+        """When a call gives up (``time.monotonic``): None never, 0 at once."""
+        if flags & _MSG_DONTWAIT:
+            return 0
+        return None if self._timeout is None else time.monotonic() + self._timeout
+
+    def _here(
+        self, drive: Callable[[Callable[[], T], float | None], T], attempt: Callable[[], T], deadline: float | None
+    ) -> T | None:
+        """``drive(attempt, deadline)``, with the stdlib's errors; None when the
+        connection cannot be driven from this thread (then nothing was done)."""
+        try:
+            return drive(attempt, deadline)
+        except NotDriven:
+            self._direct = False
+            return None
+        except BlockingIOError:
+            if deadline == 0:
+                raise
+            raise socket_error(errno.ETIMEDOUT, "timed out") from None
 
     def recvmsg_into(
         self, buffers: Iterable[Any], ancbufsize: int = 0, flags: int = 0

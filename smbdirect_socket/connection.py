@@ -10,6 +10,14 @@ task, the way a TCP socket's reader is woken by the kernel directly; while
 no such task waits, a background task polls (so the peer's keepalives and
 credits are answered) and it always runs the protocol's timers (negotiate,
 idle, keepalive).  Senders post their own fragments.
+
+A thread outside the connection's trio loop drives it the same way with
+:meth:`Connection.drive`, as a caller drives a kernel socket: it tries the
+operation, polls the queue pair itself, and sleeps in ``poll()`` on the
+queue pair's descriptor (the GIL released) until there may be more.  The
+loop's tasks keep off the wire meanwhile and take over again once it leaves.
+:attr:`Connection.lock` keeps the protocol and the queue pair to one
+thread at a time.
 """
 
 from __future__ import annotations
@@ -17,8 +25,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
+import select
 import struct
+import threading
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 import trio
@@ -52,6 +65,8 @@ from .rdma import (
 
 __all__ = ["Connection", "Registration"]
 
+T = TypeVar("T")
+
 _RECEIVE_WR_BASE = 1 << 32  # receive work request ids; sends use small ids
 _RDMA_WR_BASE = 1 << 48  # RDMA read/write work request ids
 #: How long the background task leaves the polling to a task that just polled:
@@ -59,6 +74,42 @@ _RDMA_WR_BASE = 1 << 48  # RDMA read/write work request ids
 _HANDOVER_GRACE = 0.001
 #: Completions taken at once: one TCP read of the software provider brings hundreds.
 _POLL_BATCH = 1024
+#: How often the loop's tasks look whether callers in other threads still
+#: drive (they wake nobody when they leave: the next look finds them gone).
+_CALLER_GRACE = 0.02
+
+
+class _Waker:
+    """A thread's own eventfd: set when another thread changed the connection it sleeps on."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def set(self) -> None:
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self.fd, 1)
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.fd)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+_thread_state = threading.local()
+
+
+def _waker() -> _Waker:
+    waker: _Waker | None = getattr(_thread_state, "waker", None)
+    if waker is None:
+        waker = _thread_state.waker = _Waker()
+    return waker
+
+
+class NotDriven(Exception):
+    """:meth:`Connection.drive` cannot drive this connection from here (the
+    provider cannot be driven from another thread): go through its loop."""
 
 
 @attrs.frozen
@@ -91,6 +142,15 @@ class Connection:
     def __init__(self, qp: QueuePair, protocol: SMBDirectProtocol) -> None:
         self.qp = qp
         self.protocol = protocol
+        #: Held while the protocol or the queue pair is touched (the queue pair's own lock).
+        self.lock = qp.lock
+        # The loop the connection lives on, and its clock (read from any thread).
+        self._home = trio.lowlevel.current_trio_token()
+        self._home_thread = threading.get_ident()
+        self._clock = trio.lowlevel.current_clock()
+        self._sleepers: set[_Waker] = set()  # callers in other threads asleep in poll()
+        self._home_parked = 0  # the loop's tasks parked while a caller drives
+        self._disconnecting = False
         self._receive_buffers: dict[int, bytearray] = {}
         self._next_receive = _RECEIVE_WR_BASE
         self._changed = trio.lowlevel.ParkingLot()
@@ -150,8 +210,9 @@ class Connection:
         return connection
 
     async def _negotiate(self) -> None:
-        self.protocol.start(trio.current_time())
-        self._carry_out()  # the first receive is posted before anything can arrive
+        with self.lock:
+            self.protocol.start(trio.current_time())
+            self._carry_out()  # the first receive is posted before anything can arrive
         trio.lowlevel.spawn_system_task(self._run, name="smbdirect connection")
         while self.protocol.state is State.NEGOTIATING:
             await self.wait_changed()
@@ -167,13 +228,11 @@ class Connection:
 
     async def send_message(self, payload: bytes | bytearray | memoryview, invalidate_token: int | None = None) -> None:
         """Send one message; return once all its fragments are posted."""
-        try:
-            self.protocol.send_message(payload, invalidate_token=invalidate_token)
-        except LocalProtocolError as exc:
-            if exc.errno == errno.EMSGSIZE:  # most often an SMB client sizing its messages by the server
-                raise socket_error(exc.errno, f"{exc}{_TOO_LARGE_HINT}") from None
-            raise socket_error(exc) from None
-        self._carry_out()
+        self.queue_message(payload, invalidate_token)
+        await self.wait_sent()
+
+    async def wait_sent(self) -> None:
+        """Wait until every queued fragment is posted (they may wait for credits)."""
         waited = False
         while self.protocol.pending_send_bytes and self.protocol.state is State.CONNECTED:
             await self.wait_changed()
@@ -181,6 +240,24 @@ class Connection:
         self._raise_if_failed()
         if not waited:
             await trio.lowlevel.checkpoint()
+
+    def queue_message(self, payload: bytes | bytearray | memoryview, invalidate_token: int | None = None) -> None:
+        """Queue one message and post what credits allow of it now."""
+        with self.lock:
+            try:
+                self.protocol.send_message(payload, invalidate_token=invalidate_token)
+            except LocalProtocolError as exc:
+                if exc.errno == errno.EMSGSIZE:  # most often an SMB client sizing its messages by the server
+                    raise socket_error(exc.errno, f"{exc}{_TOO_LARGE_HINT}") from None
+                raise socket_error(exc) from None
+            self._carry_out()
+
+    def check_sent(self) -> None:
+        """Return once every queued fragment is posted; ``BlockingIOError`` while
+        some wait for credits; the connection's error once it has ended."""
+        if self.protocol.pending_send_bytes and self.protocol.state is State.CONNECTED:
+            raise BlockingIOError(errno.EAGAIN, "waiting for send credits")
+        self._raise_if_failed()
 
     async def wait_changed(self) -> None:
         """Wait until something may have happened: data, credits, the end of the connection.
@@ -190,6 +267,18 @@ class Connection:
         poller = self._poller
         if not self._open():
             await trio.lowlevel.checkpoint()
+            return
+        with self.lock:
+            parked = bool(self.qp.callers)
+            if parked:  # a caller in another thread drives: it wakes us (the count, under the lock, tells it)
+                self._home_parked += 1
+        if parked:
+            try:
+                # Woken by the caller's changes; the timeout looks whether it has gone.
+                with trio.move_on_after(_CALLER_GRACE):
+                    await self._changed.park()
+            finally:
+                self._home_parked -= 1
             return
         if poller is None:
             await self._poll(background=False)
@@ -234,13 +323,15 @@ class Connection:
         return self.qp.peer_address
 
     def read(self, nbytes: int) -> bytes:
-        data = self.protocol.read(nbytes)
-        self._carry_out()  # buffers freed by reading are reposted and granted
+        with self.lock:
+            data = self.protocol.read(nbytes)
+            self._carry_out()  # buffers freed by reading are reposted and granted
         return data
 
     def consume_message_start(self) -> int:
-        length = self.protocol.consume_message_start()
-        self._carry_out()
+        with self.lock:
+            length = self.protocol.consume_message_start()
+            self._carry_out()
         return length
 
     def message_start(self) -> int | None:
@@ -254,13 +345,15 @@ class Connection:
         view = memoryview(buffer).cast("B")
         access = Access.REMOTE_READ | (Access.REMOTE_WRITE | Access.LOCAL_WRITE if writable else 0)
         try:
-            region = self.qp.register(view, access)
+            with self.lock:
+                region = self.qp.register(view, access)
         except ValueError as exc:
             raise socket_error(errno.EINVAL, str(exc)) from None
         return Registration(region, [BufferDescriptorV1(region.address, region.token, len(view))])
 
     def deregister(self, registration: Registration) -> None:
-        self.qp.deregister(registration.region)
+        with self.lock:
+            self.qp.deregister(registration.region)
 
     async def rdma_read(self, into: memoryview, descriptors: list[BufferDescriptorV1]) -> None:
         """Fill ``into`` from the peer's buffers, in descriptor order."""
@@ -293,10 +386,11 @@ class Connection:
             self._rdma_results[wr_id] = None
             wr_ids.append(wr_id)
             try:
-                if read:
-                    self.qp.post_read(wr_id, part, descriptor.token, descriptor.offset)
-                else:
-                    self.qp.post_write(wr_id, part, descriptor.token, descriptor.offset)
+                with self.lock:
+                    if read:
+                        self.qp.post_read(wr_id, part, descriptor.token, descriptor.offset)
+                    else:
+                        self.qp.post_write(wr_id, part, descriptor.token, descriptor.offset)
             except RdmaError as exc:
                 raise socket_error(exc) from None
         try:
@@ -335,8 +429,9 @@ class Connection:
     def close_nowait(self) -> None:
         """Start tearing the connection down (there is no half-close, as in the
         kernel); the background task finishes it."""
-        self.protocol.close()
-        self._carry_out()
+        with self.lock:
+            self.protocol.close()
+            self._carry_out()
 
     async def aclose(self) -> None:
         """Tear the connection down and wait until it is."""
@@ -346,6 +441,10 @@ class Connection:
 
     def info(self, state: int) -> SocketInfo:
         """The ``SMBDIRECT_INFO`` statistics, with the socket's ``state``."""
+        with self.lock:
+            return self._info(state)
+
+    def _info(self, state: int) -> SocketInfo:
         protocol = self.protocol
         negotiated = protocol.negotiated
         sizes = attrs.astuple(negotiated)[:5] if negotiated is not None else (0, 0, 0, 0, 0)
@@ -373,7 +472,7 @@ class Connection:
     # ---- the engine side ------------------------------------------------------------
 
     def _carry_out(self) -> None:
-        """Do what the protocol asked: post receives, post sends, disconnect."""
+        """Do what the protocol asked: post receives, post sends, disconnect (under :attr:`lock`)."""
         disconnect = False
         qp = self.qp
         actions = self.protocol.actions()
@@ -397,7 +496,29 @@ class Connection:
         # Events only repeat what protocol.state and protocol.error say: drop them.
         while self.protocol.next_event() is not None:
             pass
-        if disconnect and self._scope is not None:
+        if disconnect:
+            self._disconnecting = True
+        if threading.get_ident() == self._home_thread:
+            self._wake_home()
+        elif self._home_due(disconnect):
+            with contextlib.suppress(trio.RunFinishedError):
+                self._home.run_sync_soon(self._wake_home)
+        for sleeper in self._sleepers:
+            sleeper.set()  # callers asleep in other threads look again
+        for callback in self.on_change:
+            callback()
+
+    def _home_due(self, disconnect: bool) -> bool:
+        """Whether a change made in another thread needs the loop's tasks now."""
+        if disconnect or self._home_parked or self._changed or self.protocol.state is State.CLOSED:
+            return True
+        deadline = self.protocol.next_deadline()
+        timer = self._timer
+        return deadline is not None and timer is not None and deadline < timer.deadline
+
+    def _wake_home(self) -> None:
+        """On the loop's thread: end, re-time and wake what waits there."""
+        if self._disconnecting and self._scope is not None:
             self._scope.cancel()
         if self._poller is not None and self.protocol.state is State.CLOSED:
             self._poller.cancel()  # a waiting task looks again: it must not wait for the wire
@@ -406,8 +527,80 @@ class Connection:
             self._timer.deadline = deadline
         if self._changed:  # (an empty parking lot still costs a few calls)
             self._changed.unpark_all()
-        for callback in self.on_change:
-            callback()
+
+    # ---- a caller in another thread drives ---------------------------------------------
+
+    def drive(self, attempt: Callable[[], T], deadline: float | None) -> T:
+        """Call ``attempt()`` (under :attr:`lock`) until it returns instead of
+        raising ``BlockingIOError``, driving the connection from this thread in
+        between: poll the queue pair, act on what completed, and sleep in
+        ``poll()`` on its descriptor until there may be more.
+
+        ``deadline`` (``time.monotonic``) bounds the wait: past it the
+        ``BlockingIOError`` passes (a deadline of 0, non-blocking, tries
+        twice and waits never).  Raises :class:`NotDriven` when the
+        provider cannot be driven from another thread.
+        """
+        qp = self.qp
+        lock = self.lock
+        with lock:
+            if not qp.caller_enters():
+                raise NotDriven
+        waker: _Waker | None = None
+        try:
+            while True:
+                with lock:
+                    try:
+                        return attempt()
+                    except BlockingIOError as exc:
+                        blocked = exc
+                    if self._drive_once():
+                        try:
+                            return attempt()
+                        except BlockingIOError as exc:
+                            blocked = exc
+                    timeout = None if deadline is None else deadline - time.monotonic()
+                    if timeout is not None and timeout <= 0:
+                        raise blocked
+                    waker = waker or _waker()
+                    waker.clear()
+                    self._sleepers.add(waker)
+                    writing = qp.wants_write
+                    descriptor = qp.fileno()
+                try:
+                    ready = self._sleep(descriptor, waker.fd, writing, timeout)
+                finally:
+                    with lock:
+                        self._sleepers.discard(waker)
+                if ready & select.POLLOUT:
+                    with lock:
+                        qp.flush()
+        finally:
+            with lock:
+                qp.caller_leaves()
+
+    def _drive_once(self) -> bool:
+        """Act on what completed (under :attr:`lock`); whether anything did."""
+        if self.protocol.state is State.CLOSED:
+            return False
+        completions = self.qp.poll_completions(_POLL_BATCH)
+        if not completions:
+            return False
+        self._complete_all(completions, self._clock.current_time())
+        self._carry_out()
+        return True
+
+    @staticmethod
+    def _sleep(descriptor: int, waker: int, writing: bool, timeout: float | None) -> int:
+        """Sleep until the queue pair's descriptor or the waker is ready; the queue pair's events."""
+        poller = select.poll()
+        poller.register(descriptor, select.POLLIN | (select.POLLOUT if writing else 0))
+        poller.register(waker, select.POLLIN)
+        events = 0
+        for fd, event in poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
+            if fd == descriptor:
+                events = event
+        return events
 
     def _complete_all(self, completions: list[Completion], now: float) -> None:
         """Act on one poll's completions in order; runs of received messages go to the protocol as one batch."""
@@ -461,8 +654,9 @@ class Connection:
                     self._handover.leave()  # the background task takes over after its grace
                 if self._changed:
                     self._changed.unpark_all()  # a task that waits may poll now
-        self._complete_all(completions, now)
-        self._carry_out()
+        with self.lock:
+            self._complete_all(completions, now)
+            self._carry_out()
 
     async def _run(self) -> None:
         """Poll while no other task does, and run the timers, until the connection ends."""
@@ -473,11 +667,15 @@ class Connection:
                 # one that moved later fires early and changes nothing.
                 with trio.move_on_at(math.inf if deadline is None else deadline) as self._timer:
                     await self._handover.background_turn()
-                    await self._poll(background=True)
+                    if self.qp.callers:
+                        await trio.sleep(_CALLER_GRACE)  # a caller in another thread drives
+                    else:
+                        await self._poll(background=True)
                 timer, self._timer = self._timer, None
                 if timer.cancelled_caught:
-                    self.protocol.handle_timer(trio.current_time())
-                    self._carry_out()
+                    with self.lock:
+                        self.protocol.handle_timer(trio.current_time())
+                        self._carry_out()
         with trio.CancelScope(shield=True), contextlib.suppress(RdmaError, OSError):
             await self.qp.disconnect()
         self._changed.unpark_all()

@@ -15,6 +15,7 @@ socket is in:
 from __future__ import annotations
 
 import socket
+import threading
 
 __all__ = ["ReadinessFd"]
 
@@ -30,12 +31,17 @@ class ReadinessFd:
         self._read.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         self._readable = False
         self._writable = True
+        self._lock = threading.Lock()  # updated by whichever thread drives the connection
 
     def fileno(self) -> int:
         return self._read.fileno()
 
     def update(self, readable: bool, writable: bool = True) -> None:
         """Make the descriptor readable and writable, or not, to match."""
+        with self._lock:
+            self._update(readable, writable)
+
+    def _update(self, readable: bool, writable: bool) -> None:
         if self._read.fileno() < 0:
             return
         if readable != self._readable:

@@ -169,6 +169,11 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         if self._state is SocketState.CLOSED:
             raise socket_error(errno.EBADF, "socket is closed")
 
+    @property
+    def connection(self) -> Connection | None:
+        """The SMB-Direct connection once connected or accepted."""
+        return self._connection
+
     def _connected(self) -> Connection:
         self._check_open()
         if self._connection is None:
@@ -325,6 +330,15 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         flags: int = 0,
         address: Address | None = None,
     ) -> int:
+        data, token = self.message_of(buffers, ancdata, address)
+        return await self._send(data, flags, token)
+
+    @staticmethod
+    def message_of(
+        buffers: Iterable[Any], ancdata: Iterable[tuple[int, int, Any]], address: Address | None
+    ) -> tuple[memoryview, int | None]:
+        """The bytes of a ``sendmsg`` (a copy: queued, they outlive the call) and its
+        remote-invalidate token."""
         if address is not None:
             raise socket_error(errno.EISCONN, "sendmsg on a connected stream takes no address")
         data = b"".join(memoryview(b).cast("B") for b in buffers)
@@ -340,9 +354,19 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             if len(payload) != _INVALIDATE.size:
                 raise socket_error(errno.EMSGSIZE, f"remote invalidate takes a 4-byte token, got {len(payload)} bytes")
             (token,) = _INVALIDATE.unpack(payload)
-        return await self._send(memoryview(data), flags, token)
+        return memoryview(data), token
 
     async def _send(self, data: memoryview, flags: int, token: int | None) -> int:
+        connection = self._connected()
+        sent = self.send_nowait(data, flags, token)
+        await connection.wait_sent()
+        return sent
+
+    def send_nowait(self, data: memoryview, flags: int, token: int | None = None) -> int:
+        """Queue one send (a message; in byte-stream mode what fits one) and post
+        what credits allow; ``BlockingIOError`` with ``MSG_DONTWAIT`` and no credits.
+        The bytes it counts are sent: the caller waits for the rest to be posted
+        with :meth:`Connection.check_sent`."""
         if flags & ~_ALLOWED_FLAGS:
             raise socket_error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
         connection = self._connected()
@@ -366,11 +390,10 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         if not len(payload):
             # Nothing to carry: an SMB-Direct data message without data is only a
             # credit grant, so an empty framed message sends nothing and is done.
-            await trio.lowlevel.checkpoint()
             return sent
         if flags & _MSG_DONTWAIT and not connection.can_send:
             raise socket_error(errno.EAGAIN, "no send credits")
-        await connection.send_message(payload, token)
+        connection.queue_message(payload, token)
         return sent
 
     async def wait_writable(self) -> None:
@@ -409,35 +432,49 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             self._receiving = False
 
     async def _receive(self, size: int, flags: int) -> bytes:
+        size = self.check_receive(size, flags)
+        connection = self._connected()
+        waited = False  # a receive that waited has been a checkpoint already
+        while True:
+            try:
+                data = self.receive_nowait(size, flags)
+            except BlockingIOError:
+                if flags & _MSG_DONTWAIT:
+                    raise
+                await connection.wait_changed()
+                waited = True
+                continue
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            return data
+
+    @staticmethod
+    def check_receive(size: int, flags: int) -> int:
+        """``size`` as an int, once the flags and the size are found valid."""
         if flags & ~_ALLOWED_FLAGS:
             raise socket_error(errno.EINVAL, f"flags {flags:#x}: only MSG_DONTWAIT, MSG_WAITALL and MSG_NOSIGNAL")
         size = operator.index(size)  # TypeError for anything but an int, as the stdlib
         if size < 0:
             raise socket_error(errno.EINVAL, "negative buffer size")
+        return size
+
+    def receive_nowait(self, size: int, flags: int = 0) -> bytes:
+        """What a receive of ``size`` bytes returns now, or ``BlockingIOError`` when it
+        would wait (the one receive step of every front door)."""
         connection = self._connected()
         partial = self._partial
-        waited = False  # a receive that waited has been a checkpoint already
-        while True:
-            self._check_open()
-            if size == 0:
-                break
+        while size:
             if not self.bytestream and size == _LENGTH.size and not partial and connection.message_start() is not None:
-                if not waited:
-                    await trio.lowlevel.checkpoint()
                 return _LENGTH.pack(connection.consume_message_start())
             readable = connection.readable
             if len(partial) + readable >= (1 if self.bytestream else size) or connection.ended:
                 break
-            if readable:
-                # A receive of N bytes waits for all N; taking what has arrived frees
-                # receive buffers, so messages larger than the receive credits can
-                # arrive.  Kept on the socket, it survives a cancelled receive.
-                partial += connection.read(readable)
-                continue
-            if flags & _MSG_DONTWAIT:
+            if not readable:
                 raise socket_error(errno.EAGAIN, "not enough data reassembled")
-            await connection.wait_changed()
-            waited = True
+            # A receive of N bytes waits for all N; taking what has arrived frees
+            # receive buffers, so messages larger than the receive credits can
+            # arrive.  Kept on the socket, it survives a cancelled receive.
+            partial += connection.read(readable)
         available = len(partial) + connection.readable
         if size and available >= (1 if self.bytestream else size):
             take = min(size, available)
@@ -448,12 +485,8 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
                     data += connection.read(take - len(data))
             else:
                 data = connection.read(take)
-            if not waited:
-                await trio.lowlevel.checkpoint()
             return data
         if not size or (not available and (connection.at_eof or self._state is SocketState.SHUT_DOWN)):
-            if not waited:
-                await trio.lowlevel.checkpoint()
             return b""
         # The connection ended before the bytes asked for could arrive.
         raise connection.error or socket_error(errno.ECONNRESET, "connection ended")

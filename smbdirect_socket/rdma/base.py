@@ -14,6 +14,7 @@ import abc
 import contextlib
 import enum
 import socket
+import threading
 from typing import NamedTuple
 
 __all__ = [
@@ -113,6 +114,9 @@ class QueuePair(abc.ABC):
     responder_resources: int
     local_address: tuple[str, int]
     peer_address: tuple[str, int]
+    #: Held by whoever posts, polls or reads the queue pair's wire: its trio
+    #: loop's tasks, or a caller in another thread (see :meth:`caller_enters`).
+    lock: threading.RLock
 
     @abc.abstractmethod
     def post_recv(self, wr_id: int, buffer: memoryview) -> None:
@@ -160,6 +164,41 @@ class QueuePair(abc.ABC):
     @abc.abstractmethod
     def poll_completions(self, max_count: int = 64) -> list[Completion]:
         """The completions ready now, without waiting (``ibv_poll_cq``)."""
+
+    # ---- a caller in another thread drives ----------------------------------------------
+
+    def caller_enters(self) -> bool:
+        """A thread outside the queue pair's trio loop starts driving it (call
+        under :attr:`lock`): until :meth:`caller_leaves`, its
+        :meth:`poll_completions` takes what arrived on the wire too, the caller
+        waits for :meth:`fileno` to be readable (and writable while
+        :attr:`wants_write`, then calls :meth:`flush`), and the loop's tasks keep
+        off the wire.  False (the default) when the provider cannot be driven
+        so: the caller then goes through the loop."""
+        return False
+
+    def caller_leaves(self) -> None:
+        """The caller of :meth:`caller_enters` stops driving (under :attr:`lock`)."""
+        return None
+
+    @property
+    def callers(self) -> bool:
+        """Callers in other threads drive now (or did so lately that they are
+        expected back): the loop's tasks keep off the wire."""
+        return False
+
+    def fileno(self) -> int:
+        """What a caller that drives waits on: readable when :meth:`poll_completions` may find more."""
+        raise NotImplementedError
+
+    @property
+    def wants_write(self) -> bool:
+        """Output waits for :meth:`fileno` to be writable."""
+        return False
+
+    def flush(self) -> None:
+        """Write what waited for room."""
+        return None
 
     async def get_completion(self) -> Completion:
         """Wait for the next completion."""

@@ -11,6 +11,13 @@ bytes to the queue pair, and a writer that sends what it produced.  The
 reader never writes, so two peers both sending bulk data cannot deadlock on
 full TCP buffers.  The tasks are trio system tasks: a socket has no nursery
 of its own, and they end with the connection.
+
+A thread outside the queue pair's trio loop may drive it too, as a caller
+drives a kernel socket: between :meth:`SoftQueuePair.caller_enters` and
+:meth:`~SoftQueuePair.caller_leaves` it reads the socket itself (in
+:meth:`~SoftQueuePair.poll_completions`, under :attr:`~SoftQueuePair.lock`)
+and waits in ``poll()`` on :meth:`~SoftQueuePair.fileno`; the loop's tasks
+keep off the socket meanwhile, so no wake-up is taken from under it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -49,6 +59,9 @@ log = logging.getLogger(__name__)
 _RECEIVE_SIZE = 256 * 1024
 #: How long the reader task leaves the socket to a task that just took completions.
 _HANDOVER_GRACE = 0.05
+#: How long the loop's tasks keep off the socket before looking whether callers
+#: in other threads still drive it (they wake nobody when they leave).
+CALLER_GRACE = 0.02
 # How long a graceful disconnect waits for the peer's FIN, discarding what
 # still arrives: bytes left unread at close() turn the FIN into a reset.
 _LINGER = 1.0
@@ -146,6 +159,12 @@ class SoftQueuePair(QueuePair):
         self._received_view = memoryview(self._received)
         self._batched = 0  # depth of batch() blocks: posting waits for the outermost to end
         self._batch = _Batch(self)
+        #: Held by whoever touches the queue pair: the loop's tasks, or a caller in another thread.
+        self.lock = threading.RLock()
+        self._callers = 0  # threads outside the loop driving the queue pair now
+        self._caller_left = -math.inf  # when the last one left (time.monotonic)
+        self._home_thread = threading.get_ident()
+        self._home = trio.lowlevel.current_trio_token()
         self._reader_scope = spawn_background("smbdirect softiwarp reader", self._reader)
         self._writer_scope = spawn_background("smbdirect softiwarp writer", self._writer)
 
@@ -183,7 +202,47 @@ class SoftQueuePair(QueuePair):
             self._transmit()
 
     def poll_completions(self, max_count: int = 64) -> list[Completion]:
+        if self._callers and not self._lingering and not self._in_home():
+            self._read_once()  # a caller drives: it reads the socket itself
         return self.core.poll_many(max_count)
+
+    # ---- a caller in another thread drives --------------------------------------------
+
+    def fileno(self) -> int:
+        """The TCP socket: readable when :meth:`poll_completions` may find more."""
+        return self._sock.fileno()
+
+    @property
+    def wants_write(self) -> bool:
+        """Output waits for room in the socket (wait for it to be writable, then :meth:`flush`)."""
+        return self.core.wants_to_send and not self._closed
+
+    def flush(self) -> None:
+        self._transmit()
+
+    def caller_enters(self) -> bool:
+        """A thread outside the loop starts driving (call under :attr:`lock`);
+        False when this queue pair cannot be driven so."""
+        self._callers += 1
+        return True
+
+    def caller_leaves(self) -> None:
+        self._callers -= 1
+        self._caller_left = time.monotonic()
+
+    @property
+    def callers(self) -> bool:
+        """Callers in other threads drive, or did within :data:`CALLER_GRACE` (they
+        come straight back, and taking the socket from them costs a switch)."""
+        return bool(self._callers) or time.monotonic() - self._caller_left < CALLER_GRACE
+
+    def _in_home(self) -> bool:
+        return threading.get_ident() == self._home_thread
+
+    def _at_home(self, fn: Callable[[], object]) -> None:
+        """Have the loop's thread call ``fn`` (trio's objects are its alone)."""
+        with contextlib.suppress(trio.RunFinishedError):
+            self._home.run_sync_soon(fn)
 
     async def get_completions(self, max_count: int = 64) -> list[Completion]:
         """Wait for completions; a waiting task reads the socket itself.
@@ -207,6 +266,8 @@ class SoftQueuePair(QueuePair):
                 if self.core.closed or self._closed:
                     raise RdmaError(errno.EPIPE, "queue pair is disconnected")
                 blocked = True
+                if self.callers:
+                    return []  # a caller in another thread reads the socket: ask again later
                 if self._reader_wait is not None:
                     self._reader_wait.cancel()  # take the socket over from the reader task
                     await self._socket_free.park()
@@ -223,7 +284,9 @@ class SoftQueuePair(QueuePair):
                         self._consumer_wait = None
                         self._consumer_reading = False
                         self._completed.unpark_all()  # another waiter may read now
-                    self._read_once()
+                    with self.lock:
+                        if not self.callers:
+                            self._read_once()
         finally:
             self._handover.leave()
 
@@ -287,7 +350,10 @@ class SoftQueuePair(QueuePair):
             try:
                 sent = self._sock.sendmsg(core.output())
             except BlockingIOError:
-                self._writable.unpark_all()
+                if self._in_home():
+                    self._writable.unpark_all()
+                else:
+                    self._at_home(self._writable.unpark_all)  # the writer finishes it
                 return
             except OSError as exc:
                 self._lost(RdmaError(errno.ECONNRESET, f"connection lost: {exc}"))
@@ -303,6 +369,10 @@ class SoftQueuePair(QueuePair):
         core = self.core
         if not (core.completions_ready or core.closed or core.error is not None or self._closed):
             return
+        if not self._in_home():
+            if self._completed or self._consumer_wait is not None:
+                self._at_home(self._notify)
+            return
         if self._completed:
             self._completed.unpark_all()
         if self._consumer_wait is not None:
@@ -315,16 +385,24 @@ class SoftQueuePair(QueuePair):
 
     def _close_socket(self) -> None:
         if not self._closed:
-            self._closed = True
-            self._reader_scope.cancel()
-            self._writer_scope.cancel()
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
-            self._handover.release()
-            self._socket_free.unpark_all()
+            self._closed = True  # from here on nobody touches the socket
+            if self._in_home():
+                self._release_socket()
+            else:
+                self._at_home(self._release_socket)
+
+    def _release_socket(self) -> None:
+        self._reader_scope.cancel()
+        self._writer_scope.cancel()
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+        self._handover.release()
+        self._socket_free.unpark_all()
 
     def _read_once(self) -> None:
         """Read what the socket has and feed it to the queue pair."""
+        if self._closed:
+            return
         try:
             count = self._sock.recv_into(self._received)
         except BlockingIOError:
@@ -346,19 +424,24 @@ class SoftQueuePair(QueuePair):
             await self._handover.background_turn()
             if self._closed or self._lingering:
                 return
+            if self.callers:
+                await trio.sleep(CALLER_GRACE)  # a caller in another thread reads the socket
+                continue
             with trio.CancelScope() as self._reader_wait:
                 await trio.lowlevel.wait_readable(self._sock)
             self._reader_wait = None
             self._socket_free.unpark_all()
-            if not self._handover.tasks:
-                self._read_once()
+            with self.lock:
+                if not (self._handover.tasks or self.callers):
+                    self._read_once()
 
     async def _writer(self) -> None:
         """Finish writes the socket could not take at once."""
         while not (self._closed or self._lingering):
             if self.core.wants_to_send:
                 await trio.lowlevel.wait_writable(self._sock)
-                self._transmit()
+                with self.lock:
+                    self._transmit()
             else:
                 await self._writable.park()
 

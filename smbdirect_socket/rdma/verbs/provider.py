@@ -282,6 +282,7 @@ class VerbsQueuePair(QueuePair):
     """An RC queue pair on an RDMA device, connected by rdma_cm."""
 
     def __init__(self, device: _Device, cm_id: CmId, resources: _Resources) -> None:
+        self.lock = threading.RLock()
         self.device = device
         device.users += 1
         self._cm_id = cm_id
