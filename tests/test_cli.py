@@ -22,7 +22,7 @@ from smbdirect_socket import __version__, _wire
 from smbdirect_socket.smb.samba import samba_available
 
 COMMAND = [sys.executable, "-m", "smbdirect_socket.cli"]
-SUBCOMMANDS = ["listen", "connect", "samba", "gateway", "run"]
+SUBCOMMANDS = ["listen", "connect", "samba", "gateway", "run", "stat"]
 TIMEOUT = 60
 
 
