@@ -56,13 +56,16 @@ def _paths(chosen: str | None) -> list[Path]:
 def _stat(args: argparse.Namespace) -> int:
     def body() -> int:
         documents = []
-        for path in _paths(args.socket):
+        paths = _paths(args.socket)
+        for path in paths:
             try:
                 documents.append(stats.query(path))
             except (ConnectionRefusedError, FileNotFoundError) as exc:
                 if args.socket is not None:  # asked for this one: say so
                     raise CommandError(f"{path}: {os.strerror(exc.errno or 0)} (is the process running?)") from None
-                # left by a process that died: skip it, as ss skips closed sockets
+                path.unlink(missing_ok=True)  # left by a process that was killed: nobody answers there
+        if not documents:
+            raise CommandError(f"no process answers on {', '.join(str(p) for p in paths)}; the sockets were stale")
         if args.json:
             print(json.dumps(documents, indent=2))
         else:
