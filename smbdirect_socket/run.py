@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m smbdirect_soc
     with contextlib.ExitStack() as stack:
         if args.stat:
             try:
-                server = stack.enter_context(stats.serve())
+                program = f"-m {args.module}" if args.module is not None else args.program[0]
+                server = stack.enter_context(stats.serve(name=f"{prog.removeprefix('python -m ')} {program}"))
             except OSError as exc:
                 parser(prog).exit(1, f"{prog}: cannot answer statistics: {exc.strerror or exc}\n")
             if args.verbose:

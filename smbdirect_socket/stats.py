@@ -122,8 +122,8 @@ class Registry:
         with self._lock:
             self._summaries.pop(key, None)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The JSON document a statistics socket answers with."""
+    def snapshot(self, name: str | None = None) -> dict[str, Any]:
+        """The JSON document a statistics socket answers with; ``name``: the process's."""
         with self._lock:
             entries = list(self._entries.items())
             summaries = list(self._summaries.values())
@@ -149,7 +149,7 @@ class Registry:
             connections.append(connection)
         return {
             "pid": os.getpid(),
-            "name": _process_name(),
+            "name": name or _process_name(),
             "time": time.time(),
             "summaries": [summary() for summary in summaries],
             "connections": connections,
@@ -157,10 +157,11 @@ class Registry:
 
 
 def _process_name() -> str:
+    """The command's name as ``ps`` would show it, shortened: ``smbdirect gateway``, ``script.py``."""
     argv = [Path(sys.argv[0]).name, *sys.argv[1:2]] if sys.argv and sys.argv[0] else ["python"]
-    if argv[0] in ("cli.py", "__main__.py"):
+    if argv[0] in ("cli.py", "__main__.py"):  # python -m smbdirect_socket.cli
         argv[0] = "smbdirect"
-    return " ".join(argv)
+    return " ".join(argv) if argv[0] == "smbdirect" else argv[0]
 
 
 #: The process's registry: what :func:`serve` shows.
@@ -203,8 +204,9 @@ def _address(sock: Any, method: str) -> str:
 class StatServer:
     """Answers each connection to ``path`` with :func:`snapshot` as JSON, from a thread."""
 
-    def __init__(self, path: Path, source: Registry = registry) -> None:
+    def __init__(self, path: Path, name: str | None = None, source: Registry = registry) -> None:
         self.path = path
+        self.name = name or _process_name()
         self._registry = source
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -232,7 +234,7 @@ class StatServer:
             with conn:
                 conn.settimeout(5)
                 with contextlib.suppress(OSError):
-                    conn.sendall(json.dumps(self._registry.snapshot()).encode() + b"\n")
+                    conn.sendall(json.dumps(self._registry.snapshot(self.name)).encode() + b"\n")
 
     def close(self) -> None:
         """Stop answering and remove the socket file."""
@@ -264,13 +266,14 @@ def _remove_stale(path: Path) -> None:
     raise OSError(errno.EADDRINUSE, f"{path}: another process answers statistics there")
 
 
-def serve(path: str | os.PathLike[str] | None = None) -> StatServer:
+def serve(path: str | os.PathLike[str] | None = None, name: str | None = None) -> StatServer:
     """Answer ``smbdirect stat`` on the Unix socket ``path`` (:func:`default_path` if None) until closed.
 
-    Usable as a context manager.  The gateway and ``smbdirect run`` show their
+    ``name`` is what ``smbdirect stat`` calls the process (the script's name
+    by default).  Usable as a context manager.  The gateway and ``smbdirect run`` show their
     connections; other programs call :func:`track` on theirs.
     """
-    return StatServer(Path(path) if path is not None else default_path())
+    return StatServer(Path(path) if path is not None else default_path(), name)
 
 
 def query(path: str | os.PathLike[str], timeout: float = 5.0) -> dict[str, Any]:
