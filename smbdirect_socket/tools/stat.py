@@ -1,8 +1,8 @@
-"""smbdirect stat: live SMB-Direct connections and their statistics, like ``ss -i``.
+"""smbdirect stat: live SMB-Direct connections and their statistics, like `ss -i`.
 
 Asks the statistics socket of every process that serves one (the gateway,
-``smbdirect run --stat``, a program that called
-``smbdirect_socket.stats.serve()``), or of the one named: a socket path or a
+`smbdirect run --stat`, a program that called
+smbdirect_socket.stats.serve()), or of the one named: a socket path or a
 process id.  Prints a line per connection and its counters below it, or with
 --json the processes' documents as they answered.
 """
@@ -38,15 +38,18 @@ def add_stat(commands: argparse._SubParsersAction[Parser]) -> None:
     parser.set_defaults(command=_stat)
 
 
+def _nobody() -> CommandError:
+    return CommandError(
+        f"no process serves statistics in {stats.runtime_dir()} "
+        "(start `smbdirect gateway`, or call smbdirect_socket.stats.serve())"
+    )
+
+
 def _paths(chosen: str | None) -> list[Path]:
     if chosen is None:
-        directory = stats.runtime_dir()
-        found = sorted(directory.glob("*.sock"), key=lambda path: path.name)
+        found = sorted(stats.runtime_dir().glob("*.sock"), key=lambda path: path.name)
         if not found:
-            raise CommandError(
-                f"no process serves statistics in {directory} "
-                "(start `smbdirect gateway`, or call smbdirect_socket.stats.serve())"
-            )
+            raise _nobody()
         return found
     if chosen.isdigit():
         return [stats.runtime_dir() / f"{chosen}.sock"]
@@ -56,16 +59,15 @@ def _paths(chosen: str | None) -> list[Path]:
 def _stat(args: argparse.Namespace) -> int:
     def body() -> int:
         documents = []
-        paths = _paths(args.socket)
-        for path in paths:
+        for path in _paths(args.socket):
             try:
                 documents.append(stats.query(path))
             except (ConnectionRefusedError, FileNotFoundError) as exc:
                 if args.socket is not None:  # asked for this one: say so
                     raise CommandError(f"{path}: {os.strerror(exc.errno or 0)} (is the process running?)") from None
                 path.unlink(missing_ok=True)  # left by a process that was killed: nobody answers there
-        if not documents:
-            raise CommandError(f"no process answers on {', '.join(str(p) for p in paths)}; the sockets were stale")
+        if not documents:  # every socket was stale
+            raise _nobody()
         if args.json:
             print(json.dumps(documents, indent=2))
         else:
