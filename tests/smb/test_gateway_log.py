@@ -26,6 +26,7 @@ from .test_gateway_limits import SinkServer, rdma_write, receive, send, settles,
 
 MiB = 1024 * 1024
 LOGGER = "smbdirect_socket.smb.gateway"
+COMMAND = [sys.executable, "-m", "smbdirect_socket.cli"]
 
 
 @pytest.fixture
@@ -207,4 +208,17 @@ def test_gateway_stat_socket_in_the_runtime_directory(target: DirectTcpServer, t
     assert gone.stderr == (
         f"smbdirect stat: no process serves statistics in {tmp_path}/smbdirect "
         "(start `smbdirect gateway`, or call smbdirect_socket.stats.serve())\n"
+    )
+
+
+def test_two_gateways_on_one_stat_socket_is_one_line(target: DirectTcpServer, tmp_path: Path) -> None:
+    path = tmp_path / "shared.sock"
+    to = f"{target.address[0]}:{target.address[1]}"
+    command = [*COMMAND, "gateway", "--listen", "127.0.0.1:0", "--to", to, "--stat-socket", str(path)]
+    with stats.serve(path):  # someone answers there already
+        second = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert (
+        second.stderr
+        == f"smbdirect gateway: cannot answer statistics: {path}: another process answers statistics there\n"
     )
