@@ -1,4 +1,4 @@
-"""The ``smbdirect`` command: ``listen``, ``connect``, ``samba``, ``gateway`` and ``run``."""
+"""The ``smbdirect`` command: ``listen``, ``connect``, ``samba``, ``gateway``, ``run`` and ``stat``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from functools import partial
 import attrs
 import trio
 
-from . import __version__, run
+from . import __version__, run, stats
 from .constants import SMBDIRECT_IWARP_PORT
 from .parameters import Parameters
 from .rdma import get_provider
@@ -20,6 +20,7 @@ from .smb.limits import GatewayLimits
 from .tools.common import CommandError, Parser, address_type, describe, format_address, run_command
 from .tools.netcat import add_connect, add_listen
 from .tools.samba import add_samba
+from .tools.stat import add_stat
 
 __all__ = ["main", "parser"]
 
@@ -76,7 +77,13 @@ def _add_gateway(commands: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--to", type=address_type("", 445), required=True, metavar="HOST[:PORT]", help="the SMB server")
     p.add_argument("--provider", default=None, help="RDMA engine provider (default: $SMBDIRECT_PROVIDER or softiwarp)")
     p.add_argument("--linux-sizes", action="store_true", help="the kernel's message sizes instead of 8 MiB messages")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each session and refusal (INFO)")
+    p.add_argument(
+        "--stat-socket",
+        default=None,
+        metavar="PATH",
+        help=f"answer `smbdirect stat` there (default {stats.runtime_dir()}/PID.sock; 'none': not at all)",
+    )
     _add_limits(p)
     p.set_defaults(command=_gateway)
 
@@ -86,6 +93,7 @@ def _gateway(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
     parameters = Parameters() if args.linux_sizes else Parameters().with_large_messages()
     gateway = Gateway(args.to, parameters, get_provider(args.provider), limits=limits)
+    statistics: list[stats.StatServer] = []
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
@@ -94,9 +102,19 @@ def _gateway(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise CommandError(f"cannot listen on {format_address(args.listen)}: {describe(exc)}") from None
             print(f"smbdirect gateway: SMB-Direct {format_address(address)} -> TCP {format_address(args.to)}")
+            if args.stat_socket != "none":
+                try:
+                    statistics.append(stats.serve(args.stat_socket))
+                except OSError as exc:
+                    raise CommandError(f"cannot answer statistics: {describe(exc)}") from None
+                print(f"smbdirect gateway: statistics on {statistics[0].path} (smbdirect stat)")
             sys.stdout.flush()
 
-    return run_command("smbdirect gateway", partial(trio.run, serve))
+    try:
+        return run_command("smbdirect gateway", partial(trio.run, serve))
+    finally:
+        for server in statistics:
+            server.close()
 
 
 def parser() -> Parser:
@@ -112,6 +130,7 @@ def parser() -> Parser:
     add_connect(commands)
     add_samba(commands)
     _add_gateway(commands)
+    add_stat(commands)
     # Listed here; parsed by run's own parser, which hands the rest to the program.
     commands.add_parser("run", add_help=False, help="run an unmodified Python program over SMB-Direct")
     return p

@@ -13,6 +13,12 @@
   software provider's wire) and trio programs, which route with
   :class:`smbdirect_socket.trio.SMBDirectSocketFactory` instead.
 
+``port_map`` sends a routed connection to another port: ``{445: 5445}``
+takes a program's connections to 445 to an SMB-Direct listener on 5445
+(the gateway, which needs no root there).  Each connection the patch sees
+is logged at INFO on the ``smbdirect_socket.patching`` logger: where it
+went, over SMB-Direct or TCP, and why.
+
 With ``fallback=True`` a connection that SMB-Direct refuses (no listener,
 or a peer that is not SMB-Direct) is made over TCP instead, within one
 connect timeout and with a warning in the log; otherwise the refusal is the
@@ -27,12 +33,12 @@ import errno
 import logging
 import socket as _stdlib_socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import trio
 
-from . import blocking
+from . import blocking, stats
 from .constants import IPPROTO_SMBDIRECT, SMBDIRECT_IWARP_PORT, SMBDIRECT_PORT
 from .parameters import Parameters
 from .rdma import Provider
@@ -63,6 +69,31 @@ def _unrouted() -> Iterator[None]:
         _tcp_only.on = False
 
 
+def _why(route: Route, address: Any) -> str:
+    """Why ``route`` takes ``address`` or not, in the words of ``run``'s options."""
+    if route.ports is None:
+        return "every port is routed"
+    if address[1] in route.ports:
+        return f"port {address[1]} is routed"
+    if address[0] in route.hosts:
+        return f"host {address[0]} is routed"
+    ports = ",".join(str(number) for number in sorted(route.ports)) or "none"
+    return f"port {address[1]} is not among the routed ports {ports}"
+
+
+def _mapped(port_map: Mapping[int, int], address: Any) -> Any:
+    """``address`` with its port mapped, the rest (IPv6 flow and scope) kept."""
+    target = port_map.get(address[1])
+    return address if target is None else (address[0], target, *address[2:])
+
+
+def _log_route(route: Route, address: Any, target: Any, transport: str) -> None:
+    why = _why(route, address)
+    if target[1] != address[1]:
+        why += f"; mapped to {target[1]}"
+    log.info("%s:%s: %s (%s)", address[0], address[1], transport, why)
+
+
 def _falls_back(route: Route, address: Any, exc: OSError) -> bool:
     """Whether this failure makes the connection TCP instead; says so when it does."""
     if not (route.fallback and exc.errno in _NOT_SMBDIRECT):
@@ -71,7 +102,7 @@ def _falls_back(route: Route, address: Any, exc: OSError) -> bool:
     return True
 
 
-def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:
+def _routed_socket_class(route: Route, port_map: Mapping[int, int]) -> type[_stdlib_socket.socket]:
     class RoutedSocket(_ORIGINAL_SOCKET):
         """A stdlib socket until it connects to a routed address; then SMB-Direct."""
 
@@ -88,20 +119,29 @@ def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:
 
         def connect(self, address: Any) -> None:
             if (
-                self._smbdirect is None
-                and not trio.lowlevel.in_trio_run()  # the engine's own TCP, and trio programs
-                and not getattr(_tcp_only, "on", False)
-                and route.takes(address)
-                and self.type == _stdlib_socket.SOCK_STREAM
-                and self.family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
+                self._smbdirect is not None
+                or trio.lowlevel.in_trio_run()  # the engine's own TCP, and trio programs
+                or getattr(_tcp_only, "on", False)
+                or self.type != _stdlib_socket.SOCK_STREAM
+                or self.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
+                or not isinstance(address, tuple)
             ):
+                super().connect(address)
+                return
+            if route.takes(address):
+                target = _mapped(port_map, address)
                 try:
-                    self._smbdirect = route.connect(address, self.family, self.gettimeout())
+                    self._smbdirect = route.connect(target, self.family, self.gettimeout())
                     _ORIGINAL_SOCKET.close(self)  # the TCP descriptor is never used now
+                    _log_route(route, address, target, "SMB-Direct")
+                    stats.track(self._smbdirect, "run")
                     return
                 except OSError as exc:
                     if not _falls_back(route, address, exc):
                         raise
+                _log_route(route, address, address, "TCP, after SMB-Direct failed")
+            else:
+                _log_route(route, address, address, "TCP")
             super().connect(address)
 
         def connect_ex(self, address: Any) -> int:
@@ -157,9 +197,11 @@ def _routed_socket_class(route: Route) -> type[_stdlib_socket.socket]:
 class Patch:
     """The stdlib's socket module, patched; undo with :meth:`undo` or by leaving ``with``."""
 
-    def __init__(self, route: Route) -> None:
+    def __init__(self, route: Route, port_map: Mapping[int, int] | None = None) -> None:
         self.route = route
-        self._socket_class = _routed_socket_class(route)
+        #: Destination port -> the port its SMB-Direct connection goes to.
+        self.port_map: dict[int, int] = dict(port_map or {})
+        self._socket_class = _routed_socket_class(route, self.port_map)
         self._active = False
 
     def create_connection(
@@ -172,15 +214,19 @@ class Patch:
     ) -> Any:
         """``socket.create_connection``, over SMB-Direct for routed addresses."""
         if not self.route.takes(address):
-            return _ORIGINAL_CREATE_CONNECTION(address, timeout, source_address, all_errors=all_errors)
+            _log_route(self.route, address, address, "TCP")
+            with _unrouted():  # logged once, not again by the socket it makes
+                return _ORIGINAL_CREATE_CONNECTION(address, timeout, source_address, all_errors=all_errors)
+        requested, address = address, _mapped(self.port_map, address)
         if self.route.fallback:
             try:
                 sock = self._first_smbdirect(address, timeout, source_address)
             except OSError as exc:
                 if not _falls_back(self.route, address, exc):
                     raise
+                _log_route(self.route, requested, requested, "TCP, after SMB-Direct failed")
                 with _unrouted():
-                    return _ORIGINAL_CREATE_CONNECTION(address, timeout, source_address, all_errors=all_errors)
+                    return _ORIGINAL_CREATE_CONNECTION(requested, timeout, source_address, all_errors=all_errors)
         else:
             options: dict[str, Any] = {}
             if timeout is not _stdlib_socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
@@ -195,6 +241,8 @@ class Patch:
                 **options,
             )
         self.route.sockets.add(sock)
+        _log_route(self.route, requested, address, "SMB-Direct")
+        stats.track(sock, "run")
         return sock
 
     def _first_smbdirect(self, address: tuple[str, int], timeout: Any, source: Any) -> blocking.SMBDirectSocket:
@@ -248,18 +296,24 @@ def patch(
     parameters: Parameters | None = None,
     provider: Provider | None = None,
     fit_smb_clients: bool = True,
+    port_map: Mapping[int, int] | None = None,
 ) -> Patch:
     """Patch the socket module now; returns a :class:`Patch` usable as a context manager.
 
     ``ports`` None routes every port; ``parameters`` apply to each SMB-Direct
     connection (for example ``Parameters().with_large_messages()`` towards the
     gateway).  ``fit_smb_clients`` applies :func:`smbdirect_socket.smb.clients.fit_sizes`.
+    ``port_map`` (destination port -> SMB-Direct port) routes its ports too,
+    and connects them to the mapped port.
     """
     if fit_smb_clients:
         from .smb.clients import fit_sizes  # the SMB part, only when asked for
 
         fit_sizes()
-    route = Route(
-        None if ports is None else frozenset(ports), frozenset(hosts), fallback, bytestream, parameters, provider
-    )
-    return Patch(route).apply()
+    port_map = dict(port_map or {})
+    for source, target in port_map.items():
+        if not (0 < source < 65536 and 0 < target < 65536):
+            raise ValueError(f"port_map {source}={target}: ports are 1-65535")
+    routed = None if ports is None else frozenset(ports) | port_map.keys()
+    route = Route(routed, frozenset(hosts), fallback, bytestream, parameters, provider)
+    return Patch(route, port_map).apply()

@@ -22,7 +22,7 @@ from smbdirect_socket import __version__, _wire
 from smbdirect_socket.smb.samba import samba_available
 
 COMMAND = [sys.executable, "-m", "smbdirect_socket.cli"]
-SUBCOMMANDS = ["listen", "connect", "samba", "gateway", "run"]
+SUBCOMMANDS = ["listen", "connect", "samba", "gateway", "run", "stat"]
 TIMEOUT = 60
 
 
@@ -264,11 +264,14 @@ needs_samba = pytest.mark.skipif(samba_available() is not None, reason=str(samba
 
 
 @contextlib.contextmanager
-def samba_with_gateway() -> Iterator[tuple[subprocess.Popen[str], str, Path, int]]:
+def samba_with_gateway(*flags: str) -> Iterator[tuple[subprocess.Popen[str], str, Path, int]]:
     """``smbdirect samba --gateway`` on a free port: the process, what it printed, the share's
     directory and the gateway's port."""
     with subprocess.Popen(
-        [*COMMAND, "samba", "--gateway", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*COMMAND, "samba", *flags, "--gateway", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as samba:
         try:
             assert samba.stdout is not None

@@ -2,13 +2,16 @@
 
 A fenced ```python block right after a line ``<!-- tested -->`` runs against
 ``smbdirect listen --echo``; one after ``<!-- tested with samba -->`` runs
-through ``smbdirect run`` to the gateway in front of ``smbdirect samba``.
+through the README's ``smbdirect run`` line to the gateway in front of
+``smbdirect samba -v``, whose log then shows the session.
 The examples name port 5445; the servers here listen on free ports, which
 replace it.
 """
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -60,13 +63,34 @@ def test_example_against_the_echo_server(code: str, echo_port: str, tmp_path: Pa
     assert "b'hello'" in result.stdout
 
 
+def readme_run_line() -> list[str]:
+    """The arguments of the README's ``smbdirect run`` line, as a user types them."""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("smbdirect run "):
+            return line.split("#")[0].split()[2:]
+    raise AssertionError("README.md has no `smbdirect run` line")
+
+
+def test_the_readme_runs_an_unmodified_script_mapped_to_the_gateway() -> None:
+    args = readme_run_line()
+    assert "--map" in args and "445=5445" in args and args[-1] == "smb_hello.py"
+
+
 @needs_samba
 @pytest.mark.parametrize("code", SAMBA_EXAMPLES)
 def test_example_through_run_to_samba(code: str, tmp_path: Path) -> None:
-    with samba_with_gateway() as (_, _, share, port):
-        script = tmp_path / "smb_example.py"
+    with samba_with_gateway("-v") as (samba, _, share, port):
+        script = tmp_path / "smb_hello.py"
         script.write_text(code.replace("5445", str(port)))
-        run = [*COMMAND, "run", "--ports", str(port), str(script)]
-        result = subprocess.run(run, capture_output=True, text=True, timeout=TIMEOUT)
+        args = [arg.replace("5445", str(port)).replace("smb_hello.py", str(script)) for arg in readme_run_line()]
+        result = subprocess.run([*COMMAND, "run", *args], capture_output=True, text=True, timeout=TIMEOUT)
         assert (result.returncode, result.stdout) == (0, "hello over SMB-Direct\n"), result.stderr
         assert (share / "hello.txt").read_text() == "hello over SMB-Direct\n"
+        assert f"smbdirect run: 127.0.0.1:445: SMB-Direct (port 445 is routed; mapped to {port})" in result.stderr
+        samba.send_signal(signal.SIGINT)
+        _, log = samba.communicate(timeout=TIMEOUT)
+    # the gateway's line for the session: 8 MiB messages, as --large-messages asked
+    ended = re.search(
+        r"client 127\.0\.0\.1:\d+: session ended: closed by the client; after .* messages up to (\d+)", log
+    )
+    assert ended and int(ended.group(1)) >= 8 << 20, log

@@ -64,6 +64,7 @@ MODULES = {
     "patching": "programs",
     "run": "programs",
     "routing": "programs",
+    "stats": "programs",  # the statistics socket: what smbdirect stat asks
     "": "programs",
     "smb": "smb",
     "cli": "commands",

@@ -25,16 +25,19 @@ import logging
 import queue
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Set
 from functools import partial
 
 import attrs
 import trio
 
+from .. import stats
 from .. import trio as sdtrio
 from ..connection import Connection
 from ..constants import SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE as INVALIDATE
 from ..constants import SMBDIRECT_IWARP_PORT, SOL_SMBDIRECT
+from ..options import SocketInfo
 from ..parameters import Parameters
 from ..pdu import BufferDescriptorV1
 from ..rdma import ConnectionRequest, Provider, get_provider
@@ -104,6 +107,8 @@ class Gateway:
     #: RDMA bytes all sessions hold (``used``, ``peak``), within ``limits.rdma_bytes_total``.
     rdma: ByteBudget = attrs.field(init=False)
     _per_address: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    #: The SMB-Direct address it listens on, once :meth:`serve` has started.
+    address: tuple[str, int] | None = attrs.field(default=None, init=False)
 
     #: The parameters connections are accepted with: negotiation within ``limits.setup_timeout``.
     _setup: Parameters = attrs.field(init=False)
@@ -126,6 +131,8 @@ class Gateway:
         """
         provider = self.provider or get_provider()
         listener = provider.listen(listen, _BACKLOG)
+        self.address = listener.address
+        summary = stats.registry.add_summary(self.summary)
         try:
             task_status.started(listener.address)
             async with trio.open_nursery() as nursery:
@@ -136,8 +143,22 @@ class Gateway:
                     else:
                         nursery.start_soon(_refuse, request)
         finally:
+            stats.registry.remove_summary(summary)
             with trio.CancelScope(shield=True):
                 await listener.aclose()
+
+    def summary(self) -> dict[str, object]:
+        """The gateway's counters, as ``smbdirect stat`` shows them."""
+        return {
+            "gateway": f"SMB-Direct {_format(self.address or ('', 0))} -> TCP {_format(self.target)}",
+            "active": self.active,
+            "served": self.served,
+            "refused": self.refused,
+            "rdma_read_bytes": self.rdma_read_bytes,
+            "rdma_write_bytes": self.rdma_write_bytes,
+            "rdma_bytes_held": self.rdma.used,
+            "rdma_bytes_peak": self.rdma.peak,
+        }
 
     def _admit(self, address: str) -> bool:
         limits = self.limits
@@ -156,33 +177,135 @@ class Gateway:
     async def _session(self, provider: Provider, request: ConnectionRequest) -> None:
         """One client from its MPA request to its end: the session boundary."""
         peer = request.peer_address
+        session = _Session(peer)
         try:
             try:  # the set-up deadline is the negotiation timer's: on expiry the engine drops the connection
                 connection = await Connection.accept(request, self._setup)
             except OSError as exc:
-                log.info("client %s: SMB-Direct set-up failed: %s", peer[0], exc)
+                session.failed_setup(exc, self.limits.setup_timeout)
                 return
             client = sdtrio.SMBDirectSocket.accepted(connection, provider=provider, parameters=self.parameters)
-            await self._relay(client, peer)
+            session.client = client
+            await self._relay(client, session)
         except Exception as exc:  # whatever one client does ends its session only
-            _log_end(peer, exc)
+            session.failed(exc)
+        except BaseException:
+            session.end = session.end or "the gateway stopped"
+            raise
         finally:
+            session.log()
             self.active -= 1
             self._per_address[peer[0]] -= 1
             if not self._per_address[peer[0]]:
                 del self._per_address[peer[0]]
 
-    async def _relay(self, client: sdtrio.SMBDirectSocket, peer: tuple[str, int]) -> None:
+    async def _relay(self, client: sdtrio.SMBDirectSocket, session: _Session) -> None:
         """Carry one client's SMB2 messages to its own TCP connection and back."""
         self.served += 1
-        with client:
+        peer = session.peer
+        info = session.negotiated = client.info()
+        log.info(
+            "client %s: connected, relaying to %s; %s",
+            _format(peer),
+            _format(self.target),
+            _sizes(info),
+        )
+        with (
+            client,
+            stats.registry.track(
+                "gateway", _format(self.address or ("", 0)), _format(peer), client.info, session.counters
+            ),
+        ):
             try:
                 server = await trio.open_tcp_stream(*self.target)
             except OSError as exc:
-                log.warning("client %s: target %s:%s unreachable: %s", peer[0], *self.target, exc)
+                session.end = f"error: the server {_format(self.target)} is unreachable: {exc}"
+                session.level = logging.WARNING
                 return
             async with server:
-                await _Relay(self, client, server, peer).run()
+                relay = session.relay = _Relay(self, client, server, peer)
+                try:
+                    await relay.run()
+                finally:
+                    session.end = session.end or relay.ended
+                    session.final = client.info()  # before the socket closes
+
+
+def _format(address: tuple[object, ...]) -> str:
+    host, port = str(address[0]), address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _sizes(info: SocketInfo) -> str:
+    return (
+        f"messages up to {info.max_fragmented_send_size} bytes out, {info.max_fragmented_receive_size} in "
+        f"(fragments {info.max_send_size}/{info.max_receive_size}), read/write {info.max_read_write_size}"
+    )
+
+
+@attrs.define
+class _Session:
+    """One client's session as the log tells it: how it went and how it ended."""
+
+    peer: tuple[str, int]
+    started: float = attrs.field(factory=time.monotonic)
+    client: sdtrio.SMBDirectSocket | None = None
+    relay: _Relay | None = None
+    negotiated: SocketInfo | None = None
+    final: SocketInfo | None = None
+    #: How it ended: "closed by the client", "closed by the server", "error: ...", "limit: ...".
+    end: str = ""
+    level: int = logging.INFO
+    error: BaseException | None = None
+
+    def counters(self) -> dict[str, object]:
+        """What ``smbdirect stat`` adds to the socket's statistics."""
+        relay = self.relay
+        return {
+            "server": _format(relay.server.socket.getpeername()) if relay is not None else "",
+            "rdma_read_bytes": relay.rdma_read_bytes if relay is not None else 0,
+            "rdma_write_bytes": relay.rdma_write_bytes if relay is not None else 0,
+            "rdma_bytes_held": relay.rdma.used if relay is not None else 0,
+        }
+
+    def failed_setup(self, exc: OSError, setup_timeout: float) -> None:
+        if exc.errno == errno.ETIMEDOUT:
+            self.end = f"limit: SMB-Direct set-up not done within setup_timeout ({setup_timeout:g} s)"
+        else:
+            self.end = f"error: SMB-Direct set-up failed: {exc}"
+
+    def failed(self, exc: Exception) -> None:
+        """Why a session ended: a malformed request as a warning, a lost peer as info, a bug with its traceback."""
+        leaves = list(_leaves(exc))
+        reason = "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves)
+        self.end = f"error: {reason}"
+        if not all(isinstance(leaf, _EXPECTED) for leaf in leaves):
+            self.end = f"an unexpected error; the gateway carries on: {reason}"
+            self.level, self.error = logging.ERROR, exc
+        elif any(isinstance(leaf, smb2.Smb2Error) for leaf in leaves):
+            self.level = logging.WARNING
+        elif any(isinstance(leaf, OSError) and leaf.errno == errno.EMSGSIZE for leaf in leaves):
+            self.end = f"limit: {reason}"
+
+    def log(self) -> None:
+        """One line: peer, how it ended, duration, negotiated sizes, bytes each way, RDMA bytes."""
+        parts = [f"client {_format(self.peer)}: session ended: {self.end or 'closed'}"]
+        parts.append(f"after {time.monotonic() - self.started:.3f} s")
+        if self.negotiated is not None:
+            parts.append(_sizes(self.negotiated))
+        info = self.final
+        if info is None and self.client is not None:
+            with contextlib.suppress(Exception):  # best effort: the socket may be gone
+                info = self.client.info()
+        if info is not None:
+            parts.append(
+                f"{info.bytes_received} bytes from the client in {info.messages_received} messages, "
+                f"{info.bytes_sent} to it in {info.messages_sent}"
+            )
+        relay = self.relay
+        if relay is not None:
+            parts.append(f"RDMA read {relay.rdma_read_bytes} bytes, written {relay.rdma_write_bytes}")
+        log.log(self.level, "; ".join(parts), exc_info=self.error)
 
 
 async def _refuse(request: ConnectionRequest) -> None:
@@ -199,18 +322,6 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
             yield from _leaves(inner)
     else:
         yield exc
-
-
-def _log_end(peer: tuple[str, int], exc: Exception) -> None:
-    """Log why a session ended: a malformed request as a warning, a lost peer as info, a bug with its traceback."""
-    leaves = list(_leaves(exc))
-    reason = "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves)
-    if not all(isinstance(leaf, _EXPECTED) for leaf in leaves):
-        log.error("client %s: session ended by an unexpected error; the gateway carries on", peer[0], exc_info=exc)
-    elif any(isinstance(leaf, smb2.Smb2Error) for leaf in leaves):
-        log.warning("client %s: session ended: %s", peer[0], reason)
-    else:
-        log.info("client %s: session ended: %s", peer[0], reason)
 
 
 def _span(descriptors: list[BufferDescriptorV1], offset: int, length: int) -> list[BufferDescriptorV1]:
@@ -359,6 +470,11 @@ class _Relay:
     #: MessageId -> token to invalidate with the response of an RDMA WRITE.
     write_tokens: dict[int, int] = attrs.field(factory=dict)
     rdma: ByteBudget = attrs.field(init=False)
+    #: This session's RDMA channel I/O: bytes read from the client (WRITE), written to it (READ).
+    rdma_read_bytes: int = 0
+    rdma_write_bytes: int = 0
+    #: Which end closed first: "closed by the client" or "closed by the server".
+    ended: str = ""
 
     def __attrs_post_init__(self) -> None:
         self.rdma = ByteBudget(self.gateway.limits.rdma_bytes_per_session)
@@ -388,6 +504,7 @@ class _Relay:
             (length,) = _HEADER.unpack(header)
             message = await self.client.recv(length) if length else b""
             await self._forward(message)
+        self.ended = self.ended or "closed by the client"
         done.cancel()
 
     async def _forward(self, message: bytes) -> None:
@@ -432,12 +549,14 @@ class _Relay:
             data = bytearray(min(chunk, part.length - offset))
             await self.client.rdma_read(data, _span(part.source, offset, len(data)))
             self.gateway.rdma_read_bytes += len(data)
+            self.rdma_read_bytes += len(data)
             await self.server.send_all(data)
 
     async def _downstream(self, done: trio.CancelScope) -> None:
         messages = _TcpMessages(self.server)
         while (message := await messages.receive(self._reply_limit)) is not None:
             await self._answer(message)
+        self.ended = self.ended or "closed by the server"
         done.cancel()
 
     def _reply_limit(self) -> int:
@@ -462,6 +581,7 @@ class _Relay:
                         if data:
                             await self.client.rdma_write(data, _span(read.descriptors, 0, len(data)))
                             self.gateway.rdma_write_bytes += len(data)
+                            self.rdma_write_bytes += len(data)
                         command = command.as_rdma_read_response(len(data))
                 finally:
                     self._release(read.length)

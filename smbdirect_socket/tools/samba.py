@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from functools import partial
 
 import trio
 
+from .. import stats
 from ..constants import SMBDIRECT_IWARP_PORT
 from ..rdma import get_provider
 from ..smb.gateway import serve_gateway
@@ -50,6 +52,7 @@ def add_samba(commands: argparse._SubParsersAction[Parser]) -> None:
         help=f"also put the gateway in front of it, listening for SMB-Direct (127.0.0.1:{SMBDIRECT_IWARP_PORT})",
     )
     parser.add_argument("--provider", default=None, help="the gateway's RDMA provider")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the gateway's sessions (INFO), on stderr")
     parser.set_defaults(command=_samba)
 
 
@@ -75,10 +78,21 @@ async def _serve(args: argparse.Namespace, server: SambaServer) -> None:
                 except OSError as exc:
                     raise CommandError(f"cannot listen on {format_address(args.gateway)}: {describe(exc)}") from None
                 print(f"  SMB-Direct    {format_address(address)}  (the gateway, 8 MiB messages)", flush=True)
+                with contextlib.suppress(OSError):  # statistics are a convenience here, not a reason to fail
+                    statistics = stats.serve(name="smbdirect samba --gateway")
+                    nursery.start_soon(_close_at_end, statistics)
+                    print(f"  statistics    {statistics.path}  (smbdirect stat)", flush=True)
             print("Ctrl-C stops it.", flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _close_at_end(server: stats.StatServer) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        server.close()
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -99,4 +113,6 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _samba(args: argparse.Namespace) -> int:
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     return run_command("smbdirect samba", partial(_run, args))
