@@ -360,17 +360,20 @@ def _check_sizes(sock: sdtrio.SMBDirectSocket, mode: str, length: int, sends: bo
     return None
 
 
-async def _every(interval: float, started: float, tick: Callable[[float], Any]) -> None:
-    """Call ``tick(now)`` every ``interval`` seconds after ``started`` (without drift), until cancelled."""
-    if interval <= 0:
-        await trio.sleep_forever()
+async def _every(interval: float, started: float, duration: float, tick: Callable[[float], Any]) -> None:
+    """Call ``tick(now)`` every ``interval`` seconds after ``started`` (without drift), until cancelled.
+
+    No tick falls in the last tenth of an interval of the test's ``duration``:
+    the end of the test closes that interval, so no sliver of one is shown.
+    """
     count = 1
-    while True:
+    while interval > 0 and count * interval < duration - interval / 10:
         await trio.sleep(max(0.0, started + count * interval - measure.now()))
         result = tick(measure.now())
         if result is not None:
             await result
         count += 1
+    await trio.sleep_forever()
 
 
 def _tail(meter: measure.Meter | measure.RoundTrips, at: float) -> bool:
@@ -450,7 +453,15 @@ class _Server:
     async def run_test(self, control: _Control, hello: dict[str, Any], peer: str) -> None:
         test = hello.get("test", {})
         mode, length = test.get("mode"), test.get("length_bytes")
-        if hello.get("version") != PROTOCOL_VERSION or mode not in MODES or not isinstance(length, int):
+        interval = test.get("interval_seconds")  # the client's: its lines and ours match
+        duration = test.get("duration_seconds")
+        if (
+            hello.get("version") != PROTOCOL_VERSION
+            or mode not in MODES
+            or not isinstance(length, int)
+            or not isinstance(interval, int | float)
+            or not isinstance(duration, int | float)
+        ):
             await control.send({"error": f"unknown test {test!r} (protocol {hello.get('version')!r})"})
             return
         if bool(test.get("large_messages")) != self.args.large_messages:
@@ -476,9 +487,17 @@ class _Server:
             framing = "writes (byte stream)" if data.bytestream else "framed messages"
             what = f"RDMA {mode[5:]}s" if mode.startswith("rdma") else framing
             self.say(f"smbdirect bench: {mode} test from {peer}: {length}-byte {what}")
-            await self.run_data(control, data, mode, length)
+            await self.run_data(control, data, mode, length, interval, duration)
 
-    async def run_data(self, control: _Control, data: sdtrio.SMBDirectSocket, mode: str, length: int) -> None:
+    async def run_data(
+        self,
+        control: _Control,
+        data: sdtrio.SMBDirectSocket,
+        mode: str,
+        length: int,
+        interval: float,
+        duration: float,
+    ) -> None:
         problem = _check_sizes(data, mode, length, sends=mode in ("reverse", "bidir"))
         descriptors: list[BufferDescriptorV1] = []
         if problem is None and mode.startswith("rdma"):
@@ -489,7 +508,7 @@ class _Server:
         if problem is not None:
             await control.send({"error": problem})
             return
-        tx, rx = measure.Meter(self.args.interval), measure.Meter(self.args.interval)
+        tx, rx = measure.Meter(interval), measure.Meter(interval)
         stop = _Stop()
         expected: list[int | None] = [None]
         received = trio.Event()
@@ -499,9 +518,9 @@ class _Server:
 
         async def tick(at: float) -> None:
             for name, meter in shown:
-                interval = meter.cut(at)
-                self.say(interval.line(name))
-                await control.send({"interval": {"stream": name, "measured_by": "server"} | interval.record()})
+                part = meter.cut(at)
+                self.say(part.line(name))
+                await control.send({"interval": {"stream": name, "measured_by": "server"} | part.record()})
 
         async def receive() -> None:
             await _receive_until(data, rx, expected)
@@ -515,7 +534,7 @@ class _Server:
 
         async def ticks() -> None:
             with ticker:
-                await _every(self.args.interval, started, tick)
+                await _every(interval, started, duration, tick)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ticks)
@@ -742,7 +761,10 @@ class _Client:
             await _receive_until(data, rx, expected)
             received.set()
 
-        self.say(f"{'interval':>15}    {'round trips' if mode == 'latency' else 'transfer       bitrate'}")
+        if mode == "latency":
+            self.say(f"{'interval':>15}  {'count':>9}")
+        else:
+            self.say(f"{'interval':>15}  {'transfer':>10}  {'bitrate':>13}  {'rate':>14}")
         started = measure.now()
         for meter in (tx, rx, trips):
             meter.start(started)
@@ -750,7 +772,7 @@ class _Client:
 
         async def ticks() -> None:
             with ticker:
-                await _every(args.interval, started, tick)
+                await _every(args.interval, started, args.time, tick)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(from_server)

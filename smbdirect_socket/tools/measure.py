@@ -43,6 +43,7 @@ __all__ = [
     "Meter",
     "RoundTrips",
     "Unit",
+    "benchmark_document",
     "dump_json",
     "format_bytes",
     "format_rate",
@@ -361,6 +362,11 @@ def run_metadata() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "time_unix_seconds": time.time(),
     }
+
+
+def benchmark_document(name: str, results: Any, **fields: Any) -> dict[str, Any]:
+    """A benchmark's JSON: its name, what it ran on, its own ``fields`` and its results."""
+    return {"benchmark": name, "metadata": run_metadata(), **fields, "results": results}
 
 
 def dump_json(document: Mapping[str, Any], file: TextIO) -> None:
