@@ -254,21 +254,21 @@ class _Stop:
     """Set when the sender should stop after the message it is sending."""
 
     def __init__(self) -> None:
-        self.set = False
+        self.requested = False
 
 
 async def _send_for(sock: sdtrio.SMBDirectSocket, length: int, meter: measure.Meter, stop: _Stop) -> None:
     """Send ``length``-byte messages (or writes) until ``stop``; count them in ``meter``."""
     if sock.bytestream:
         chunk = memoryview(bytes(length))
-        while not stop.set:
+        while not stop.requested:
             view = chunk
             while view:
                 view = view[await sock.send(view) :]
             meter.add(length)
     else:
         message = _LENGTH.pack(length) + bytes(length)
-        while not stop.set:
+        while not stop.requested:
             await sock.send(message)
             meter.add(length)
 
@@ -550,7 +550,7 @@ class _Server:
                 message = await control.receive()
                 if message is None or "stop" not in message:
                     raise CommandError("the client left before the end of the test")
-                stop.set = True
+                stop.requested = True
                 ticker.cancel()
                 if mode == "latency":
                     work.cancel_scope.cancel()  # the echo waits for a message that will not come
@@ -601,7 +601,7 @@ class _Server:
         stop: _Stop,
     ) -> None:
         buffer = bytearray(length)
-        while not stop.set:
+        while not stop.requested:
             if read:
                 await data.rdma_read(buffer, descriptors)
             else:
@@ -785,7 +785,7 @@ class _Client:
                 if mode == "latency":
                     work.start_soon(self.ping, data, length, trips, stop)
                 await trio.sleep(max(0.0, started + args.time - measure.now()))
-                stop.set = True
+                stop.requested = True
                 ticker.cancel()
             stopped = measure.now()
             await control.send({"stop": True, "sent_bytes": tx.bytes})
@@ -853,7 +853,7 @@ class _Client:
     async def ping(self, data: sdtrio.SMBDirectSocket, length: int, trips: measure.RoundTrips, stop: _Stop) -> None:
         message = _ping_message(data, length)
         clock = measure.now
-        while not stop.set:
+        while not stop.requested:
             start = clock()
             await _send_one(data, message)
             await _receive_exactly(data, length)

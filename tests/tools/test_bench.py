@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -374,3 +375,32 @@ def test_a_non_bench_peer_is_named(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("smbdirect bench: the peer is not an smbdirect bench server")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_second_client_is_told_the_server_is_busy() -> None:
+    with bench_server_failing() as address:
+        first = subprocess.Popen(
+            [*COMMAND, "bench", address, "-t", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert first.stdout is not None
+            first.stdout.readline()  # smbdirect bench: send with ...: the test runs
+            result = smbdirect("bench", address, "-t", "1")
+        finally:
+            first.kill()
+            first.communicate()
+    assert (result.returncode, result.stderr) == (
+        1,
+        "smbdirect bench: the server refused the test: the server is busy running a test; try again later\n",
+    )
+
+
+def test_ctrl_c_ends_the_server_with_130_quietly() -> None:
+    process = subprocess.Popen(
+        [*COMMAND, "bench", "--server", "127.0.0.1", "-p", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    assert b"listening on" in process.stdout.readline()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert (process.returncode, stderr) == (130, b"")
