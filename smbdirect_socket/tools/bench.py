@@ -381,9 +381,9 @@ async def _every(interval: float, started: float, duration: float, tick: Callabl
 
 
 def _tail(meter: measure.Meter | measure.RoundTrips, at: float) -> bool:
-    """Whether the last, partial interval is worth a line (over 1 ms of it)."""
+    """Whether the last, partial interval is worth a line (lines asked for, and over 1 ms of it)."""
     began = meter.intervals[-1].end if meter.intervals else 0.0
-    return at - meter.started - began > 1e-3
+    return meter.interval > 0 and at - meter.started - began > 1e-3
 
 
 # ---- the server -----------------------------------------------------------------------
@@ -765,7 +765,9 @@ class _Client:
             await _receive_until(data, rx, expected)
             received.set()
 
-        if mode == "latency":
+        if args.interval == 0:
+            pass
+        elif mode == "latency":
             self.say(f"{'interval':>15}  {'count':>9}")
         else:
             self.say(f"{'interval':>15}  {'transfer':>10}  {'bitrate':>13}  {'rate':>14}")
@@ -885,6 +887,8 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--json and --plot are the client's (the server prints its side)")
         server = _Server(args, sys.stdout)
         return run_command("smbdirect bench", partial(trio.run, server.serve, address))
+    if args.plot and args.interval == 0:
+        parser.error("--plot draws the intervals: give -i above 0")
     out = sys.stderr if args.json == "-" else sys.stdout
     client = _Client(args, address, out)
 

@@ -43,6 +43,8 @@ def _describe(document: dict[str, Any]) -> str:
 def plot(runs: Sequence[tuple[str, dict[str, Any]]], path: str, title: str | None = None) -> None:
     """Draw ``runs`` (a label and a bench result each) into the PNG ``path``."""
     require_matplotlib()
+    if not any(document["intervals"] for _, document in runs):
+        raise CommandError("nothing to draw: no intervals (run smbdirect bench with -i above 0)")
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed

@@ -288,6 +288,7 @@ def test_help() -> None:
         (["127.0.0.1", "-R", "--latency"], "argument --latency: not allowed with argument -R/--reverse"),
         ([], "a client needs the server's HOST (or --server to be one)"),
         (["--server", "--json", "x.json"], "--json and --plot are the client's (the server prints its side)"),
+        (["127.0.0.1", "-i", "0", "--plot", "x.png"], "--plot draws the intervals: give -i above 0"),
     ],
 )
 def test_bad_arguments_are_one_line_usage_errors(args: list[str], problem: str) -> None:
