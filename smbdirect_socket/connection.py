@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import mmap
 import os
 import select
 import struct
@@ -125,6 +126,20 @@ def _waker() -> _Waker:
     return waker
 
 
+#: Receive slabs from this size on are anonymous mappings: their pages are
+#: zeroed by the kernel when first written, so buffers posted ahead (255 of
+#: 64 KiB with large messages) cost nothing until messages arrive.
+_MAPPED_SLAB = 256 * 1024
+
+
+def _receive_slab(size: int) -> memoryview:
+    """Memory for receives posted together, which their buffers slice (it lives
+    as long as any of them)."""
+    if size >= _MAPPED_SLAB:
+        return memoryview(mmap.mmap(-1, size))
+    return memoryview(bytearray(size))
+
+
 class NotDriven(Exception):
     """:meth:`Connection.drive` cannot drive this connection from here (the
     provider cannot be driven from another thread): go through its loop."""
@@ -169,7 +184,7 @@ class Connection:
         self._sleepers: set[_Waker] = set()  # callers in other threads asleep in poll()
         self._home_parked = 0  # the loop's tasks parked while a caller drives
         self._disconnecting = False
-        self._receive_buffers: dict[int, bytearray] = {}
+        self._receive_buffers: dict[int, memoryview] = {}
         self._next_receive = _RECEIVE_WR_BASE
         self._changed = trio.lowlevel.ParkingLot()
         # The task polling the queue pair now (its cancel scope), and whether it
@@ -521,12 +536,14 @@ class Connection:
                     except RdmaError as exc:
                         self.protocol.connection_lost(exc)
                 elif isinstance(action, PostReceives):
-                    for _ in range(action.count):
-                        buffer = bytearray(action.size)
+                    size = action.size
+                    slab = _receive_slab(action.count * size)
+                    for offset in range(0, action.count * size, size):
+                        buffer = slab[offset : offset + size]
                         wr_id = self._next_receive
                         self._next_receive += 1
                         self._receive_buffers[wr_id] = buffer
-                        qp.post_recv(wr_id, memoryview(buffer))
+                        qp.post_recv(wr_id, buffer)
                 elif isinstance(action, Disconnect):
                     self._disconnecting = True
 
@@ -610,7 +627,7 @@ class Connection:
             if completion.opcode is Opcode.RECV and completion.status is Status.SUCCESS:
                 buffer = self._receive_buffers.pop(completion.wr_id, None)
                 if buffer is not None:
-                    received.append(memoryview(buffer)[: completion.byte_len])
+                    received.append(buffer[: completion.byte_len])
                     continue
             if received:
                 self.protocol.receive_many(received, now)
