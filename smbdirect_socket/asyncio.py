@@ -139,7 +139,7 @@ class SMBDirectTransport(asyncio.Transport):
     max_size = 256 * 1024
     #: Bytes handed to the loop and not yet taken by the protocol, at most:
     #: the reader stops receiving beyond that, which withholds credits from the peer.
-    read_window = 4 * max_size
+    read_window = max_size
 
     def __init__(
         self,
@@ -735,6 +735,15 @@ class SMBDirectSocket(blocking.SMBDirectSocket):
     @property
     def proto(self) -> int:
         return 0
+
+    def connect(self, address: Address) -> None:
+        try:
+            super().connect(address)
+        except BlockingIOError:
+            # Not writable from now until connected (or failed), before the loop
+            # looks: the trio socket marks it only once its connect task runs.
+            engine_thread.run_sync(self.trio_socket._update_readiness)
+            raise
 
 
 def socket(
