@@ -319,6 +319,7 @@ class SMBDirectTransport(asyncio.Transport):
             self._protocol.pause_writing()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write each of ``list_of_data``, as one write."""
         self.write(b"".join(list_of_data))
 
     def can_write_eof(self) -> bool:
@@ -326,15 +327,20 @@ class SMBDirectTransport(asyncio.Transport):
         return False
 
     def write_eof(self) -> None:
+        """Not supported: raises ``NotImplementedError`` (SMB-Direct has no half-close)."""
         raise NotImplementedError("SMB-Direct has no half-close (shutdown ends the connection): close() instead")
 
     def get_write_buffer_size(self) -> int:
+        """Bytes written and not yet sent."""
         return self._write_buffered
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
+        """``(low, high)``: the write buffer's water marks for ``pause_writing`` and ``resume_writing``."""
         return self._low_water, self._high_water
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks: ``pause_writing`` above ``high`` bytes buffered,
+        ``resume_writing`` at ``low`` (default: 64 KiB, and a quarter of ``high``)."""
         if high is None:
             high = 64 * 1024 if low is None else 4 * low
         if low is None:
@@ -344,6 +350,7 @@ class SMBDirectTransport(asyncio.Transport):
         self._high_water, self._low_water = high, low
 
     def is_reading(self) -> bool:
+        """Not paused, and not closing."""
         return self._reading and not self._closing
 
     def pause_reading(self) -> None:
@@ -354,18 +361,22 @@ class SMBDirectTransport(asyncio.Transport):
         engine_thread.call_soon(partial(self._pause, True))
 
     def resume_reading(self) -> None:
+        """Call ``data_received`` again."""
         if self._closing or self._reading:
             return
         self._reading = True
         engine_thread.call_soon(partial(self._pause, False))
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Call ``protocol`` from now on."""
         self._protocol = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
+        """The protocol the transport calls."""
         return self._protocol
 
     def is_closing(self) -> bool:
+        """Closed, or closing."""
         return self._closing
 
     def close(self) -> None:
@@ -515,6 +526,7 @@ class SMBDirectServer(asyncio.AbstractServer):
         return f"<SMBDirectServer sockets={self.sockets!r}>"
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the server runs on."""
         return self._loop
 
     @property
@@ -523,6 +535,7 @@ class SMBDirectServer(asyncio.AbstractServer):
         return () if self._closed else tuple(_ListeningSocket(sock) for sock in self._listeners)
 
     def is_serving(self) -> bool:
+        """Accepting connections: started and not closed."""
         return self._serving
 
     async def start_serving(self) -> None:
@@ -737,6 +750,7 @@ class SMBDirectSocket(blocking.SMBDirectSocket):
         return 0
 
     def connect(self, address: Address) -> None:
+        """Connect, or start connecting (``BlockingIOError``, ``EINPROGRESS``) as a non-blocking socket does."""
         try:
             super().connect(address)
         except BlockingIOError:
