@@ -20,7 +20,15 @@ def _code(match: re.Match[str]) -> str:
     return f"`{name.rsplit('.', 1)[-1] if match.group(1) else name}`"
 
 
+def _rewrite(obj: griffe.Object) -> None:
+    if obj.docstring is not None:
+        obj.docstring.value = _ROLE.sub(_code, obj.docstring.value)
+    for member in obj.members.values():
+        if not member.is_alias:
+            _rewrite(member)  # type: ignore[arg-type]
+
+
 class RstRoles(griffe.Extension):
-    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
-        if obj.docstring is not None:
-            obj.docstring.value = _ROLE.sub(_code, obj.docstring.value)
+    # Once the package is loaded: other extensions (griffe-sphinx) add docstrings too.
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        _rewrite(pkg)
