@@ -120,6 +120,7 @@ class SMBDirectSocket:
     # ---- timeouts ------------------------------------------------------------------
 
     def settimeout(self, value: float | None) -> None:
+        """Bound each later call by ``value`` seconds (``TimeoutError``); ``None`` blocks, 0 is non-blocking."""
         if value is not None:
             value = float(value)
             if value < 0 or math.isnan(value):
@@ -127,12 +128,15 @@ class SMBDirectSocket:
         self._timeout = value
 
     def gettimeout(self) -> float | None:
+        """The timeout in seconds: ``None`` blocking, 0.0 non-blocking."""
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
+        """``setblocking(False)`` is ``settimeout(0.0)``, ``setblocking(True)`` is ``settimeout(None)``."""
         self._timeout = None if flag else 0.0
 
     def getblocking(self) -> bool:
+        """False when non-blocking (a timeout of 0.0)."""
         return self._timeout != 0.0
 
     def _nonblocking(self, flags: int) -> int:
@@ -174,24 +178,32 @@ class SMBDirectSocket:
     # ---- addresses, connect, accept ------------------------------------------------------
 
     def bind(self, address: Address) -> None:
+        """Bind the address to listen on, or to connect from."""
         engine_thread.run(self._sock.bind, address)
 
     def listen(self, backlog: int = 10) -> None:
+        """Listen for connections; each negotiates SMB-Direct before ``accept`` sees it."""
         engine_thread.run_sync(self._sock.listen, backlog)
 
     def getsockname(self) -> Address:
+        """The local address."""
         return engine_thread.run_sync(self._sock.getsockname)
 
     def getpeername(self) -> Address:
+        """The peer's address (``ENOTCONN`` unless connected)."""
         return engine_thread.run_sync(self._sock.getpeername)
 
     def connect(self, address: Address) -> None:
+        """Connect and negotiate SMB-Direct; non-blocking, raise ``BlockingIOError`` (``EINPROGRESS``)
+        and report the outcome in ``SO_ERROR`` once writable.
+        """
         if self._timeout == 0.0:
             engine_thread.run_sync(self._sock.connect_nowait, address)  # EINPROGRESS, EALREADY, ...
         else:
             self._call(self._sock.connect, address)
 
     def connect_ex(self, address: Address) -> int:
+        """``connect``, returning the errno instead of raising it (0 once connected)."""
         try:
             self.connect(address)
         except OSError as exc:
@@ -201,6 +213,9 @@ class SMBDirectSocket:
         return 0
 
     def accept(self) -> tuple[SMBDirectSocket, Address]:
+        """``(socket, address)`` of the next negotiated connection (``BlockingIOError`` if none waits,
+        non-blocking).
+        """
         if self._timeout == 0.0 and not engine_thread.run_sync(self._sock.is_readable):
             raise socket_error(errno.EAGAIN)
         inner, address = self._call(self._sock.accept)
@@ -212,6 +227,7 @@ class SMBDirectSocket:
     # ---- sending -------------------------------------------------------------------------
 
     def send(self, data: Any, flags: int = 0) -> int:
+        """Send one message (framed), or up to the max fragmented send size (byte stream); return the bytes taken."""
         return self.sendmsg([data], (), flags)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
@@ -277,6 +293,7 @@ class SMBDirectSocket:
         return self._receive(self._sock.recv, bufsize, flags) if data is None else data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """``recv`` into ``buffer`` (``nbytes`` of it, or all); return the count."""
         flags = self._nonblocking(flags)
         view = memoryview(buffer).cast("B")
         if nbytes < 0:  # checked before anything is read, with the stdlib's messages
@@ -290,6 +307,7 @@ class SMBDirectSocket:
         return len(data)
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
+        """``recv``, as ``(data, [], 0, None)``: SMB-Direct delivers no control messages."""
         flags = self._nonblocking(flags)
         data = self._receive_here(bufsize, flags)
         if data is None:
@@ -340,6 +358,7 @@ class SMBDirectSocket:
     def recvmsg_into(
         self, buffers: Iterable[Any], ancbufsize: int = 0, flags: int = 0
     ) -> tuple[int, list[Any], int, Any]:
+        """``recvmsg`` into ``buffers``, in order; return ``(count, [], 0, None)``."""
         views = [memoryview(b).cast("B") for b in buffers]
         data, ancillary, msg_flags, address = self.recvmsg(sum(len(v) for v in views), ancbufsize, flags)
         offset = 0
@@ -379,9 +398,11 @@ class SMBDirectSocket:
     # ---- options and statistics ----------------------------------------------------------------
 
     def setsockopt(self, level: int, optname: int, value: int | bytes | None, optlen: int | None = None) -> None:
+        """Set a socket option: ``SOL_SMBDIRECT`` ones (see :mod:`smbdirect_socket.options`), ``SO_REUSEADDR``."""
         engine_thread.run_sync(self._sock.setsockopt, level, optname, value, optlen)
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:
+        """Read a socket option: ``SOL_SMBDIRECT`` ones, ``SO_ERROR``, ``SO_TYPE``, ``SO_PROTOCOL``, ..."""
         return engine_thread.run_sync(self._sock.getsockopt, level, optname, buflen)
 
     def info(self) -> SocketInfo:
@@ -399,12 +420,15 @@ class SMBDirectSocket:
         return engine_thread.run_sync(partial(self._sock.register_buffer, buffer, writable=writable))
 
     def deregister_buffer(self, registration: Registration) -> None:
+        """End the peer's access to a buffer of :meth:`register_buffer`."""
         engine_thread.run_sync(self._sock.deregister_buffer, registration)
 
     def rdma_read(self, into: Any, descriptors: list[BufferDescriptorV1]) -> None:
+        """See :meth:`smbdirect_socket.trio.SMBDirectSocket.rdma_read`."""
         self._call(self._sock.rdma_read, into, descriptors)
 
     def rdma_write(self, data: Any, descriptors: list[BufferDescriptorV1]) -> None:
+        """See :meth:`smbdirect_socket.trio.SMBDirectSocket.rdma_write`."""
         self._call(self._sock.rdma_write, data, descriptors)
 
     # ---- teardown -----------------------------------------------------------------------------------
@@ -414,6 +438,7 @@ class SMBDirectSocket:
         engine_thread.run_sync(self._sock.shutdown, how)
 
     def close(self) -> None:
+        """Close the socket (once files from ``makefile`` are closed too); the peer sees the end of the stream."""
         self._closed = True
         if self._io_refs <= 0:
             self._real_close()
@@ -422,6 +447,7 @@ class SMBDirectSocket:
         engine_thread.run_sync(self._sock.close)
 
     def detach(self) -> int:
+        """Not supported (``EOPNOTSUPP``): there is no kernel descriptor to hand over."""
         raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
 
 

@@ -103,6 +103,7 @@ class SocketInfo:
     size: ClassVar = layout.size
 
     def pack(self) -> bytes:
+        """The option's bytes (:attr:`layout`)."""
         return self.layout.pack(*attrs.astuple(self))
 
     @classmethod

@@ -83,6 +83,7 @@ class Parameters:
     layout: ClassVar = struct.Struct("=Q4I4H8I")
 
     def pack(self) -> bytes:
+        """The kernel's 64-byte ``struct smbdirect_socket_parameters``."""
         return self.layout.pack(*attrs.astuple(self))
 
     @classmethod
@@ -93,6 +94,7 @@ class Parameters:
         return cls(*cls.layout.unpack(buffer))
 
     def replace(self, **changes: int) -> Parameters:
+        """These parameters with the fields named changed (checked as in the constructor)."""
         return attrs.evolve(self, **changes)
 
     def with_large_messages(self, size: int = LARGE_MESSAGE_SIZE) -> Parameters:

@@ -267,6 +267,7 @@ class Patch:
         raise refused or OSError(errno.EHOSTUNREACH, f"getaddrinfo gave no address for {address[0]!r}")
 
     def apply(self) -> Patch:
+        """Patch the ``socket`` module (``RuntimeError`` if it is patched already); returns the patch."""
         if _stdlib_socket.socket is not _ORIGINAL_SOCKET:
             raise RuntimeError("the socket module is already patched")
         _stdlib_socket.socket = self._socket_class  # type: ignore[misc]
@@ -275,6 +276,7 @@ class Patch:
         return self
 
     def undo(self) -> None:
+        """Put the ``socket`` module back as it was."""
         if self._active:
             _stdlib_socket.socket = _ORIGINAL_SOCKET  # type: ignore[misc]
             _stdlib_socket.create_connection = _ORIGINAL_CREATE_CONNECTION

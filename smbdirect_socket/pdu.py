@@ -146,10 +146,12 @@ class NegotiateRequest:
     reserved: int = attrs.field(default=0, validator=u16)
 
     def pack(self) -> bytes:
+        """The PDU's 20 bytes."""
         return _pack(NEGOTIATE_REQUEST, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> NegotiateRequest:
+        """Decode a Negotiate Request (``PDUError`` naming the field that breaks a rule)."""
         return _unpack(cls, NEGOTIATE_REQUEST, buffer)
 
 
@@ -170,10 +172,12 @@ class NegotiateResponse:
     reserved: int = attrs.field(default=0, validator=u16)
 
     def pack(self) -> bytes:
+        """The PDU's 32 bytes."""
         return _pack(NEGOTIATE_RESPONSE, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> NegotiateResponse:
+        """Decode a Negotiate Response (``PDUError`` naming the field that breaks a rule)."""
         return _unpack(cls, NEGOTIATE_RESPONSE, buffer)
 
 
@@ -210,6 +214,7 @@ class DataTransferMessage:
         return len(self.data)
 
     def pack(self) -> bytes:
+        """The PDU: its header, padding to the data offset, and the data."""
         length = len(self.data)
         if length > 0xFFFFFFFF:
             raise ValueError("data_length must be a u32")
@@ -220,6 +225,7 @@ class DataTransferMessage:
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> DataTransferMessage:
+        """Decode a Data Transfer Message (``PDUError`` naming the field that breaks a rule)."""
         requested, granted, flags, remaining, data, offset, reserved = _decode_data_transfer(buffer)
         return cls(requested, granted, flags, remaining, data, offset, reserved)
 
@@ -275,14 +281,17 @@ class BufferDescriptorV1:
     length: int = attrs.field(validator=u32)
 
     def pack(self) -> bytes:
+        """The descriptor's 16 bytes."""
         return _pack(BUFFER_DESCRIPTOR_V1, self)
 
     @classmethod
     def unpack(cls, buffer: Buffer) -> BufferDescriptorV1:
+        """Decode one descriptor."""
         return _unpack(cls, BUFFER_DESCRIPTOR_V1, buffer)
 
     @classmethod
     def pack_list(cls, descriptors: list[BufferDescriptorV1]) -> bytes:
+        """The descriptor array of an SMB2 READ/WRITE channel info."""
         return b"".join(d.pack() for d in descriptors)
 
     @classmethod

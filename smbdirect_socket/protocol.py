@@ -62,6 +62,8 @@ __all__ = [
 
 
 class Role(enum.Enum):
+    """Which side of the connection: the client sends the Negotiate Request, the server answers."""
+
     CLIENT = "client"
     SERVER = "server"
 
@@ -358,6 +360,7 @@ class SMBDirectProtocol:
         return actions
 
     def next_event(self) -> Event | None:
+        """The next event (data, credits, the connection's end) for the caller, or None."""
         return self._events.popleft() if self._events else None
 
     # ---- negotiation ----------------------------------------------------------

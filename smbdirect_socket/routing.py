@@ -54,11 +54,13 @@ class Route:
     sockets: weakref.WeakSet[blocking.SMBDirectSocket] = attrs.field(factory=weakref.WeakSet, eq=False)
 
     def takes(self, address: Any) -> bool:
+        """Does a connection to ``address`` ride SMB-Direct on this route?"""
         return routed(self.ports, self.hosts, address)
 
     def connect(
         self, address: tuple[Any, ...], family: int, timeout: float | None, source: Address | None = None
     ) -> blocking.SMBDirectSocket:
+        """An SMB-Direct socket connected to ``address`` as this route says (closed if that fails)."""
         sock = blocking.SMBDirectSocket(family, parameters=self.parameters, provider=self.provider)
         try:
             sock.settimeout(timeout)
@@ -92,6 +94,7 @@ class SMBDirectSocketFactory(trio.abc.SocketFactory):
     provider: Provider | None = None
 
     def routes(self, address: Address) -> bool:
+        """Does a socket bound or connected to ``address`` ride SMB-Direct?"""
         return routed(self.ports, self.hosts, address)
 
     def socket(
@@ -100,6 +103,9 @@ class SMBDirectSocketFactory(trio.abc.SocketFactory):
         type: int | None = None,
         proto: int | None = None,
     ) -> trio.socket.SocketType:
+        """A trio socket: for a stream socket, one that becomes SMB-Direct or TCP at its first
+        connect or bind, as its address is routed; any other kind, a plain trio socket.
+        """
         family = _stdlib_socket.AF_INET if family is None else family
         kind = _stdlib_socket.SOCK_STREAM if type is None else type
         if kind != _stdlib_socket.SOCK_STREAM or family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):

@@ -205,6 +205,8 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         self._bound = tuple(sock.getsockname())
 
     def listen(self, backlog: int = 10) -> None:
+        """Listen on the bound address; each connection negotiates SMB-Direct in the background
+        before ``accept`` sees it."""
         if transition(self._state, "listen") is self._state:
             return  # listening already
         assert self._bound is not None and self._bound_socket is not None
@@ -217,6 +219,7 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         )
 
     def getsockname(self) -> Address:
+        """The local address (the bound one before connect or listen)."""
         self._check_open()
         if self._connection is not None:
             return self._connection.local_address
@@ -227,11 +230,13 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         return ("0.0.0.0", 0) if self._family == _stdlib_socket.AF_INET else ("::", 0, 0, 0)
 
     def getpeername(self) -> Address:
+        """The peer's address (``ENOTCONN`` unless connected)."""
         return self._connected().peer_address
 
     # ---- connect / accept -----------------------------------------------------------------
 
     async def connect(self, address: Address) -> None:
+        """Connect and negotiate SMB-Direct (from the bound address, if bound)."""
         self._state = transition(self._state, "connect")
         await self._connect(address)
 
@@ -321,6 +326,9 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
     # ---- sending ---------------------------------------------------------------------------
 
     async def send(self, data: Any, flags: int = 0) -> int:
+        """Send one message (framed: its 4-byte length, then the payload; returns the whole count),
+        or up to the max fragmented send size of a byte stream (returns what it took).
+        """
         return await self._send(memoryview(data).cast("B"), flags, None)
 
     async def sendmsg(
@@ -330,6 +338,9 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         flags: int = 0,
         address: Address | None = None,
     ) -> int:
+        """``send`` of the buffers joined, with at most one control message: the remote invalidate
+        ``(SOL_SMBDIRECT, SMBDIRECT_BUFFER_REMOTE_INVALIDATE_CMSG_TYPE, struct.pack("=I", token))``.
+        """
         data, token = self.message_of(buffers, ancdata, address)
         return await self._send(data, flags, token)
 
@@ -397,6 +408,7 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         return sent
 
     async def wait_writable(self) -> None:
+        """Wait until a send would not wait for credits."""
         connection = self._connected()
         await connection.wait_writable()
         await trio.lowlevel.checkpoint()
@@ -404,9 +416,13 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
     # ---- receiving ---------------------------------------------------------------------------
 
     async def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Receive ``bufsize`` bytes: framed, exactly that many (a 4-byte read at a message start
+        gives its length); byte stream, what has arrived; ``b""`` at the end of the stream.
+        """
         return await self._recv(bufsize, flags)
 
     async def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """``recv`` into ``buffer`` (``nbytes`` of it, or all of it); return the count."""
         view = memoryview(buffer).cast("B")
         # Checked before anything is read, with the stdlib's messages.
         if nbytes < 0:
@@ -418,6 +434,7 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         return len(data)
 
     async def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
+        """``recv``, as ``(data, [], 0, None)``: SMB-Direct delivers no control messages."""
         data = await self._recv(bufsize, flags)
         return data, [], 0, None
 
@@ -524,6 +541,7 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         return self._connected().register(memoryview(buffer), writable=writable)
 
     def deregister_buffer(self, registration: Registration) -> None:
+        """End the peer's access to a buffer of :meth:`register_buffer`."""
         self._connected().deregister(registration)
 
     async def rdma_read(self, into: Any, descriptors: list[BufferDescriptorV1]) -> None:
@@ -540,6 +558,9 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
     def setsockopt(  # type: ignore[override]
         self, level: int, optname: int, value: int | bytes | None, optlen: int | None = None
     ) -> None:
+        """Set an option: ``SOL_SMBDIRECT`` ones (parameters before connect or listen, the byte stream
+        any time), ``SO_REUSEADDR`` (always on); others raise ``ENOPROTOOPT``.
+        """
         self._check_open()
         if level == _stdlib_socket.SOL_SOCKET and optname == _stdlib_socket.SO_REUSEADDR:
             return  # always on for the listening TCP socket of the software provider
@@ -570,6 +591,9 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             raise socket_error(errno.EINVAL, str(exc)) from None
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:  # type: ignore[override]
+        """Read an option: ``SOL_SMBDIRECT`` ones, ``SO_ERROR`` (a failed connect's errno, once),
+        ``SO_TYPE``, ``SO_PROTOCOL``, ``SO_DOMAIN``, ``SO_ACCEPTCONN``, ``SO_REUSEADDR``.
+        """
         self._check_open()
         if level == _stdlib_socket.SOL_SOCKET:
             return self._socket_option(optname)
@@ -619,6 +643,9 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         connection.close_nowait()
 
     def close(self) -> None:
+        """Close the socket: a connection ends in good order (the peer reads the end of the stream),
+        a listener stops.
+        """
         if self._state is SocketState.CLOSED:
             return
         self._state = transition(self._state, "close")
@@ -634,9 +661,11 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             self._readiness.close()
 
     def detach(self) -> int:
+        """Not supported (``EOPNOTSUPP``): there is no kernel descriptor to hand over."""
         raise socket_error(errno.EOPNOTSUPP, "an SMB-Direct socket has no descriptor to detach")
 
     def dup(self) -> SMBDirectSocket:
+        """Not supported (``EOPNOTSUPP``)."""
         raise socket_error(errno.EOPNOTSUPP, "SMB-Direct sockets cannot be duplicated")
 
 

@@ -56,11 +56,13 @@ MODULES = {
     "engine_thread": "runtime",
     "readiness": "runtime",
     "_addresses": "runtime",
+    "_event_loops": "runtime",  # which event loop runs, for errors that name the right front door
     "rdma": "engine",
     "connection": "connection",
     "options": "connection",  # option codes and the statistics a connection reports
     "trio": "sockets",
     "blocking": "sockets",
+    "asyncio": "sockets",  # the asyncio front door, over the trio socket on the engine thread
     "patching": "programs",
     "run": "programs",
     "routing": "programs",

@@ -238,20 +238,26 @@ class ConnectionRequest(abc.ABC):
     @abc.abstractmethod
     async def accept(
         self, private_data: bytes = b"", *, initiator_depth: int = 1, responder_resources: int = 1
-    ) -> QueuePair: ...
+    ) -> QueuePair:
+        """Accept: the queue pair of the connection, ``private_data`` sent to the peer."""
 
     @abc.abstractmethod
-    async def reject(self, private_data: bytes = b"") -> None: ...
+    async def reject(self, private_data: bytes = b"") -> None:
+        """Refuse the connection, with ``private_data`` for the peer."""
 
 
 class Listener(abc.ABC):
+    """Connection requests arriving at ``address``, as :meth:`Provider.listen` returns."""
+
     address: tuple[str, int]
 
     @abc.abstractmethod
-    async def get_request(self) -> ConnectionRequest: ...
+    async def get_request(self) -> ConnectionRequest:
+        """The next connection request."""
 
     @abc.abstractmethod
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Stop listening."""
 
 
 class Provider(abc.ABC):
