@@ -173,12 +173,16 @@ async def test_a_routed_framed_socket_in_an_smbdirect_stream() -> None:
     await listeners[0].aclose()
 
 
+async def _ignore(stream: sdtrio.SMBDirectStream) -> None:
+    await stream.aclose()
+
+
 @pytest.mark.parametrize(
     "call",
     [
         lambda: sdtrio.open_smbdirect_stream("127.0.0.1", 9),
         lambda: sdtrio.open_smbdirect_listeners(0, host="127.0.0.1"),
-        lambda: sdtrio.serve_smbdirect(lambda stream: None, 0, host="127.0.0.1"),
+        lambda: sdtrio.serve_smbdirect(_ignore, 0, host="127.0.0.1"),
         lambda: sdtrio.socket().connect(("127.0.0.1", 9)),
         lambda: sdtrio.socket().bind(("127.0.0.1", 0)),
     ],
