@@ -595,7 +595,7 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             return self._ready.statistics().current_buffer_used > 0
         if connection is None:
             return False
-        return bool(self._partial or connection.readable) or connection.ended
+        return bool(self._partial or self._header or connection.readable) or connection.ended
 
     def is_writable(self) -> bool:
         """A send would not wait for credits (or would fail at once: closed, broken, new)."""

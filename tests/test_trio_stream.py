@@ -65,6 +65,13 @@ async def test_framed_receive_some_returns_what_has_arrived() -> None:
         while len(got) < 10:
             got += await server.receive_some(3)
     assert got == framed(b"abcdef")
+    # Half a header read: the rest still makes the socket readable.
+    await client.send_all(framed(b"gh"))
+    with trio.fail_after(5):
+        assert await server.receive_some(2) == b"\x00\x00"
+    assert server.socket.is_readable()
+    with trio.fail_after(5):
+        assert await server.receive_some() == b"\x00\x02gh"
     # The socket underneath keeps the kernel's exact reads.
     await client.send_all(framed(b"exact"))
     with trio.fail_after(5):
