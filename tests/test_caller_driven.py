@@ -407,9 +407,9 @@ def test_select_sees_each_message_after_direct_receives(pair: Pair) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="after a caller leaves, the loop's tasks keep off the socket for CALLER_GRACE (20 ms, twice: the "
-    "queue pair's reader, then the connection's poller), so fileno() turns readable some 25-30 ms after the "
-    "data arrived: a select()-driven receive costs about 40x a direct one",
+    reason="after a caller leaves, the loop's tasks keep off the socket for CALLER_GRACE (20 ms: the queue "
+    "pair's reader and the connection's background poll sleep instead of waiting on the socket), so fileno() "
+    "turns readable some 25 ms after the data arrived: a select()-driven receive costs about 40x a direct one",
 )
 def test_select_driven_receives_cost_about_what_direct_ones_do(pair: Pair) -> None:
     client, server = pair
