@@ -13,20 +13,24 @@ baseline's, and their ratio.
 * the round trip of a 64-byte Send answered by a 64-byte Send.
 
     python benchmarks/bench_engine.py [--seconds S] [--json FILE]
+
+The JSON (smbdirect_socket.tools.measure) names each figure's unit:
+``engine_bytes_per_second``, ``tcp_microseconds``, ...
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from common import accept_and_connect, round_trip, tcp_streams
 
 from smbdirect_socket._wire import COMPILED
 from smbdirect_socket.rdma import Access, Opcode, QueuePair, Status, get_provider
+from smbdirect_socket.tools import measure
+from smbdirect_socket.tools.measure import BYTES_PER_SECOND, MICROSECONDS, Comparison, Unit
 
 WINDOW = 64
 
@@ -49,11 +53,11 @@ async def queue_pairs() -> tuple[QueuePair, QueuePair]:
 
 async def timed(seconds: float, step: Callable[[], Awaitable[int]]) -> float:
     """Run ``step`` (returning bytes moved) for ``seconds``; bytes per second."""
-    moved = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        moved += await step()
-    return moved / (time.perf_counter() - start)
+    moved = measure.Meter()
+    moved.start()
+    while moved.running(seconds):
+        moved.add(await step())
+    return moved.bytes_per_second
 
 
 async def expect(qp: QueuePair, opcode: Opcode, count: int = 1) -> None:
@@ -155,48 +159,43 @@ async def engine_round_trip(count: int) -> float:
     server.post_recv(1, memoryview(b))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
-        start = time.perf_counter()
+        start = measure.now()
         for _ in range(count):
             client.post_recv(1, memoryview(a))
             client.post_send(2, message)
             await expect(client, Opcode.RECV)
-        elapsed = time.perf_counter() - start
+        elapsed = measure.now() - start
     await client.disconnect()
     await server.disconnect()
     return elapsed / count
 
 
-async def main(seconds: float) -> dict[str, dict[str, float]]:
-    results: dict[str, dict[str, float]] = {"wire core": {"compiled": float(COMPILED)}}
+async def main(seconds: float) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []  # the wire core is in the JSON's metadata
     print(f"wire core: {'compiled' if COMPILED else 'pure Python'}")
 
-    def report(name: str, ours: float, baseline: float, unit: str, scale: float, target: str) -> None:
-        ratio = ours / baseline
-        results[name] = {"engine": ours, "tcp": baseline, "ratio": ratio}
-        print(
-            f"{name:28} engine {ours * scale:10.1f} {unit}  tcp {baseline * scale:10.1f} {unit}  "
-            f"ratio {ratio:5.2f}  (target {target})"
-        )
+    def report(name: str, ours: float, baseline: float, unit: Unit, target: str) -> None:
+        comparison = Comparison(name, ours, baseline, unit, ours_name="engine", target=target)
+        results.append(comparison.record())
+        print(comparison.line(width=28))
 
     for size in (1364, 65536):
         report(
             f"send {size} B",
             await engine_sends(size, seconds),
             await tcp_sends(size, seconds),
-            "MB/s",
-            1e-6,
+            BYTES_PER_SECOND,
             ">= 0.6" if size == 1364 else "-",
         )
     tcp_bulk = await tcp_sends(1 << 20, seconds)
-    report("RDMA write 1 MiB", await engine_rdma(False, seconds), tcp_bulk, "MB/s", 1e-6, ">= 0.9")
-    report("RDMA read 1 MiB", await engine_rdma(True, seconds), tcp_bulk, "MB/s", 1e-6, ">= 0.9")
+    report("RDMA write 1 MiB", await engine_rdma(False, seconds), tcp_bulk, BYTES_PER_SECOND, ">= 0.9")
+    report("RDMA read 1 MiB", await engine_rdma(True, seconds), tcp_bulk, BYTES_PER_SECOND, ">= 0.9")
     count = max(200, int(seconds * 2000))
     report(
         "64 B round trip",
         await engine_round_trip(count),
         await round_trip(await tcp_streams(), count, length_first=False),
-        "us",
-        1e6,
+        MICROSECONDS,
         "<= 1.5",
     )
     return results
@@ -209,5 +208,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     results = trio.run(main, args.seconds)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        measure.write_json(args.json, measure.benchmark_document("bench_engine", results))

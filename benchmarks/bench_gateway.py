@@ -9,15 +9,16 @@ file in 1 MiB requests:
 * over TCP straight to Samba, the same requests with the data inline.
 
     python benchmarks/bench_gateway.py [--mib N] [--json FILE]
+
+The JSON (smbdirect_socket.tools.measure) names each figure's unit:
+``gateway_bytes_per_second``, ``tcp_bytes_per_second``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import time
 import uuid
 from typing import Any
 
@@ -27,6 +28,8 @@ from smbdirect_socket import Parameters, SMBDirectSocket, patch
 from smbdirect_socket.smb.gateway import Gateway, gateway_thread
 from smbdirect_socket.smb.rdma_io import charged_for, open_file, rdma_read_request, rdma_write_request
 from smbdirect_socket.smb.samba import SambaServer, samba_available, samba_server
+from smbdirect_socket.tools import measure
+from smbdirect_socket.tools.measure import BYTES_PER_SECOND, Comparison
 
 CHUNK = 1024 * 1024
 RDMA_V1 = ReadWriteChannel.SMB2_CHANNEL_RDMA_V1
@@ -46,7 +49,7 @@ def copy(samba: SambaServer, host: str, port: int, data: bytes, rdma: bool) -> f
         sent = connection.send(request, session.session_id, tree.tree_connect_id)
         return connection.receive(sent)["data"].get_value()
 
-    start = time.perf_counter()
+    start = measure.now()
     with charged_for(connection, CHUNK) if rdma else contextlib.nullcontext():
         for offset in range(0, len(data), CHUNK):
             if rdma:
@@ -70,7 +73,7 @@ def copy(samba: SambaServer, host: str, port: int, data: bytes, rdma: bool) -> f
             response = SMB2ReadResponse()
             response.unpack(call(read))
             back += sink if rdma else response["buffer"].get_value()
-    elapsed = time.perf_counter() - start
+    elapsed = measure.now() - start
     handle.close()
     connection.disconnect()
     if bytes(back) != data:
@@ -98,15 +101,21 @@ def main() -> None:
             with gateway_thread(gateway) as (host, port), patch(ports=[port], parameters=parameters):
                 results[name] = copy(samba, host, port, data, rdma=True)
             assert gateway.rdma_read_bytes == gateway.rdma_write_bytes == len(data)
-    moved = 2 * len(data) / 1e6
+    moved = 2 * len(data)  # bytes written and read back
     tcp_rate = moved / results["tcp"]
-    print(f"{args.mib} MiB written and read back in 1 MiB requests; TCP straight to Samba: {tcp_rate:.1f} MB/s")
-    for name in ("kernel sizes", "large messages"):
-        rate = moved / results[name]
-        print(f"gateway, RDMA channel I/O, {name:<15} {rate:8.1f} MB/s  ratio {rate / tcp_rate:5.2f}x")
+    print(
+        f"{args.mib} MiB written and read back in 1 MiB requests; TCP straight to Samba: "
+        f"{BYTES_PER_SECOND.show(tcp_rate):.1f} {BYTES_PER_SECOND.label}"
+    )
+    comparisons = [
+        Comparison(f"gateway, RDMA channel I/O, {name}", moved / results[name], tcp_rate, BYTES_PER_SECOND, "gateway")
+        for name in ("kernel sizes", "large messages")
+    ]
+    for comparison in comparisons:
+        print(comparison.line(width=42))
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump({name: moved / seconds for name, seconds in results.items()}, file, indent=2)
+        records = [c.record() for c in comparisons]
+        measure.write_json(args.json, measure.benchmark_document("bench_gateway", records, file_bytes=len(data)))
 
 
 if __name__ == "__main__":

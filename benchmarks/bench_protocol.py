@@ -8,18 +8,22 @@ run is a plain ``bytes`` copy of the same data, which bounds any pure-Python
 layer that must touch every byte once.
 
     python benchmarks/bench_protocol.py [--seconds S] [--json FILE]
+
+The JSON (smbdirect_socket.tools.measure) names each figure's unit:
+``bytes_per_second``, ``messages_per_second``, ``fragments_per_second``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
+from typing import Any
 
 from smbdirect_socket import Parameters
 from smbdirect_socket._wire import COMPILED
 from smbdirect_socket.pdu import ReceiveLimits, ReceiveState, check_data_transfers, encode_data_transfers
 from smbdirect_socket.testing import ProtocolPair
+from smbdirect_socket.tools import measure
+from smbdirect_socket.tools.measure import BYTES_PER_SECOND
 
 CASES = {
     "default (1364-byte fragments, 64 KiB messages)": (Parameters(), 65536),
@@ -37,10 +41,10 @@ def run_case(parameters: Parameters, size: int, seconds: float) -> dict[str, flo
     pair.run()
     payload = bytes(size)
     server = pair.server
-    messages = 0
+    moved = measure.Meter()
     fragments_before = pair.client.statistics.fragments_sent
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    moved.start()
+    while moved.running(seconds):
         for _ in range(16):
             pair.client.send_message(payload)
             pair.collect(pair.client)
@@ -48,13 +52,13 @@ def run_case(parameters: Parameters, size: int, seconds: float) -> dict[str, flo
             server.read(server.readable)
             pair.collect(server)
             pair.run()
-            messages += 1
-    elapsed = time.perf_counter() - start
+            moved.add(size)
+    total = moved.total()
     fragments = pair.client.statistics.fragments_sent - fragments_before
     return {
-        "messages_per_s": messages / elapsed,
-        "bytes_per_s": messages * size / elapsed,
-        "fragments_per_s": fragments / elapsed,
+        "messages_per_second": total.operations / total.seconds,
+        "bytes_per_second": total.bytes_per_second,
+        "fragments_per_second": fragments / total.seconds,
     }
 
 
@@ -66,27 +70,27 @@ def wire_batches(seconds: float) -> dict[str, float]:
     count = -(-len(message) // chunk)
     limits = ReceiveLimits(1 << 24, 1364, 255)
     into = bytearray(count * 1364)
-    fragments = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    moved = measure.Meter()
+    moved.start()
+    while moved.running(seconds):
         for _ in range(16):
             data = memoryview(encode_data_transfers(255, 10, 0, message, 0, count, chunk))
             pdus = [data[i : i + 1364] for i in range(0, len(data), 1364)]
             batch = check_data_transfers(pdus, into, ReceiveState(granted=count, send_credits=0), limits)
             assert batch.error is None
-            fragments += count
-    elapsed = time.perf_counter() - start
-    return {"fragments_per_s": fragments / elapsed, "bytes_per_s": fragments * chunk / elapsed}
+            moved.add(count * chunk, count)
+    total = moved.total()
+    return {"fragments_per_second": total.operations / total.seconds, "bytes_per_second": total.bytes_per_second}
 
 
 def copy_baseline(seconds: float) -> float:
     data = bytes(1 << 20)
-    moved = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    moved = measure.Meter()
+    moved.start()
+    while moved.running(seconds):
         bytearray(data)
-        moved += len(data)
-    return moved / (time.perf_counter() - start)
+        moved.add(len(data))
+    return moved.bytes_per_second
 
 
 def main() -> None:
@@ -95,25 +99,25 @@ def main() -> None:
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     baseline = copy_baseline(args.seconds / 2)
-    results = {"memory_copy_bytes_per_s": baseline, "wire_core_compiled": COMPILED}
+    results: dict[str, Any] = {"memory_copy_bytes_per_second": baseline}  # the wire core is in the metadata
     print(f"wire core: {'compiled' if COMPILED else 'pure Python'}")
     print(f"baseline: in-memory copy {baseline / 1e9:.2f} GB/s")
     for name, (parameters, size) in CASES.items():
         r = run_case(parameters, size, args.seconds)
-        results[name] = r  # type: ignore[assignment]
+        results[name] = r | {"ratio_to_copy": r["bytes_per_second"] / baseline}
         print(
-            f"{name}: {r['messages_per_s']:,.0f} msg/s, {r['bytes_per_s'] / 1e6:,.1f} MB/s, "
-            f"{r['fragments_per_s']:,.0f} fragments/s, ratio to copy {r['bytes_per_s'] / baseline:.3f}"
+            f"{name}: {r['messages_per_second']:,.0f} msg/s, "
+            f"{BYTES_PER_SECOND.show(r['bytes_per_second']):,.1f} {BYTES_PER_SECOND.label}, "
+            f"{r['fragments_per_second']:,.0f} fragments/s, ratio to copy {r['bytes_per_second'] / baseline:.3f}"
         )
     r = wire_batches(args.seconds)
-    results["wire batches alone (1364-byte fragments)"] = r  # type: ignore[assignment]
+    results["wire batches alone (1364-byte fragments)"] = r
     print(
-        f"wire batches alone (1364-byte fragments, encode + check): {r['fragments_per_s']:,.0f} fragments/s, "
-        f"{r['bytes_per_s'] / 1e6:,.1f} MB/s"
+        f"wire batches alone (1364-byte fragments, encode + check): {r['fragments_per_second']:,.0f} fragments/s, "
+        f"{BYTES_PER_SECOND.show(r['bytes_per_second']):,.1f} {BYTES_PER_SECOND.label}"
     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        measure.write_json(args.json, measure.benchmark_document("bench_protocol", results))
 
 
 if __name__ == "__main__":

@@ -14,17 +14,18 @@ Parameters: the kernel's defaults, or with ``--large`` the large-message
 parameters two of this project's sockets agree on (64 KiB fragments).
 
     python benchmarks/bench_socket.py [--seconds S] [--large] [--json FILE]
+
+The JSON (smbdirect_socket.tools.measure) names each figure's unit:
+``smbdirect_bytes_per_second``, ``tcp_microseconds``, ...
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ from smbdirect_socket import SOL_SMBDIRECT, Parameters, create_connection, creat
 from smbdirect_socket.options import SMBDIRECT_BYTESTREAM
 from smbdirect_socket.smb.gateway import Gateway, gateway_thread
 from smbdirect_socket.smb.samba import samba_available, samba_server
+from smbdirect_socket.tools import measure
+from smbdirect_socket.tools.measure import BYTES_PER_SECOND, MICROSECONDS, Comparison, Unit
 
 Pair = tuple[Any, Any]
 
@@ -75,29 +78,29 @@ def throughput(pair: Pair, seconds: float, size: int, framed: bool) -> float:
     """Bytes per second one way, the receiver checking message boundaries when framed."""
     client, server = pair
     message = struct.pack(">I", size) + bytes(size) if framed else bytes(size)
-    received = [0]
+    received = measure.Meter()  # counted by the receiving thread alone
 
     def drain() -> None:
         try:
             if framed:
                 while header := server.recv(4):
-                    received[0] += len(receive_exactly(server, struct.unpack(">I", header)[0]))
+                    received.add(len(receive_exactly(server, struct.unpack(">I", header)[0])))
             else:
                 while chunk := server.recv(65536):
-                    received[0] += len(chunk)
+                    received.add(len(chunk))
         except OSError:
             pass  # the sender closed with credit grants unread
 
     thread = threading.Thread(target=drain)
     thread.start()
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    received.start()
+    while received.running(seconds):
         client.sendall(message)
     client.close()
     thread.join()
-    elapsed = time.perf_counter() - start
+    rate = received.bytes_per_second
     server.close()
-    return received[0] / elapsed
+    return rate
 
 
 def round_trip(pair: Pair, count: int) -> float:
@@ -110,11 +113,11 @@ def round_trip(pair: Pair, count: int) -> float:
 
     thread = threading.Thread(target=echo)
     thread.start()
-    start = time.perf_counter()
+    start = measure.now()
     for _ in range(count):
         client.sendall(message)
         receive_message(client)
-    elapsed = time.perf_counter() - start
+    elapsed = measure.now() - start
     thread.join()
     client.close()
     server.close()
@@ -133,12 +136,12 @@ def smb_copy(parameters: Parameters | None, size: int) -> tuple[float, float] | 
     def copy(host: str, port: int, user: str, password: str, share: str) -> float:
         smbclient.register_session(host, username=user, password=password, port=port)
         path = rf"\\{host}\{share}\bench.bin"
-        start = time.perf_counter()
+        start = measure.now()
         with smbclient.open_file(path, mode="wb", port=port) as remote:
             remote.write(data)
         with smbclient.open_file(path, mode="rb", port=port) as remote:
             assert remote.read() == data
-        elapsed = time.perf_counter() - start
+        elapsed = measure.now() - start
         smbclient.reset_connection_cache()
         return elapsed
 
@@ -151,13 +154,11 @@ def smb_copy(parameters: Parameters | None, size: int) -> tuple[float, float] | 
     return smbdirect, tcp
 
 
-def report(name: str, smbdirect: float, tcp: float, unit: str, scale: float, higher_is_better: bool) -> dict[str, Any]:
-    ratio = smbdirect / tcp
-    print(
-        f"{name:<38} SMB-Direct {smbdirect * scale:10.1f} {unit:<5} TCP {tcp * scale:10.1f} {unit:<5} "
-        f"ratio {ratio:6.2f}x ({'higher' if higher_is_better else 'lower'} is better)"
-    )
-    return {"case": name, "smbdirect": smbdirect, "tcp": tcp, "ratio": ratio, "unit": unit}
+def report(name: str, smbdirect: float, tcp: float, unit: Unit) -> dict[str, Any]:
+    """One case's line (rates in MB/s, times in us) and its record (bytes/s, microseconds)."""
+    comparison = Comparison(name, smbdirect, tcp, unit)
+    print(comparison.line(width=38))
+    return comparison.record()
 
 
 def main() -> None:
@@ -168,46 +169,36 @@ def main() -> None:
     args = parser.parse_args()
     parameters = Parameters().with_large_messages() if args.large else None
     print(f"parameters: {'large messages, 64 KiB fragments' if args.large else 'the kernel defaults'}")
-    cases: list[tuple[str, Callable[[], float], Callable[[], float], str, float, bool]] = [
+    cases: list[tuple[str, Callable[[], float], Callable[[], float], Unit]] = [
         (
             "framed 128 KiB messages",
             lambda: throughput(smbdirect_pair(False, parameters), args.seconds, 131072, True),
             lambda: throughput(tcp_pair(), args.seconds, 131072, True),
-            "MB/s",
-            1e-6,
-            True,
+            BYTES_PER_SECOND,
         ),
         (
             "byte-stream 64 KiB writes",
             lambda: throughput(smbdirect_pair(True, parameters), args.seconds, 65536, False),
             lambda: throughput(tcp_pair(), args.seconds, 65536, False),
-            "MB/s",
-            1e-6,
-            True,
+            BYTES_PER_SECOND,
         ),
         (
             "64-byte round trip",
             lambda: round_trip(smbdirect_pair(False, parameters), 2000),
             lambda: round_trip(tcp_pair(), 2000),
-            "us",
-            1e6,
-            False,
+            MICROSECONDS,
         ),
     ]
-    results = [
-        report(name, smbdirect(), tcp(), unit, scale, better) for name, smbdirect, tcp, unit, scale, better in cases
-    ]
+    results = [report(name, smbdirect(), tcp(), unit) for name, smbdirect, tcp, unit in cases]
     copied = smb_copy(parameters, 16 * 1024 * 1024)
     if isinstance(copied, str):
         print(f"SMB file copy: skipped ({copied})")
     else:
         size = 2 * 16 * 1024 * 1024
-        results.append(
-            report("smbprotocol 16 MiB write + read", size / copied[0], size / copied[1], "MB/s", 1e-6, True)
-        )
+        results.append(report("smbprotocol 16 MiB write + read", size / copied[0], size / copied[1], BYTES_PER_SECOND))
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=2)
+        parameters_name = "large messages" if args.large else "kernel defaults"
+        measure.write_json(args.json, measure.benchmark_document("bench_socket", results, parameters=parameters_name))
 
 
 if __name__ == "__main__":

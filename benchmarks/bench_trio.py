@@ -13,21 +13,25 @@ Printed per case: SMB-Direct, TCP and the ratio.
 * connection set-up time.
 
     python benchmarks/bench_trio.py [--seconds S] [--large] [--json FILE]
+
+The JSON (smbdirect_socket.tools.measure) names each figure's unit:
+``smbdirect_bytes_per_second``, ``tcp_microseconds``, ...
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import struct
-import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from common import accept_and_connect, receive_message, round_trip, tcp_streams
 
 from smbdirect_socket import Parameters
 from smbdirect_socket import trio as sdtrio
+from smbdirect_socket.tools import measure
+from smbdirect_socket.tools.measure import BYTES_PER_SECOND, MICROSECONDS, MILLISECONDS, Comparison, Unit
 
 Pair = tuple[trio.SocketStream, trio.SocketStream]
 
@@ -47,7 +51,7 @@ async def smbdirect_pair(bytestream: bool, parameters: Parameters | None) -> Pai
 async def stream_throughput(pair: Pair, seconds: float) -> float:
     client, server = pair
     chunk = bytes(65536)
-    moved = 0
+    moved = measure.Meter()
 
     async def drain() -> None:
         while await server.receive_some(65536):
@@ -55,11 +59,11 @@ async def stream_throughput(pair: Pair, seconds: float) -> float:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain)
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        moved.start()
+        while moved.running(seconds):
             await client.send_all(chunk)
-            moved += len(chunk)
-        rate = moved / (time.perf_counter() - start)
+            moved.add(len(chunk))
+        rate = moved.bytes_per_second
         await client.aclose()
     await server.aclose()
     return rate
@@ -69,7 +73,7 @@ async def framed_throughput(pair: Pair, seconds: float) -> float:
     client, server = pair
     size = 128 * 1024
     message = struct.pack(">I", size) + bytes(size)
-    moved = 0
+    moved = measure.Meter()
 
     async def drain() -> None:
         while True:
@@ -77,11 +81,11 @@ async def framed_throughput(pair: Pair, seconds: float) -> float:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain)
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        moved.start()
+        while moved.running(seconds):
             await client.send_all(message)
-            moved += size
-        rate = moved / (time.perf_counter() - start)
+            moved.add(size)
+        rate = moved.bytes_per_second
         nursery.cancel_scope.cancel()
     await client.aclose()
     await server.aclose()
@@ -89,41 +93,37 @@ async def framed_throughput(pair: Pair, seconds: float) -> float:
 
 
 async def set_up_time(make: Callable[[], Awaitable[Pair]], count: int) -> float:
-    start = time.perf_counter()
+    start = measure.now()
     for _ in range(count):
         client, server = await make()
         await client.aclose()
         await server.aclose()
-    return (time.perf_counter() - start) / count
+    return (measure.now() - start) / count
 
 
-async def main(seconds: float, large: bool) -> dict[str, dict[str, float]]:
+async def main(seconds: float, large: bool) -> list[dict[str, Any]]:
     parameters = (
         Parameters(max_send_size=65536, max_recv_size=65536, max_fragmented_recv_size=1 << 20) if large else None
     )
-    results: dict[str, dict[str, float]] = {}
+    results: list[dict[str, Any]] = []
 
-    def report(name: str, ours: float, tcp: float, unit: str, scale: float, target: str) -> None:
-        results[name] = {"smbdirect": ours, "tcp": tcp, "ratio": ours / tcp}
-        print(
-            f"{name:30} smbdirect {ours * scale:9.1f} {unit}  tcp {tcp * scale:9.1f} {unit}  "
-            f"ratio {ours / tcp:5.2f}  (target {target})"
-        )
+    def report(name: str, ours: float, tcp: float, unit: Unit, target: str) -> None:
+        comparison = Comparison(name, ours, tcp, unit, target=target)
+        results.append(comparison.record())
+        print(comparison.line())
 
     report(
         "64 KiB writes, byte stream",
         await stream_throughput(await smbdirect_pair(True, parameters), seconds),
         await stream_throughput(await tcp_streams(), seconds),
-        "MB/s",
-        1e-6,
+        BYTES_PER_SECOND,
         ">= 0.7",
     )
     report(
         "framed 128 KiB messages",
         await framed_throughput(await smbdirect_pair(False, parameters), seconds),
         await framed_throughput(await tcp_streams(), seconds),
-        "MB/s",
-        1e-6,
+        BYTES_PER_SECOND,
         ">= 0.7",
     )
     count = max(100, int(seconds * 1000))
@@ -131,24 +131,21 @@ async def main(seconds: float, large: bool) -> dict[str, dict[str, float]]:
         "64-byte round trip, framed",
         await round_trip(await smbdirect_pair(False, parameters), count),
         await round_trip(await tcp_streams(), count),
-        "us",
-        1e6,
+        MICROSECONDS,
         "<= 1.5",
     )
     report(
         "64-byte round trip, one read",
         await round_trip(await smbdirect_pair(True, parameters), count, length_first=False),
         await round_trip(await tcp_streams(), count, length_first=False),
-        "us",
-        1e6,
+        MICROSECONDS,
         "<= 1.5",
     )
     report(
         "connection set-up",
         await set_up_time(lambda: smbdirect_pair(True, parameters), 20),
         await set_up_time(tcp_streams, 20),
-        "ms",
-        1e3,
+        MILLISECONDS,
         "-",
     )
     return results
@@ -162,5 +159,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     results = trio.run(main, args.seconds, args.large)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        parameters = "large messages" if args.large else "kernel defaults"
+        measure.write_json(args.json, measure.benchmark_document("bench_trio", results, parameters=parameters))

@@ -11,17 +11,20 @@ perftest runs over rdma_cm (``-R``) with its server and client on the device's
 address, as our pair does.
 
     python benchmarks/bench_verbs.py [--seconds S] [--large] [--json FILE]
+
+The JSON (smbdirect_socket.tools.measure) names each figure's unit:
+``socket_bytes_per_second``, ``twice_ib_send_lat_microseconds``, ...
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import struct
 import subprocess
 import time
+from typing import Any
 
 import trio
 from common import accept_and_connect
@@ -29,6 +32,8 @@ from common import accept_and_connect
 from smbdirect_socket import Parameters
 from smbdirect_socket import trio as sdtrio
 from smbdirect_socket.rdma import get_provider
+from smbdirect_socket.tools import measure
+from smbdirect_socket.tools.measure import BYTES_PER_SECOND, MICROSECONDS, Comparison
 
 DEVICES = {"rxe0": os.environ.get("RDMA_VM_RXE_ADDR", ""), "siw0": os.environ.get("RDMA_VM_SIW_ADDR", "")}
 MESSAGE = 128 * 1024
@@ -48,8 +53,8 @@ def perftest(tool: str, device: str, address: str, size: int, seconds: float, po
     if not rows:
         raise RuntimeError(f"{tool} printed no result:\n{output}")
     numbers = [float(v) for v in rows[-1]]
-    if tool.endswith("_lat"):  # bytes iterations t_min t_max t_typical t_avg ...
-        return {"typical_us": numbers[4], "average_us": numbers[5]}
+    if tool.endswith("_lat"):  # bytes iterations t_min t_max t_typical t_avg ... (microseconds)
+        return {"typical_microseconds": numbers[4], "average_microseconds": numbers[5]}
     size_bytes, iterations, _, average = numbers[:4]
     rate = average * 1e6 if average > 0 else size_bytes * iterations / max(int(seconds), 1)  # siw prints 0.00
     return {"bytes_per_second": rate}
@@ -77,7 +82,7 @@ async def socket_pair(address: str, port: int, parameters: Parameters) -> tuple[
 
 async def framed_throughput(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSocket, seconds: float) -> float:
     message = struct.pack(">I", MESSAGE) + bytes(MESSAGE)
-    moved = 0
+    moved = measure.Meter()
 
     async def drain() -> None:  # until the one-byte message that ends the run
         length = 0
@@ -87,25 +92,25 @@ async def framed_throughput(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDi
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain)
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        moved.start()
+        while moved.running(seconds):
             await client.send(message)
-            moved += MESSAGE
-        elapsed = time.perf_counter() - start
+            moved.add(MESSAGE)
+        rate = moved.bytes_per_second
         await client.send(struct.pack(">I", 1) + b"!")
-    return moved / elapsed
+    return rate
 
 
 async def write_throughput(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSocket, seconds: float) -> float:
     target = bytearray(1024 * 1024)
     registration = client.register_buffer(target, writable=True)
     data = os.urandom(len(target))
-    moved = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    moved = measure.Meter()
+    moved.start()
+    while moved.running(seconds):
         await server.rdma_write(data, registration.descriptors)
-        moved += len(data)
-    return moved / (time.perf_counter() - start)
+        moved.add(len(data))
+    return moved.bytes_per_second
 
 
 async def round_trip(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSocket, count: int) -> float:
@@ -118,21 +123,19 @@ async def round_trip(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSoc
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
-        start = time.perf_counter()
+        start = measure.now()
         for _ in range(count):
             await client.send(message)
             await client.recv(4)
             await client.recv(60)
-        return (time.perf_counter() - start) / count
+        return (measure.now() - start) / count
 
 
-async def measure(device: str, address: str, seconds: float, parameters: Parameters) -> dict[str, object]:
+async def measure_device(device: str, address: str, seconds: float, parameters: Parameters) -> dict[str, Any]:
     client, server = await socket_pair(address, 7400, parameters)
-    ours = {
-        "framed_bytes_per_second": await framed_throughput(client, server, seconds),
-        "rdma_write_bytes_per_second": await write_throughput(client, server, seconds),
-        "round_trip_us": await round_trip(client, server, 200) * 1e6,
-    }
+    framed = await framed_throughput(client, server, seconds)
+    written = await write_throughput(client, server, seconds)
+    trip = await round_trip(client, server, 200)  # seconds
     client.close()
     server.close()
     await trio.sleep(0.5)
@@ -141,28 +144,36 @@ async def measure(device: str, address: str, seconds: float, parameters: Paramet
         "ib_write_bw": perftest("ib_write_bw", device, address, 1024 * 1024, seconds, 18516),
         "ib_send_lat": perftest("ib_send_lat", device, address, 64, seconds, 18517),
     }
-    send_bw = baseline["ib_send_bw"]["bytes_per_second"]
-    write_bw = baseline["ib_write_bw"]["bytes_per_second"]
-    lat = 2 * baseline["ib_send_lat"]["typical_us"]
-    ratios = {
-        "framed_vs_ib_send_bw": ours["framed_bytes_per_second"] / send_bw,
-        "rdma_write_vs_ib_write_bw": ours["rdma_write_bytes_per_second"] / write_bw,
-        "round_trip_vs_2x_ib_send_lat": ours["round_trip_us"] / lat,
-    }
+    comparisons = [
+        Comparison(
+            f"framed {MESSAGE // 1024} KiB messages",
+            framed,
+            baseline["ib_send_bw"]["bytes_per_second"],
+            BYTES_PER_SECOND,
+            ours_name="socket",
+            baseline_name="ib_send_bw",
+        ),
+        Comparison(
+            "rdma_write 1 MiB",
+            written,
+            baseline["ib_write_bw"]["bytes_per_second"],
+            BYTES_PER_SECOND,
+            ours_name="socket",
+            baseline_name="ib_write_bw",
+        ),
+        Comparison(
+            "64-byte round trip",
+            trip,
+            2 * baseline["ib_send_lat"]["typical_microseconds"] / 1e6,  # perftest's one way, in seconds
+            MICROSECONDS,
+            ours_name="socket",
+            baseline_name="twice_ib_send_lat",
+        ),
+    ]
     print(f"{device}:")
-    print(
-        f"  framed {MESSAGE // 1024} KiB messages {ours['framed_bytes_per_second'] / 1e6:8.1f} MB/s"
-        f"  ib_send_bw {send_bw / 1e6:8.1f} MB/s  ratio {ratios['framed_vs_ib_send_bw']:.2f}x"
-    )
-    print(
-        f"  rdma_write 1 MiB            {ours['rdma_write_bytes_per_second'] / 1e6:8.1f} MB/s"
-        f"  ib_write_bw {write_bw / 1e6:7.1f} MB/s  ratio {ratios['rdma_write_vs_ib_write_bw']:.2f}x"
-    )
-    print(
-        f"  64-byte round trip          {ours['round_trip_us']:8.0f} us    2 x ib_send_lat {lat:6.0f} us"
-        f"  ratio {ratios['round_trip_vs_2x_ib_send_lat']:.2f}x"
-    )
-    return {"ours": ours, "baseline": baseline, "ratios": ratios}
+    for comparison in comparisons:
+        print(f"  {comparison.line(width=28)}")
+    return {"comparisons": [c.record() for c in comparisons], "perftest": baseline}
 
 
 async def main() -> None:
@@ -177,10 +188,10 @@ async def main() -> None:
     for device, address in DEVICES.items():
         if not address:
             raise SystemExit("run this in the interop guest: make bench-verbs")
-        results[device] = await measure(device, address, args.seconds, parameters)
+        results[device] = await measure_device(device, address, args.seconds, parameters)
     if args.json:
-        with open(args.json, "w") as output:
-            json.dump(results, output, indent=2)
+        sizes = "large messages" if args.large else "Linux defaults"
+        measure.write_json(args.json, measure.benchmark_document("bench_verbs", results, parameters=sizes))
 
 
 if __name__ == "__main__":

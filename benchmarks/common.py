@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import trio
+
+from smbdirect_socket.tools import measure
 
 T = TypeVar("T")
 
@@ -73,11 +74,11 @@ async def round_trip(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
-        start = time.perf_counter()
+        start = measure.now()
         for _ in range(count):
             await client.send_all(message)
             await receive(client)
-        elapsed = time.perf_counter() - start
+        elapsed = measure.now() - start
     await client.aclose()
     await server.aclose()
     return elapsed / count

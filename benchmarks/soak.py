@@ -53,6 +53,7 @@ from pathlib import Path
 from smbdirect_socket import BufferDescriptorV1, SMBDirectSocket, create_connection, create_server, patch
 from smbdirect_socket.smb.gateway import Gateway, gateway_thread
 from smbdirect_socket.smb.samba import SambaServer, samba_available, samba_processes, samba_server
+from smbdirect_socket.tools.measure import BYTES_PER_SECOND
 
 MESSAGE = 64 * 1024
 RDMA_SIZE = 256 * 1024
@@ -364,9 +365,10 @@ def main() -> int:
             elif now - start > args.duration / 2:
                 stalled = max(stalled, now - progress)
             events = ", ".join(f"{k} {v}" for k, v in sorted(values.items()) if k not in ("operations", "bytes"))
+            rate = BYTES_PER_SECOND.show(values.get("bytes", 0) / interval)  # MB/s
             print(
                 f"{now - start:6.0f} {state['fds']:5.0f} {state['threads']:4.0f} {state['rss_mib']:8.1f} "
-                f"{state['samba']:5.0f} {ops:6d} {values.get('bytes', 0) / interval / 1e6:7.2f}  {events}",
+                f"{state['samba']:5.0f} {ops:6d} {rate:7.2f}  {events}",
                 flush=True,
             )
         stop.set()

@@ -244,9 +244,18 @@ class SMBDirectSocket:
             data, token = self._sock.message_of(buffers, ancdata, address)
             if flags & _MSG_DONTWAIT:
                 deadline = 0
-            sent = self._here(connection.drive, partial(self._sock.send_nowait, data, flags, token), deadline)
+            queued: list[int] = []
+
+            def send() -> int:
+                if not queued:
+                    queued.append(self._sock.send_nowait(data, flags, token))
+                    if flags & _MSG_DONTWAIT:
+                        return queued[0]  # queued: the rest goes out as credits come
+                connection.check_sent()  # a blocking send waits while its fragments wait for credits
+                return queued[0]
+
+            sent = self._here(connection.drive, send, deadline)
             if sent is not None:
-                self._here(connection.drive, connection.check_sent, deadline)  # its fragments wait for credits
                 return sent
         if deadline is None or flags & _stdlib_socket.MSG_DONTWAIT:
             return engine_thread.run(self._sock.sendmsg, buffers, ancdata, flags, address)

@@ -1,4 +1,4 @@
-"""The ``smbdirect`` command: ``listen``, ``connect``, ``samba``, ``gateway``, ``run`` and ``stat``."""
+"""The ``smbdirect`` command: ``listen``, ``connect``, ``bench``, ``samba``, ``gateway``, ``run`` and ``stat``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from .parameters import Parameters
 from .rdma import get_provider
 from .smb.gateway import Gateway
 from .smb.limits import GatewayLimits
+from .tools import bench_plot
+from .tools.bench import add_bench
 from .tools.common import CommandError, Parser, address_type, describe, format_address, run_command
 from .tools.netcat import add_connect, add_listen
 from .tools.samba import add_samba
@@ -128,6 +130,7 @@ def parser() -> Parser:
     commands = p.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_listen(commands)
     add_connect(commands)
+    add_bench(commands)
     add_samba(commands)
     _add_gateway(commands)
     add_stat(commands)
@@ -141,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[:1] == ["run"]:
         run.main(argv[1:], prog="smbdirect run")
         return
+    if argv[:2] == ["bench", "plot"]:  # its own parser: "plot" would otherwise be taken for a HOST
+        raise SystemExit(bench_plot.main(argv[2:]))
     p = parser()
     if not argv:  # a usage error, as git and argparse treat it, but showing every command
         p.print_help(sys.stderr)

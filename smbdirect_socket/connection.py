@@ -42,6 +42,7 @@ from .options import SocketInfo
 from .parameters import Parameters
 from .pdu import BufferDescriptorV1
 from .protocol import (
+    Action,
     Disconnect,
     Negotiated,
     PostReceives,
@@ -80,18 +81,35 @@ _CALLER_GRACE = 0.02
 
 
 class _Waker:
-    """A thread's own eventfd: set when another thread changed the connection it sleeps on."""
+    """A thread's own eventfd, set when another thread changed the connection it
+    sleeps on, and the ``poll`` it sleeps in."""
 
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self.fd, select.POLLIN)
 
     def set(self) -> None:
         with contextlib.suppress(OSError):
             os.eventfd_write(self.fd, 1)
 
-    def clear(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self.fd)
+    def sleep(self, descriptor: int, writing: bool, timeout: float | None) -> int:
+        """Sleep (the GIL released) until ``descriptor`` is ready or this waker is
+        set; the descriptor's events."""
+        poll = self._poll
+        poll.register(descriptor, select.POLLIN | select.POLLOUT if writing else select.POLLIN)
+        try:
+            ready = poll.poll(None if timeout is None else math.ceil(timeout * 1000))
+        finally:
+            poll.unregister(descriptor)
+        events = 0
+        for fd, event in ready:
+            if fd == descriptor:
+                events = event
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self.fd)  # taken: the caller looks again
+        return events
 
     def __del__(self) -> None:
         os.close(self.fd)
@@ -473,10 +491,28 @@ class Connection:
 
     def _carry_out(self) -> None:
         """Do what the protocol asked: post receives, post sends, disconnect (under :attr:`lock`)."""
-        disconnect = False
+        protocol = self.protocol
+        actions = protocol.actions()
+        if actions:
+            self._post(actions)
+        # Events only repeat what protocol.state and protocol.error say: drop them.
+        while protocol.next_event() is not None:
+            pass
+        if threading.get_ident() == self._home_thread:
+            self._wake_home()
+        elif self._home_parked or self._changed or self._disconnecting or protocol.state is State.CLOSED:
+            # (The protocol's deadlines only move later here: the loop's timer stands.)
+            with contextlib.suppress(trio.RunFinishedError):
+                self._home.run_sync_soon(self._wake_home)
+        if self._sleepers:
+            for sleeper in self._sleepers:
+                sleeper.set()  # callers asleep in other threads look again
+        for callback in self.on_change:
+            callback()
+
+    def _post(self, actions: list[Action]) -> None:
         qp = self.qp
-        actions = self.protocol.actions()
-        with qp.batch() if actions else contextlib.nullcontext():  # all of it goes out in one write
+        with qp.batch():  # all of it goes out in one write
             for action in actions:
                 if isinstance(action, SendPDU):
                     try:
@@ -492,29 +528,7 @@ class Connection:
                         self._receive_buffers[wr_id] = buffer
                         qp.post_recv(wr_id, memoryview(buffer))
                 elif isinstance(action, Disconnect):
-                    disconnect = True
-        # Events only repeat what protocol.state and protocol.error say: drop them.
-        while self.protocol.next_event() is not None:
-            pass
-        if disconnect:
-            self._disconnecting = True
-        if threading.get_ident() == self._home_thread:
-            self._wake_home()
-        elif self._home_due(disconnect):
-            with contextlib.suppress(trio.RunFinishedError):
-                self._home.run_sync_soon(self._wake_home)
-        for sleeper in self._sleepers:
-            sleeper.set()  # callers asleep in other threads look again
-        for callback in self.on_change:
-            callback()
-
-    def _home_due(self, disconnect: bool) -> bool:
-        """Whether a change made in another thread needs the loop's tasks now."""
-        if disconnect or self._home_parked or self._changed or self.protocol.state is State.CLOSED:
-            return True
-        deadline = self.protocol.next_deadline()
-        timer = self._timer
-        return deadline is not None and timer is not None and deadline < timer.deadline
+                    self._disconnecting = True
 
     def _wake_home(self) -> None:
         """On the loop's thread: end, re-time and wake what waits there."""
@@ -563,12 +577,11 @@ class Connection:
                     if timeout is not None and timeout <= 0:
                         raise blocked
                     waker = waker or _waker()
-                    waker.clear()
                     self._sleepers.add(waker)
                     writing = qp.wants_write
                     descriptor = qp.fileno()
                 try:
-                    ready = self._sleep(descriptor, waker.fd, writing, timeout)
+                    ready = waker.sleep(descriptor, writing, timeout)
                 finally:
                     with lock:
                         self._sleepers.discard(waker)
@@ -589,18 +602,6 @@ class Connection:
         self._complete_all(completions, self._clock.current_time())
         self._carry_out()
         return True
-
-    @staticmethod
-    def _sleep(descriptor: int, waker: int, writing: bool, timeout: float | None) -> int:
-        """Sleep until the queue pair's descriptor or the waker is ready; the queue pair's events."""
-        poller = select.poll()
-        poller.register(descriptor, select.POLLIN | (select.POLLOUT if writing else 0))
-        poller.register(waker, select.POLLIN)
-        events = 0
-        for fd, event in poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
-            if fd == descriptor:
-                events = event
-        return events
 
     def _complete_all(self, completions: list[Completion], now: float) -> None:
         """Act on one poll's completions in order; runs of received messages go to the protocol as one batch."""
