@@ -329,11 +329,6 @@ def test_msg_dontwait_never_waits(pair: Pair) -> None:
     assert client.recv(3, socket.MSG_DONTWAIT) == b"now"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a non-blocking send queues the whole message, then raises EAGAIN while its fragments wait for "
-    "credits: the message is sent anyway, and the caller that retries sends it twice",
-)
 def test_a_non_blocking_send_that_raises_sent_nothing(pair: Pair) -> None:
     """``BlockingIOError`` from ``send`` means nothing was sent (the stdlib's contract):
     a program retries it.  Here the peer reads only after the sender gave up."""
