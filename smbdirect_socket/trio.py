@@ -23,7 +23,7 @@ import errno
 import operator
 import socket as _stdlib_socket
 import struct
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, NoReturn, Self
 
@@ -31,6 +31,7 @@ import trio
 
 from . import options as opt
 from ._addresses import bound_tcp_socket, connect_any
+from ._event_loops import asyncio_running
 from ._tasks import serve_accepted, spawn_background
 from .connection import Connection, Registration
 from .constants import (
@@ -47,7 +48,9 @@ from .rdma import ConnectionRequest, Listener, Provider, get_provider
 from .readiness import ReadinessFd
 
 __all__ = [
+    "SMBDirectListener",
     "SMBDirectSocket",
+    "SMBDirectStream",
     "open_smbdirect_listeners",
     "open_smbdirect_stream",
     "serve_smbdirect",
@@ -65,6 +68,17 @@ _FRAMING_HINT = (
 )
 _INVALIDATE = struct.Struct("=I")
 Address = tuple[Any, ...]
+#: What ``receive_some()`` without a size asks for, as trio's own streams.
+_DEFAULT_RECEIVE_SIZE = 65536
+
+
+def _check_trio(exc: RuntimeError, name: str) -> None:
+    """Say which front door to use when ``name`` failed because asyncio, not
+    trio, runs the calling task; else let ``exc`` through."""
+    if not trio.lowlevel.in_trio_run() and asyncio_running():
+        raise RuntimeError(
+            f"{name}() is smbdirect_socket.trio's API and was called from asyncio: use smbdirect_socket.asyncio there"
+        ) from exc
 
 
 class StreamSocketBase:
@@ -125,6 +139,10 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         self._readiness: ReadinessFd | None = None
         self._receiving = False
         self._partial = bytearray()  # part of a receive that is still waiting for the rest
+        # The byte stream view (receive_some): what is left of the current
+        # message's length header and of its payload.
+        self._header = b""
+        self._message_left = 0
         self._ready: trio.MemoryReceiveChannel[Connection] | None = None
         self._listen_scope: trio.CancelScope | None = None
 
@@ -195,7 +213,12 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         """Bind the address to listen on, or to connect from (the privileged-port
         check treats 5445 like 445)."""
         transition(self._state, "bind")  # refused now, before resolving
-        sock = bound_tcp_socket(self._family, await self._resolve(address))
+        try:
+            resolved = await self._resolve(address)
+        except RuntimeError as exc:
+            _check_trio(exc, "bind")
+            raise
+        sock = bound_tcp_socket(self._family, resolved)
         try:
             self._state = transition(self._state, "bind")  # (closed meanwhile: EBADF)
         except OSError:
@@ -237,8 +260,12 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
 
     async def connect(self, address: Address) -> None:
         """Connect and negotiate SMB-Direct (from the bound address, if bound)."""
-        self._state = transition(self._state, "connect")
-        await self._connect(address)
+        try:
+            self._state = transition(self._state, "connect")
+            await self._connect(address)
+        except RuntimeError as exc:
+            _check_trio(exc, "connect")
+            raise
 
     def connect_nowait(self, address: Address) -> NoReturn:
         """A non-blocking connect: start connecting and raise ``BlockingIOError``
@@ -289,6 +316,9 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             connection = await self._ready.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise socket_error(errno.EBADF, "socket is closed") from None
+        except RuntimeError as exc:
+            _check_trio(exc, "accept")
+            raise
         self._update_readiness()
         child = SMBDirectSocket.accepted(connection, provider=self._provider, parameters=self.parameters)
         child.bytestream = self.bytestream
@@ -370,7 +400,11 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
     async def _send(self, data: memoryview, flags: int, token: int | None) -> int:
         connection = self._connected()
         sent = self.send_nowait(data, flags, token)
-        await connection.wait_sent()
+        try:
+            await connection.wait_sent()
+        except RuntimeError as exc:
+            _check_trio(exc, "send")
+            raise
         return sent
 
     def send_nowait(self, data: memoryview, flags: int, token: int | None = None) -> int:
@@ -410,8 +444,12 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
     async def wait_writable(self) -> None:
         """Wait until a send would not wait for credits."""
         connection = self._connected()
-        await connection.wait_writable()
-        await trio.lowlevel.checkpoint()
+        try:
+            await connection.wait_writable()
+            await trio.lowlevel.checkpoint()
+        except RuntimeError as exc:
+            _check_trio(exc, "wait_writable")
+            raise
 
     # ---- receiving ---------------------------------------------------------------------------
 
@@ -439,31 +477,38 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         return data, [], 0, None
 
     async def _recv(self, size: int, flags: int) -> bytes:
+        return await self._receive(self.check_receive(size, flags), flags, self.receive_nowait, "recv")
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """What :meth:`SMBDirectStream.receive_some` returns: up to ``max_bytes``
+        of what has arrived, as soon as anything has (see :meth:`receive_some_nowait`)."""
+        return await self._receive(self.check_receive(max_bytes, 0), 0, self.receive_some_nowait, "receive_some")
+
+    async def _receive(self, size: int, flags: int, step: Callable[[int, int], bytes], name: str) -> bytes:
         # Like trio's own sockets: one task waits to receive at a time.
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this socket")
+        connection = self._connected()
         self._receiving = True
+        waited = False  # a receive that waited has been a checkpoint already
         try:
-            return await self._receive(size, flags)
+            while True:
+                try:
+                    data = step(size, flags)
+                except BlockingIOError:
+                    if flags & _MSG_DONTWAIT:
+                        raise
+                    await connection.wait_changed()
+                    waited = True
+                    continue
+                if not waited:
+                    await trio.lowlevel.checkpoint()
+                return data
+        except RuntimeError as exc:
+            _check_trio(exc, name)
+            raise
         finally:
             self._receiving = False
-
-    async def _receive(self, size: int, flags: int) -> bytes:
-        size = self.check_receive(size, flags)
-        connection = self._connected()
-        waited = False  # a receive that waited has been a checkpoint already
-        while True:
-            try:
-                data = self.receive_nowait(size, flags)
-            except BlockingIOError:
-                if flags & _MSG_DONTWAIT:
-                    raise
-                await connection.wait_changed()
-                waited = True
-                continue
-            if not waited:
-                await trio.lowlevel.checkpoint()
-            return data
 
     @staticmethod
     def check_receive(size: int, flags: int) -> int:
@@ -508,6 +553,48 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         # The connection ended before the bytes asked for could arrive.
         raise connection.error or socket_error(errno.ECONNRESET, "connection ended")
 
+    def receive_some_nowait(self, max_bytes: int, flags: int = 0) -> bytes:
+        """The byte stream view of the socket: what a TCP peer would read.
+
+        In byte-stream mode it is :meth:`receive_nowait`.  Framed, each message
+        reads as its 4-byte big-endian length followed by its payload, the
+        stream a length-framed TCP peer sends; a call returns up to
+        ``max_bytes`` of it from what has arrived, never crossing into the next
+        message, and ``BlockingIOError`` when nothing has.  Mixed with the exact
+        reads of ``recv`` on the same socket, it goes on from where they stopped.
+        """
+        if self.bytestream:
+            return self.receive_nowait(max_bytes, flags)
+        connection = self._connected()
+        if not max_bytes:
+            return b""
+        partial = self._partial
+        if not (self._header or self._message_left or partial) and connection.message_start() is not None:
+            self._message_left = connection.consume_message_start()
+            self._header = _LENGTH.pack(self._message_left)
+        data = b""
+        if self._header:
+            data = self._header[:max_bytes]
+            self._header = self._header[len(data) :]
+            max_bytes -= len(data)
+        if self._message_left:  # never more than the rest of this message
+            max_bytes = min(max_bytes, self._message_left)
+        if max_bytes and (partial or connection.readable):
+            if partial:
+                body = bytes(partial[:max_bytes])
+                del partial[: len(body)]
+            else:
+                body = connection.read(min(max_bytes, connection.readable))
+            self._message_left = max(self._message_left - len(body), 0)
+            data += body
+        if data:
+            return data
+        if not connection.ended:
+            raise socket_error(errno.EAGAIN, "nothing has arrived")
+        if connection.at_eof or self._state is SocketState.SHUT_DOWN:
+            return b""
+        raise connection.error or socket_error(errno.ECONNRESET, "connection ended")
+
     def is_readable(self) -> bool:
         """Data, a message start or the end of the connection waits (or the socket is closed)."""
         connection = self._connection
@@ -517,7 +604,7 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             return self._ready.statistics().current_buffer_used > 0
         if connection is None:
             return False
-        return bool(self._partial or connection.readable) or connection.ended
+        return bool(self._partial or self._header or connection.readable) or connection.ended
 
     def is_writable(self) -> bool:
         """A send would not wait for credits (or would fail at once: closed, broken, new)."""
@@ -547,11 +634,19 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
     async def rdma_read(self, into: Any, descriptors: list[BufferDescriptorV1]) -> None:
         """Fill ``into`` from the peer's registered buffers (bounded by the negotiated
         max read/write size; ``EINVAL`` when the descriptors do not cover ``into``)."""
-        await self._connected().rdma_read(memoryview(into), descriptors)
+        try:
+            await self._connected().rdma_read(memoryview(into), descriptors)
+        except RuntimeError as exc:
+            _check_trio(exc, "rdma_read")
+            raise
 
     async def rdma_write(self, data: Any, descriptors: list[BufferDescriptorV1]) -> None:
         """Write ``data`` into the peer's registered buffers."""
-        await self._connected().rdma_write(memoryview(data), descriptors)
+        try:
+            await self._connected().rdma_write(memoryview(data), descriptors)
+        except RuntimeError as exc:
+            _check_trio(exc, "rdma_write")
+            raise
 
     # ---- options ------------------------------------------------------------------------------
 
@@ -687,6 +782,126 @@ def configure(sock: SMBDirectSocket, bytestream: bool, parameters: Parameters | 
         sock.parameters = parameters
 
 
+class SMBDirectStream(trio.abc.HalfCloseableStream):
+    """A stream over an SMB-Direct socket that keeps trio's Stream contract in both modes.
+
+    It has ``trio.SocketStream``'s interface (``socket``, ``setsockopt``,
+    ``getsockopt``, ``send_eof``), and in byte-stream mode its behaviour.
+    Framed, it is the byte stream a length-framed TCP connection carries: each
+    message reads as its 4-byte big-endian length followed by its payload,
+    ``receive_some`` returns as soon as any of it has arrived (never more than
+    ``max_bytes``, never past the end of the message), and ``send_all`` takes
+    that stream in any pieces, sending each message once its last byte is
+    given.  A length the connection cannot carry is the socket's ``EINVAL``
+    (as ``trio.BrokenResourceError``); the start of a message never finished is
+    dropped at close.  The socket underneath keeps the kernel's exact reads.
+    (trio does not let ``trio.SocketStream`` be subclassed: this wraps one.)
+    """
+
+    def __init__(self, socket: trio.socket.SocketType) -> None:
+        self._stream = trio.SocketStream(socket)
+        self.socket = socket
+        self._unsent = bytearray()  # the start of a message whose end is still to come
+        self._sending = False
+
+    def _framed(self) -> SMBDirectSocket | None:
+        """The SMB-Direct socket underneath when it is framed (a routed socket's choice too)."""
+        sock: object = self.socket
+        if not isinstance(sock, SMBDirectSocket):
+            sock = getattr(sock, "_chosen", None)  # routing's socket, once it has chosen
+        if isinstance(sock, SMBDirectSocket) and not sock.bytestream:
+            return sock
+        return None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        sock = self._framed()
+        if sock is None:
+            return await self._stream.receive_some(max_bytes)
+        if max_bytes is None:
+            max_bytes = _DEFAULT_RECEIVE_SIZE
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        with _stream_errors():
+            return await sock.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self._framed()
+        if sock is None:
+            await self._stream.send_all(data)
+            return
+        if self._sending:
+            raise trio.BusyResourceError("another task is currently sending data on this SocketStream")
+        self._sending = True
+        try:
+            await self._send_messages(sock, data)
+        finally:
+            self._sending = False
+
+    async def _send_messages(self, sock: SMBDirectSocket, data: bytes | bytearray | memoryview) -> None:
+        unsent = self._unsent
+        view = memoryview(data).cast("B")
+        if not unsent and len(view) >= _LENGTH.size and _LENGTH.unpack_from(view)[0] == len(view) - _LENGTH.size:
+            await self._stream.send_all(view)  # one whole message, the usual case: no copy
+            return
+        unsent += view
+        sent = False
+        while len(unsent) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(unsent)
+            end = _LENGTH.size + length
+            connection = sock.connection
+            too_long = connection is not None and length > connection.negotiated.max_fragmented_send_size
+            if len(unsent) < end and not too_long:
+                break  # the rest of this message is still to come
+            # A length no message can have goes to the socket now, for its error.
+            message = bytes(unsent[:end])
+            del unsent[:end]
+            await self._stream.send_all(message)
+            sent = True
+        if not sent:
+            await self._stream.send_all(b"")  # the closed check and the checkpoint
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        self._stream.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int, buffersize: int = 0) -> int | bytes:
+        return self._stream.getsockopt(level, option, buffersize)
+
+
+class SMBDirectListener(trio.abc.Listener[SMBDirectStream]):
+    """``trio.SocketListener``'s interface, giving :class:`SMBDirectStream`."""
+
+    def __init__(self, socket: trio.socket.SocketType) -> None:
+        self._listener = trio.SocketListener(socket)
+        self.socket = socket
+
+    async def accept(self) -> SMBDirectStream:
+        stream = await self._listener.accept()
+        return SMBDirectStream(stream.socket)
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+
+@contextlib.contextmanager
+def _stream_errors() -> Iterator[None]:
+    """The socket's errors as trio's stream errors, as ``trio.SocketStream`` gives them."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+            raise trio.ClosedResourceError("this socket was already closed") from None
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+
 async def open_smbdirect_stream(
     host: str,
     port: int = SMBDIRECT_IWARP_PORT,
@@ -694,15 +909,19 @@ async def open_smbdirect_stream(
     bytestream: bool = False,
     parameters: Parameters | None = None,
     provider: Provider | None = None,
-) -> trio.SocketStream:
-    """Connect and return a ``trio.SocketStream`` over SMB-Direct."""
+) -> SMBDirectStream:
+    """Connect and return an :class:`SMBDirectStream` (a ``trio.SocketStream``) over SMB-Direct."""
 
     def make(family: int) -> SMBDirectSocket:
         sock = socket(family, provider=provider)
         configure(sock, bytestream, parameters)
         return sock
 
-    return trio.SocketStream(await connect_any(host, port, make))
+    try:
+        return SMBDirectStream(await connect_any(host, port, make))
+    except RuntimeError as exc:
+        _check_trio(exc, "open_smbdirect_stream")
+        raise
 
 
 async def open_smbdirect_listeners(
@@ -713,29 +932,37 @@ async def open_smbdirect_listeners(
     bytestream: bool = False,
     parameters: Parameters | None = None,
     provider: Provider | None = None,
-) -> list[trio.SocketListener]:
+) -> list[SMBDirectListener]:
     """Listen for SMB-Direct on ``port`` (all IPv4 addresses unless ``host``)."""
-    infos = await trio.socket.getaddrinfo(host or "0.0.0.0", port, type=_stdlib_socket.SOCK_STREAM)
+    try:
+        infos = await trio.socket.getaddrinfo(host or "0.0.0.0", port, type=_stdlib_socket.SOCK_STREAM)
+    except RuntimeError as exc:
+        _check_trio(exc, "open_smbdirect_listeners")
+        raise
     listeners = []
     for family, _, _, _, address in infos[:1]:
         sock = socket(family, provider=provider)
         configure(sock, bytestream, parameters)
         await sock.bind(address)
         sock.listen(backlog)
-        listeners.append(trio.SocketListener(sock))
+        listeners.append(SMBDirectListener(sock))
     return listeners
 
 
 async def serve_smbdirect(
-    handler: Callable[[trio.SocketStream], Awaitable[object]],
+    handler: Callable[[SMBDirectStream], Awaitable[object]],
     port: int = SMBDIRECT_IWARP_PORT,
     *,
     host: str | None = None,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[SMBDirectListener]] = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> NoReturn:
     """Serve ``handler`` on SMB-Direct connections, like ``trio.serve_tcp``."""
-    listeners = await open_smbdirect_listeners(port, host=host, **options)
+    try:
+        listeners = await open_smbdirect_listeners(port, host=host, **options)
+    except RuntimeError as exc:
+        _check_trio(exc, "serve_smbdirect")
+        raise
     await trio.serve_listeners(handler, listeners, task_status=task_status)
     raise AssertionError("serve_listeners returned")  # pragma: no cover
 
