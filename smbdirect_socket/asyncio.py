@@ -653,7 +653,7 @@ class SMBDirectServer(asyncio.AbstractServer):
         await self.wait_closed()
 
 
-def _close_listeners(listeners: list[trio.SocketListener]) -> None:
+def _close_listeners(listeners: list[_trio.SMBDirectListener]) -> None:
     for listener in listeners:
         listener.socket.close()
 
