@@ -243,10 +243,12 @@ class SMBDirectSocket:
     ) -> int:
         """Send one message, within the timeout.
 
-        A message is sent whole or not at all: one that was queued when the
-        timeout expired still goes out, whole and in order, after the
-        ``TimeoutError`` (the framing stays intact; as with the stdlib, the
-        caller cannot tell how much went).
+        A message is sent whole or not at all.  It is queued once the one
+        before it has gone (its fragments wait for the peer's credits, as bytes
+        wait for room in a kernel socket's send buffer); a call whose timeout
+        expires before that sent nothing and raises ``TimeoutError``.  A queued
+        message counts as sent: if its own fragments still wait for credits
+        when the timeout expires, they follow in order.
         """
         deadline = None if not self._timeout else time.monotonic() + self._timeout
         return self._sendmsg(list(buffers), list(ancdata), flags, deadline, address)
@@ -264,13 +266,19 @@ class SMBDirectSocket:
 
             def send() -> int:
                 if not queued:
+                    connection.check_sent()  # the message before waits for credits: nothing is queued yet
                     queued.append(self._sock.send_nowait(data, flags, token))
                     if flags & _MSG_DONTWAIT:
-                        return queued[0]  # queued: the rest goes out as credits come
+                        return queued[0]  # the rest of it goes out as credits come
                 connection.check_sent()  # a blocking send waits while its fragments wait for credits
                 return queued[0]
 
-            sent = self._here(connection.drive, send, deadline)
+            try:
+                sent = self._here(connection.drive, send, deadline)
+            except TimeoutError:
+                if queued:
+                    return queued[0]  # queued is sent: its last fragments follow as credits come
+                raise
             if sent is not None:
                 return sent
         if deadline is None or flags & _stdlib_socket.MSG_DONTWAIT:

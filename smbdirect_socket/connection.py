@@ -31,6 +31,7 @@ import select
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -117,6 +118,18 @@ class _Waker:
 
 
 _thread_state = threading.local()
+#: The live connections, whose locks a forked child takes from their queue pairs anew.
+_live: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _thread_state
+    _thread_state = threading.local()  # the parent's eventfd is not this process's to wait on
+    for connection in list(_live):
+        connection._sleepers = set()  # the parent's threads
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _waker() -> _Waker:
@@ -175,8 +188,6 @@ class Connection:
     def __init__(self, qp: QueuePair, protocol: SMBDirectProtocol) -> None:
         self.qp = qp
         self.protocol = protocol
-        #: Held while the protocol or the queue pair is touched (the queue pair's own lock).
-        self.lock = qp.lock
         # The loop the connection lives on, and its clock (read from any thread).
         self._home = trio.lowlevel.current_trio_token()
         self._home_thread = threading.get_ident()
@@ -184,6 +195,8 @@ class Connection:
         self._sleepers: set[_Waker] = set()  # callers in other threads asleep in poll()
         self._home_parked = 0  # the loop's tasks parked while a caller drives
         self._disconnecting = False
+        self._caller_pause: trio.CancelScope | None = None  # the background task's, while callers drive
+        _live.add(self)
         self._receive_buffers: dict[int, memoryview] = {}
         self._next_receive = _RECEIVE_WR_BASE
         self._changed = trio.lowlevel.ParkingLot()
@@ -274,6 +287,11 @@ class Connection:
         if not waited:
             await trio.lowlevel.checkpoint()
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while the protocol or the queue pair is touched (the queue pair's own lock)."""
+        return self.qp.lock
+
     def queue_message(self, payload: bytes | bytearray | memoryview, invalidate_token: int | None = None) -> None:
         """Queue one message and post what credits allow of it now."""
         with self.lock:
@@ -302,7 +320,7 @@ class Connection:
             await trio.lowlevel.checkpoint()
             return
         with self.lock:
-            parked = bool(self.qp.callers)
+            parked = bool(self.qp.callers)  # (one driving now, not lately: then we drive)
             if parked:  # a caller in another thread drives: it wakes us (the count, under the lock, tells it)
                 self._home_parked += 1
         if parked:
@@ -551,6 +569,8 @@ class Connection:
         """On the loop's thread: end, re-time and wake what waits there."""
         if self._disconnecting and self._scope is not None:
             self._scope.cancel()
+        if self._caller_pause is not None and not self.qp.callers_recent:
+            self._caller_pause.cancel()
         if self._poller is not None and self.protocol.state is State.CLOSED:
             self._poller.cancel()  # a waiting task looks again: it must not wait for the wire
         deadline = self.protocol.next_deadline()
@@ -608,6 +628,16 @@ class Connection:
         finally:
             with lock:
                 qp.caller_leaves()
+                if not qp.callers and (self._home_parked or (self._caller_pause and not qp.caller_grace)):
+                    with contextlib.suppress(trio.RunFinishedError):
+                        self._home.run_sync_soon(self._wake_home)  # the loop's tasks drive again
+
+    def watch_descriptor(self) -> None:
+        """A program waits on the socket's descriptor between calls: the loop's
+        tasks take the wire as soon as the last caller leaves (its readiness
+        must follow the data), not a grace later."""
+        with self.lock:
+            self.qp.caller_grace = 0.0
 
     def _drive_once(self) -> bool:
         """Act on what completed (under :attr:`lock`); whether anything did."""
@@ -685,8 +715,10 @@ class Connection:
                 # one that moved later fires early and changes nothing.
                 with trio.move_on_at(math.inf if deadline is None else deadline) as self._timer:
                     await self._handover.background_turn()
-                    if self.qp.callers:
-                        await trio.sleep(_CALLER_GRACE)  # a caller in another thread drives
+                    if self.qp.callers_recent:
+                        with trio.CancelScope() as self._caller_pause:
+                            await trio.sleep(_CALLER_GRACE)  # a caller in another thread drives
+                        self._caller_pause = None
                     else:
                         await self._poll(background=True)
                 timer, self._timer = self._timer, None

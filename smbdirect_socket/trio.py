@@ -163,6 +163,8 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         if self._readiness is None:
             self._readiness = ReadinessFd()
             self._update_readiness()
+            if self._connection is not None:
+                self._connection.watch_descriptor()
         return self._readiness.fileno()
 
     def _update_readiness(self) -> None:
@@ -173,6 +175,8 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
         self._state = transition(self._state, event)
         self._connection = connection
         connection.on_change.append(self._update_readiness)
+        if self._readiness is not None:
+            connection.watch_descriptor()
         self._update_readiness()
 
     def __repr__(self) -> str:

@@ -354,11 +354,6 @@ def test_a_non_blocking_send_that_raises_sent_nothing(pair: Pair) -> None:
         receive_message(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a send whose timeout expires while its fragments wait for credits raises TimeoutError "
-    "although the whole message was queued and is delivered later",
-)
 def test_a_timed_out_send_sent_nothing(pair: Pair) -> None:
     """``send`` that times out sent nothing (``sendall`` may have sent part: the stdlib says so)."""
     client, server = pair
@@ -400,12 +395,6 @@ def test_select_sees_each_message_after_direct_receives(pair: Pair) -> None:
     select_round_trips(client, server, 20, use_select=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a caller leaves, the loop's tasks keep off the socket for CALLER_GRACE (20 ms: the queue "
-    "pair's reader and the connection's background poll sleep instead of waiting on the socket), so fileno() "
-    "turns readable some 25 ms after the data arrived: a select()-driven receive costs about 40x a direct one",
-)
 def test_select_driven_receives_cost_about_what_direct_ones_do(pair: Pair) -> None:
     client, server = pair
     rounds = 30
@@ -465,12 +454,6 @@ def test_a_forked_child_closing_its_copy_leaves_the_parents_connection(pair: Pai
     assert receive_message(client) == b"back"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a child forked while another thread is inside the socket inherits the queue pair's lock held "
-    "(its close waits on it for ever), and a child's close writes on the TCP connection it shares with the "
-    "parent (the parent's connection aborts: DDP Send MSN out of order)",
-)
 def test_fork_while_another_thread_drives(pair: Pair) -> None:
     """A child forked while a thread is inside the socket closes its copy without
     waiting on what that thread held, and the parent's connection carries on."""
@@ -499,12 +482,6 @@ def test_fork_while_another_thread_drives(pair: Pair) -> None:
     assert receive_message(server) == b"after"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an RDMA read goes through the engine, whose tasks keep off the socket for CALLER_GRACE after a "
-    "caller left (the connection's poller parks, the queue pair's reader sleeps): after a direct receive "
-    "it waits some 25 ms for its response instead of under 1 ms",
-)
 def test_an_rdma_read_after_a_direct_receive_costs_what_one_alone_does(pair: Pair) -> None:
     """The SMB pattern: receive a request in the calling thread, then RDMA-read the
     buffer it names."""

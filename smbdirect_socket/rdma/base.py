@@ -182,10 +182,19 @@ class QueuePair(abc.ABC):
         return None
 
     @property
-    def callers(self) -> bool:
-        """Callers in other threads drive now (or did so lately that they are
-        expected back): the loop's tasks keep off the wire."""
+    def callers(self) -> int:
+        """Callers in other threads driving now."""
+        return 0
+
+    @property
+    def callers_recent(self) -> bool:
+        """Callers drive now, or did so lately that they are expected back: the
+        loop's background tasks keep off the wire meanwhile."""
         return False
+
+    #: How long :attr:`callers_recent` holds after the last caller left (0 when
+    #: a program waits on the socket's descriptor between calls instead).
+    caller_grace = 0.0
 
     def fileno(self) -> int:
         """What a caller that drives waits on: readable when :meth:`poll_completions` may find more."""

@@ -26,9 +26,11 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -125,6 +127,24 @@ class _Batch:
                 qp._transmit()
 
 
+#: The live queue pairs, for a forked child to disown.
+_live: weakref.WeakSet[SoftQueuePair] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    """In a forked child: the queue pairs are the parent's (their TCP connections
+    are shared with it).  The child's copies never touch the wire again, so
+    closing them leaves the parent's connections alone, as closing an inherited
+    descriptor does; a lock another thread of the parent held is not inherited."""
+    for qp in list(_live):
+        qp.lock = threading.RLock()
+        qp._callers = 0
+        qp._closed = True  # nothing reads or writes the socket; it is closed with the object
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
+
+
 class SoftQueuePair(QueuePair):
     """A queue pair whose wire is a TCP connection.
 
@@ -163,8 +183,12 @@ class SoftQueuePair(QueuePair):
         self.lock = threading.RLock()
         self._callers = 0  # threads outside the loop driving the queue pair now
         self._caller_left = -math.inf  # when the last one left (time.monotonic)
+        #: How long the loop's tasks keep off the wire after the last caller left.
+        self.caller_grace = CALLER_GRACE
+        self._reader_pause: trio.CancelScope | None = None
         self._home_thread = threading.get_ident()
         self._home = trio.lowlevel.current_trio_token()
+        _live.add(self)
         self._reader_scope = spawn_background("smbdirect softiwarp reader", self._reader)
         self._writer_scope = spawn_background("smbdirect softiwarp writer", self._writer)
 
@@ -229,12 +253,18 @@ class SoftQueuePair(QueuePair):
     def caller_leaves(self) -> None:
         self._callers -= 1
         self._caller_left = time.monotonic()
+        if not self._callers and not self.caller_grace and self._reader_pause is not None:
+            self._at_home(self._reader_pause.cancel)  # the reader takes the wire again now
 
     @property
-    def callers(self) -> bool:
-        """Callers in other threads drive, or did within :data:`CALLER_GRACE` (they
-        come straight back, and taking the socket from them costs a switch)."""
-        return bool(self._callers) or time.monotonic() - self._caller_left < CALLER_GRACE
+    def callers(self) -> int:
+        return self._callers
+
+    @property
+    def callers_recent(self) -> bool:
+        """Callers drive, or did within :attr:`caller_grace` (they usually come
+        straight back, and taking the socket from them costs a switch)."""
+        return bool(self._callers) or time.monotonic() - self._caller_left < self.caller_grace
 
     def _in_home(self) -> bool:
         return threading.get_ident() == self._home_thread
@@ -266,7 +296,7 @@ class SoftQueuePair(QueuePair):
                 if self.core.closed or self._closed:
                     raise RdmaError(errno.EPIPE, "queue pair is disconnected")
                 blocked = True
-                if self.callers:
+                if self._callers:
                     return []  # a caller in another thread reads the socket: ask again later
                 if self._reader_wait is not None:
                     self._reader_wait.cancel()  # take the socket over from the reader task
@@ -285,7 +315,7 @@ class SoftQueuePair(QueuePair):
                         self._consumer_reading = False
                         self._completed.unpark_all()  # another waiter may read now
                     with self.lock:
-                        if not self.callers:
+                        if not self._callers:
                             self._read_once()
         finally:
             self._handover.leave()
@@ -305,7 +335,8 @@ class SoftQueuePair(QueuePair):
 
     async def disconnect(self) -> None:
         """Send what was posted, flush the rest and close TCP gracefully (a FIN, no Terminate)."""
-        self.core.close()
+        with self.lock:
+            self.core.close()
         self._notify()  # tasks waiting for completions see the close and leave
         while self._handover.tasks and not self._closed:
             await self._handover.wait_free()
@@ -323,7 +354,8 @@ class SoftQueuePair(QueuePair):
         with trio.move_on_after(_LINGER), contextlib.suppress(OSError):
             while self.core.wants_to_send and not self._closed:
                 await self._wait(trio.lowlevel.wait_writable)
-                self._transmit()
+                with self.lock:  # a caller may still be leaving
+                    self._transmit()
             self._sock.shutdown(socket.SHUT_WR)
             while True:
                 await self._wait(trio.lowlevel.wait_readable)
@@ -424,15 +456,17 @@ class SoftQueuePair(QueuePair):
             await self._handover.background_turn()
             if self._closed or self._lingering:
                 return
-            if self.callers:
-                await trio.sleep(CALLER_GRACE)  # a caller in another thread reads the socket
+            if self.callers_recent:
+                with trio.CancelScope() as self._reader_pause:
+                    await trio.sleep(CALLER_GRACE)  # a caller in another thread reads the socket
+                self._reader_pause = None
                 continue
             with trio.CancelScope() as self._reader_wait:
                 await trio.lowlevel.wait_readable(self._sock)
             self._reader_wait = None
             self._socket_free.unpark_all()
             with self.lock:
-                if not (self._handover.tasks or self.callers):
+                if not (self._handover.tasks or self._callers):
                     self._read_once()
 
     async def _writer(self) -> None:
