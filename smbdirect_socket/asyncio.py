@@ -749,16 +749,6 @@ class SMBDirectSocket(blocking.SMBDirectSocket):
     def proto(self) -> int:
         return 0
 
-    def connect(self, address: Address) -> None:
-        """Connect, or start connecting (``BlockingIOError``, ``EINPROGRESS``) as a non-blocking socket does."""
-        try:
-            super().connect(address)
-        except BlockingIOError:
-            # Not writable from now until connected (or failed), before the loop
-            # looks: the trio socket marks it only once its connect task runs.
-            engine_thread.run_sync(self.trio_socket._update_readiness)
-            raise
-
 
 def socket(
     family: int = _stdlib_socket.AF_INET,

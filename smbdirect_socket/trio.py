@@ -280,6 +280,7 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             error, self._so_error = self._so_error, None
             raise error
         self._state = transition(self._state, "connect")
+        self._update_readiness()  # not writable from now until connected (or failed)
 
         async def connect_in_background() -> None:
             with contextlib.suppress(OSError):  # kept in SO_ERROR for the program to collect
