@@ -1,12 +1,13 @@
 """The blocking SMB-Direct socket against blocking TCP sockets, in one run.
 
 Plain threads, as a stdlib program would use them; the SMB-Direct side runs
-on the software iWARP engine (the engine thread does the protocol work).
+on the software iWARP engine (each calling thread runs the protocol itself).
 Printed per case: SMB-Direct, TCP and the ratio.
 
 * throughput of framed 128 KiB messages (4-byte length + message);
 * throughput of 64 KiB writes in byte-stream mode;
-* the round trip of a 64-byte message;
+* the round trip of a 64-byte message, with the echo in the same process and
+  in a process of its own (the median: two peers in one process share the GIL);
 * an SMB file copy by smbprotocol (write and read back) to the same Samba,
   over SMB-Direct through the gateway and over TCP (needs Samba, as root).
 
@@ -22,10 +23,12 @@ The JSON (smbdirect_socket.tools.measure) names each figure's unit:
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -161,6 +164,60 @@ def report(name: str, smbdirect: float, tcp: float, unit: Unit) -> dict[str, Any
     return comparison.record()
 
 
+def echo_peer(smbdirect: bool, parameters: Parameters | None, ports: Any) -> None:
+    """The echo side of a round trip in a process of its own, as a real peer is
+    (two peers in one process share its GIL)."""
+    listener: Any = create_server(("127.0.0.1", 0), parameters=parameters) if smbdirect else tcp_listener()
+    ports.send(listener.getsockname()[1])
+    server, _ = listener.accept()
+    listener.close()
+    if not smbdirect:
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:
+            server.sendall(receive_message(server))
+    except (EOFError, OSError):
+        pass
+    server.close()
+
+
+def tcp_listener() -> socket.socket:
+    return socket.create_server(("127.0.0.1", 0))
+
+
+def round_trip_to_process(smbdirect: bool, parameters: Parameters | None, count: int) -> float:
+    """Seconds per round trip of a 64-byte framed message to an echo in another process."""
+    context = multiprocessing.get_context("spawn")
+    ports, child_ports = context.Pipe()
+    peer = context.Process(target=echo_peer, args=(smbdirect, parameters, child_ports))
+    peer.start()
+    try:
+        port = ports.recv()
+        client: Any = (
+            create_connection(("127.0.0.1", port), parameters=parameters)
+            if smbdirect
+            else socket.create_connection(("127.0.0.1", port))
+        )
+        if not smbdirect:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        message = struct.pack(">I", 60) + bytes(60)
+        for _ in range(count // 10):  # warm up
+            client.sendall(message)
+            receive_message(client)
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            client.sendall(message)
+            receive_message(client)
+            samples.append(time.perf_counter() - started)
+        client.close()
+    finally:
+        peer.join(30)
+        if peer.is_alive():
+            peer.kill()
+    return sorted(samples)[count // 2]  # the median: a busy machine's stalls stay out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0)
@@ -186,6 +243,12 @@ def main() -> None:
             "64-byte round trip",
             lambda: round_trip(smbdirect_pair(False, parameters), 2000),
             lambda: round_trip(tcp_pair(), 2000),
+            MICROSECONDS,
+        ),
+        (
+            "64-byte round trip, peer process (median)",
+            lambda: round_trip_to_process(True, parameters, 2000),
+            lambda: round_trip_to_process(False, parameters, 2000),
             MICROSECONDS,
         ),
     ]
