@@ -286,7 +286,8 @@ class SoftQueuePair(QueuePair):
         try:
             blocked = False
             while True:
-                completions = self.core.poll_many(max_count)
+                with self.lock:  # a caller in another thread may be taking them too
+                    completions = self.core.poll_many(max_count)
                 if completions:
                     if not blocked:
                         await trio.lowlevel.cancel_shielded_checkpoint()  # cancelled, they would be lost
