@@ -296,6 +296,9 @@ class SMBDirectSocket:
     # ---- receiving ------------------------------------------------------------------------
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Receive ``bufsize`` bytes (framed: exactly that many, or a message's length at its start;
+        byte stream: what has arrived, at most ``bufsize``); ``b""`` at the end of the stream.
+        """
         flags = self._nonblocking(flags)
         data = self._receive_here(bufsize, flags)
         return self._receive(self._sock.recv, bufsize, flags) if data is None else data

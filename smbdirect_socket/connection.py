@@ -80,6 +80,8 @@ _POLL_BATCH = 1024
 #: How often the loop's tasks look whether callers in other threads still
 #: drive (they wake nobody when they leave: the next look finds them gone).
 _CALLER_GRACE = 0.02
+#: How often a caller looks again while the queue pair's descriptor is already closed.
+_CLOSING_LOOK = 0.01
 
 
 class _Waker:
@@ -99,11 +101,15 @@ class _Waker:
         """Sleep (the GIL released) until ``descriptor`` is ready or this waker is
         set; the descriptor's events."""
         poll = self._poll
-        poll.register(descriptor, select.POLLIN | select.POLLOUT if writing else select.POLLIN)
+        if descriptor < 0:  # the wire is closing: its completions are moments away
+            timeout = _CLOSING_LOOK if timeout is None else min(timeout, _CLOSING_LOOK)
+        else:
+            poll.register(descriptor, select.POLLIN | select.POLLOUT if writing else select.POLLIN)
         try:
             ready = poll.poll(None if timeout is None else math.ceil(timeout * 1000))
         finally:
-            poll.unregister(descriptor)
+            if descriptor >= 0:
+                poll.unregister(descriptor)
         events = 0
         for fd, event in ready:
             if fd == descriptor:

@@ -819,6 +819,8 @@ class SMBDirectStream(trio.abc.HalfCloseableStream):
         return None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """What has arrived, at most ``max_bytes`` (framed: never past the end of the
+        current message, its length first); ``b""`` at the end of the stream."""
         sock = self._framed()
         if sock is None:
             return await self._stream.receive_some(max_bytes)
@@ -830,6 +832,7 @@ class SMBDirectStream(trio.abc.HalfCloseableStream):
             return await sock.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` (framed: length-led messages, in any pieces; each goes when its last byte comes)."""
         sock = self._framed()
         if sock is None:
             await self._stream.send_all(data)
@@ -866,18 +869,23 @@ class SMBDirectStream(trio.abc.HalfCloseableStream):
             await self._stream.send_all(b"")  # the closed check and the checkpoint
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Return when ``send_all`` might not wait for credits."""
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
+        """End the connection (SMB-Direct has no half-close; as the kernel's ``shutdown``)."""
         await self._stream.send_eof()
 
     async def aclose(self) -> None:
+        """Close the stream and its socket."""
         await self._stream.aclose()
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        """The socket's ``setsockopt``."""
         self._stream.setsockopt(level, option, value)
 
     def getsockopt(self, level: int, option: int, buffersize: int = 0) -> int | bytes:
+        """The socket's ``getsockopt``."""
         return self._stream.getsockopt(level, option, buffersize)
 
 
@@ -889,10 +897,12 @@ class SMBDirectListener(trio.abc.Listener[SMBDirectStream]):
         self.socket = socket
 
     async def accept(self) -> SMBDirectStream:
+        """The next connection, as a stream."""
         stream = await self._listener.accept()
         return SMBDirectStream(stream.socket)
 
     async def aclose(self) -> None:
+        """Stop listening."""
         await self._listener.aclose()
 
 
