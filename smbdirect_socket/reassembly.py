@@ -6,16 +6,17 @@ flow control of SMB-Direct: a reader that stops reading stops the granting of
 credits, and the sender stalls instead of the receiver buffering without
 bound.
 
-The fragments of one batch of receives arrive gathered one after another in
-one buffer, so the queue keeps a batch as one run with the fragments'
-boundaries, and a read costs a slice per run, not per fragment.
+Small fragments of one batch of receives arrive gathered one after another
+in one buffer, so the queue keeps a batch as one run with the fragments'
+boundaries, and a read costs a slice per run, not per fragment.  Large ones
+stay where they were received, each a run of its own: copying them would cost
+more than the objects.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
-from itertools import accumulate
 
 __all__ = ["ReceiveQueue"]
 
@@ -47,16 +48,27 @@ class ReceiveQueue:
         """The number of fragments (receive buffers) still held."""
         return self._held
 
-    def push_pieces(self, buffer: bytearray, pieces: list[tuple[int, int]]) -> None:
-        """Queue the fragments gathered one after another in ``buffer``: ``(length, total)``
-        each, ``total`` the length of the message a fragment starts, else 0."""
-        if not pieces:
+    def push_pieces(self, buffer: bytearray, ends: list[int], totals: list[int]) -> None:
+        """Queue the fragments gathered one after another in ``buffer``, fragment ``i``
+        ending at ``ends[i]``; ``totals[i]`` is the length of the message it starts, else 0.
+        The lists are kept."""
+        if not ends:
             return
-        lengths, starts = zip(*pieces, strict=True)
-        ends = list(accumulate(lengths))
-        self._runs.append(_Run(memoryview(buffer)[: ends[-1]], ends, list(starts)))
-        self.size += ends[-1]
+        size = ends[-1]
+        self._runs.append(_Run(memoryview(buffer)[:size], ends, totals))
+        self.size += size
         self._held += len(ends)
+
+    def push_payloads(self, payloads: list[memoryview], totals: list[int]) -> None:
+        """Queue fragments kept where they lie, ``totals`` as for :meth:`push_pieces`."""
+        runs = self._runs
+        size = 0
+        for data, total in zip(payloads, totals, strict=True):
+            length = len(data)
+            runs.append(_Run(data, [length], [total]))
+            size += length
+        self.size += size
+        self._held += len(payloads)
 
     def message_start(self) -> int | None:
         """The total length of the message at the head, if none of it was read."""
