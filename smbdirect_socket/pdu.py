@@ -398,8 +398,7 @@ class ReceiveLimits(NamedTuple):
     recv_credit_max: int
 
 
-@attrs.define
-class ReceivedBatch:
+class ReceivedBatch(NamedTuple):
     """The messages applied (all, or those before ``error``), and their payloads,
     as pieces one after another: piece ``i`` ends at ``ends[i]`` (so the first
     ``gathered`` bytes of the caller's buffer hold them), and ``totals[i]`` is the
@@ -419,6 +418,9 @@ class ReceivedBatch:
         """``(length, total)`` of each piece."""
         starts = [0, *self.ends]
         return [(end - start, total) for start, end, total in zip(starts, self.ends, self.totals, strict=False)]
+
+
+_new_batch = tuple.__new__  # a ReceivedBatch without NamedTuple's Python-level __new__
 
 
 def _batch_error(code: int, size: int, a: int, b: int, c: int) -> ProtocolError:
@@ -490,7 +492,7 @@ def check_data_transfers(
         if fault is not None:
             code, index, a, b, c = fault
             error = _batch_error(code, len(pdus[index]), a, b, c)
-        return ReceivedBatch(applied, gathered, ends, totals, error, payloads)
+        return _new_batch(ReceivedBatch, (applied, gathered, ends, totals, error, payloads))
     if into is not None and sum(map(len, pdus)) > len(into):
         raise ValueError("the gather buffer must hold every message of the batch")
     return _check_data_transfers(pdus, None if into is None else memoryview(into).cast("B"), state, limits)

@@ -195,6 +195,7 @@ class SMBDirectProtocol:
         self._negotiate_deadline: float | None = None
         self._idle_deadline: float | None = None
         self._keepalive_deadline: float | None = None
+        self._idle_interval = self.parameters.keepalive_interval_msec / 1000  # 0: no keepalives
 
     # ---- inspection ----------------------------------------------------------
 
@@ -503,7 +504,8 @@ class SMBDirectProtocol:
                     self._incoming.push_payloads(result.payloads, result.totals)
                 self._message_remaining = state.message_remaining
                 self._response_owed |= state.response_requested
-                self._arm_idle(now)
+                idle = self._idle_interval  # _arm_idle, inline: this runs once a batch
+                self._idle_deadline = now + idle if idle else None
                 self._keepalive_deadline = None
                 stats = self.statistics
                 stats.fragments_received += state.fragments
@@ -515,8 +517,8 @@ class SMBDirectProtocol:
             raise RemoteProtocolError("message arrived with no receive posted")
 
     def _arm_idle(self, now: float) -> None:
-        interval = self.parameters.keepalive_interval_msec
-        self._idle_deadline = now + interval / 1000 if interval else None
+        idle = self._idle_interval
+        self._idle_deadline = now + idle if idle else None
 
     def _refill(self) -> None:
         """Post the receives the credit policy wants, before anything that grants them is sent."""
