@@ -178,11 +178,15 @@ class Credits:
 
         The others of the batch grant nothing.  ``(0, 0)`` when none may go.
         """
-        count = min(fragments, self.sendable())
+        send = self.send  # sendable(), inline: this runs once a batch
+        allowed = send - 1 if send > 1 else int(send == 1 and self.posted > self.granted)
+        count = min(fragments, allowed)
         if count <= 0:
             return 0, 0
-        self.send -= count
-        return count, self.grant()
+        self.send = send - count
+        grant = self.posted - self.granted
+        self.granted = self.posted
+        return count, grant
 
     def grant(self) -> int:
         """Grant every posted receive not yet granted (the negotiate response does, with no credit)."""

@@ -225,7 +225,7 @@ class SMBDirectProtocol:
     @property
     def held_receives(self) -> int:
         """Receive buffers held by unread data."""
-        return len(self._incoming)
+        return self._incoming.held
 
     @property
     def pending_send_bytes(self) -> int:
@@ -522,7 +522,7 @@ class SMBDirectProtocol:
 
     def _refill(self) -> None:
         """Post the receives the credit policy wants, before anything that grants them is sent."""
-        count = self._credits.refill(len(self._incoming))
+        count = self._credits.refill(self._incoming.held)
         if count:
             size = self.negotiated.max_receive_size if self.negotiated else self.parameters.max_recv_size
             self._actions.append(PostReceives(count, size))

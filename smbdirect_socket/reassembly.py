@@ -38,11 +38,12 @@ class ReceiveQueue:
         self._runs: deque[list[Any]] = deque()
         #: Bytes queued and not yet read.
         self.size = 0
-        self._held = 0
+        #: Fragments (receive buffers) still held: ``len()``, without a call.
+        self.held = 0
 
     def __len__(self) -> int:
         """The number of fragments (receive buffers) still held."""
-        return self._held
+        return self.held
 
     def push_pieces(self, buffer: bytearray, ends: list[int], totals: list[int]) -> None:
         """Queue the fragments gathered one after another in ``buffer``, fragment ``i``
@@ -53,7 +54,7 @@ class ReceiveQueue:
         size = ends[-1]
         self._runs.append([memoryview(buffer)[:size], ends, totals, 0, 0])
         self.size += size
-        self._held += len(ends)
+        self.held += len(ends)
 
     def push_payloads(self, payloads: list[memoryview], totals: list[int]) -> None:
         """Queue fragments kept where they lie, ``totals`` as for :meth:`push_pieces`."""
@@ -64,7 +65,7 @@ class ReceiveQueue:
             runs.append([data, [length], [total], 0, 0])
             size += length
         self.size += size
-        self._held += len(payloads)
+        self.held += len(payloads)
 
     def message_start(self) -> int | None:
         """The total length of the message at the head, if none of it was read."""
@@ -91,7 +92,7 @@ class ReceiveQueue:
         runs = self._runs
         if not runs or not nbytes:
             return b"", 0
-        held = self._held
+        held = self.held
         head = runs[0]
         data = head[_DATA]
         start = head[_POSITION]
@@ -114,16 +115,16 @@ class ReceiveQueue:
                 self._take(head, end)
             out = b"".join(parts)
         self.size -= len(out)
-        return out, held - self._held
+        return out, held - self.held
 
     def _take(self, head: list[Any], end: int) -> None:
         """The head run is read up to ``end``: release the fragments wholly read."""
         ends = head[_ENDS]
         if end == ends[-1]:
             self._runs.popleft()
-            self._held -= len(ends) - head[_FIRST]
+            self.held -= len(ends) - head[_FIRST]
         else:
             first = bisect_right(ends, end, head[_FIRST])
-            self._held -= first - head[_FIRST]
+            self.held -= first - head[_FIRST]
             head[_FIRST] = first
             head[_POSITION] = end
