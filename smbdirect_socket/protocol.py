@@ -490,9 +490,10 @@ class SMBDirectProtocol:
         if count:
             batch = pdus[:count] if count < len(pdus) else pdus
             state = credits.receiving(self._message_remaining)
-            # Small payloads are gathered into one buffer (a read then takes one slice of
-            # it); large ones are kept where they were received, as a copy costs more.
-            into = bytearray(sum(map(len, batch))) if self._gather else None
+            # Small payloads of a batch are gathered into one buffer (a read then takes one
+            # slice of it); large ones, or a message alone, are kept where they were
+            # received, as a copy costs more.
+            into = bytearray(sum(map(len, batch))) if self._gather and len(batch) > 1 else None
             result = check_data_transfers(batch, into, state, self._limits)
             applied = result.applied
             if applied:
