@@ -287,7 +287,8 @@ class SMBDirectProtocol:
         It is split into fragments of the negotiated size as credits allow.
         Raises :class:`LocalProtocolError` with ENOTCONN, EPIPE or EMSGSIZE.
         """
-        self._check_connected()
+        if self.state is not State.CONNECTED:
+            self._check_connected()
         assert self.negotiated is not None
         length = len(payload)
         if length > self.negotiated.max_fragmented_send_size:

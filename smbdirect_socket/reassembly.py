@@ -99,9 +99,14 @@ class ReceiveQueue:
         size = len(data)
         if start + nbytes < size or len(runs) == 1:
             # the common read, within the head run: one slice, no list
-            end = min(start + nbytes, size)
-            out = data[start:end].tobytes()
-            self._take(head, end)
+            if start + nbytes >= size:  # the whole run: _take, inline
+                out = data[start:].tobytes()
+                runs.popleft()
+                self.held -= len(head[_ENDS]) - head[_FIRST]
+            else:
+                end = start + nbytes
+                out = data[start:end].tobytes()
+                self._take(head, end)
         else:
             parts: list[memoryview] = []
             wanted = nbytes
