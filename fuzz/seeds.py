@@ -45,18 +45,19 @@ def rx_stream(crc: bool) -> bytes:
     )
 
 
-def smbd_seed() -> bytes:
+def smbd_seed(mode: int) -> bytes:
+    """``mode``: bit 0 a gather buffer for every payload, bit 1 nothing gathered."""
     config = bytes([8]) + struct.pack("!HH", 0, 0) + (1 << 20).to_bytes(3, "big") + struct.pack("!H", 1364) + b"\xff"
     pdus = [encode_data_transfer(255, 10, 0, 100, bytes(100)), encode_data_transfer(255, 0, 0, 0, bytes(100))]
     pdus.append(encode_data_transfer(255, 1, 1, 0, b""))
-    return config + b"".join(bytes([len(p)]) + p for p in pdus) + b"\x01"
+    return config + bytes([mode]) + b"".join(bytes([len(p)]) + p for p in pdus)
 
 
 def main() -> None:
     root = Path(sys.argv[1])
     seeds = {
         "fpdu_rx": [rx_config(crc) + rx_stream(crc) for crc in (False, True)],
-        "smbd_check": [smbd_seed()],
+        "smbd_check": [smbd_seed(1), smbd_seed(3)],
         "roundtrip": [b"\x01\x05\xdc" + struct.pack("!H", 2000) + bytes(range(256)) * 8, b"\x00\x00\x40" + b"x" * 300],
     }
     for harness, inputs in seeds.items():

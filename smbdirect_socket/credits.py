@@ -98,7 +98,7 @@ class Credits:
     ``send_credit_target``).
     """
 
-    __slots__ = ("granted", "posted", "recv_credit_max", "send", "send_target", "target")
+    __slots__ = ("_state", "granted", "posted", "recv_credit_max", "send", "send_target", "target")
 
     def __init__(self, recv_credit_max: int, send_target: int) -> None:
         self.recv_credit_max = recv_credit_max
@@ -107,6 +107,7 @@ class Credits:
         self.posted = 0
         self.granted = 0
         self.target = 1
+        self._state = ReceiveState(0, 0)
 
     def __repr__(self) -> str:
         return (
@@ -130,8 +131,17 @@ class Credits:
             raise RemoteProtocolError(f"DataTransferMessage.credits_granted: peer granted {self.send} credits in all")
 
     def receiving(self, message_remaining: int) -> ReceiveState:
-        """The state a batch of the peer's data messages is checked against."""
-        return ReceiveState(self.granted, self.send, message_remaining, self.target)
+        """The state a batch of the peer's data messages is checked against (the same
+        object each time, reset)."""
+        # One object, reset for each batch: a new one would cost more than the batch's check.
+        state = self._state
+        state.granted = self.granted
+        state.send_credits = self.send
+        state.message_remaining = message_remaining
+        state.receive_target = self.target
+        state.response_requested = False
+        state.fragments = state.messages = state.bytes = 0
+        return state
 
     def peer_messages(self, state: ReceiveState, count: int) -> None:
         """``count`` messages of the peer filled posted receives and were checked into
@@ -168,11 +178,15 @@ class Credits:
 
         The others of the batch grant nothing.  ``(0, 0)`` when none may go.
         """
-        count = min(fragments, self.sendable())
+        send = self.send  # sendable(), inline: this runs once a batch
+        allowed = send - 1 if send > 1 else int(send == 1 and self.posted > self.granted)
+        count = min(fragments, allowed)
         if count <= 0:
             return 0, 0
-        self.send -= count
-        return count, self.grant()
+        self.send = send - count
+        grant = self.posted - self.granted
+        self.granted = self.posted
+        return count, grant
 
     def grant(self) -> int:
         """Grant every posted receive not yet granted (the negotiate response does, with no credit)."""

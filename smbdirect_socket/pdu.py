@@ -11,7 +11,7 @@ All integers are little-endian.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import attrs
 
@@ -35,6 +35,7 @@ __all__ = [
     "ReceiveState",
     "ReceivedBatch",
     "check_data_transfers",
+    "encode_data_transfer_list",
     "encode_data_transfers",
 ]
 
@@ -338,6 +339,44 @@ def encode_data_transfers(
     return b"".join(pieces)
 
 
+def encode_data_transfer_list(
+    credits_requested: int,
+    credits_granted: int,
+    flags: int,
+    message: Buffer,
+    start: int,
+    count: int,
+    chunk: int,
+    wrap: type[tuple[Any, ...]] | None = None,
+) -> list[Any]:
+    """The messages of :func:`encode_data_transfers`, each in a ``bytes`` of its own:
+    what a sender hands out one per posted send, with no large buffer to allocate
+    and nothing to slice out of one.  With ``wrap``, a two-field ``NamedTuple``,
+    each item is ``wrap(message, None)`` (the caller's action, made in the same
+    call)."""
+    if _core is not None:
+        encoded: list[Any] = _core.encode_data_transfer_list(
+            credits_requested, credits_granted, flags, message, start, count, chunk, wrap
+        )
+        return encoded
+    view = memoryview(message).cast("B")
+    if not 0 <= start < len(view) or count < 1 or chunk < 1 or len(view) - start > 0xFFFFFFFF:
+        raise ValueError("data-transfer batch arguments out of range")
+    if not (0 <= credits_requested <= 0xFFFF and 0 <= credits_granted <= 0xFFFF and 0 <= flags <= 0xFFFF):
+        raise ValueError("data-transfer batch arguments out of range")
+    pdus = []
+    for i in range(count):
+        end = min(start + chunk, len(view))
+        granted = credits_granted if i == 0 else 0
+        pdus.append(encode_data_transfer(credits_requested, granted, flags, len(view) - end, view[start:end]))
+        start = end
+        if start == len(view):
+            break
+    if wrap is not None:
+        return [tuple.__new__(wrap, (pdu, None)) for pdu in pdus]
+    return pdus
+
+
 @attrs.define
 class ReceiveState:
     """What a batch of received messages changes: credits both ways, reassembly, counters."""
@@ -360,24 +399,37 @@ class ReceiveState:
         return attrs.astuple(self)
 
 
-@attrs.frozen
-class ReceiveLimits:
+class ReceiveLimits(NamedTuple):
+    """The negotiated limits a batch of received messages is checked against."""
+
     max_fragmented_size: int
     max_receive_size: int
     recv_credit_max: int
 
 
-@attrs.frozen
-class ReceivedBatch:
-    """The messages applied (all, or those before ``error``), and their payloads:
-    ``gathered`` bytes written to the caller's buffer, as ``pieces`` of
-    ``(length, total)`` where ``total`` is the message's size if the piece starts
-    one, else 0."""
+class ReceivedBatch(NamedTuple):
+    """The messages applied (all, or those before ``error``), and their payloads,
+    as pieces one after another: piece ``i`` ends at ``ends[i]`` (so the first
+    ``gathered`` bytes of the caller's buffer hold them), and ``totals[i]`` is the
+    size of the message it starts, else 0.  When nothing was gathered (no buffer
+    given), ``payloads`` holds a memoryview of each piece where it lies in its
+    message."""
 
     applied: int
     gathered: int
-    pieces: list[tuple[int, int]]
+    ends: list[int]
+    totals: list[int]
     error: ProtocolError | None
+    payloads: list[memoryview] | None = None
+
+    @property
+    def pieces(self) -> list[tuple[int, int]]:
+        """``(length, total)`` of each piece."""
+        starts = [0, *self.ends]
+        return [(end - start, total) for start, end, total in zip(starts, self.ends, self.totals, strict=False)]
+
+
+_new_batch = tuple.__new__  # a ReceivedBatch without NamedTuple's Python-level __new__
 
 
 def _batch_error(code: int, size: int, a: int, b: int, c: int) -> ProtocolError:
@@ -410,16 +462,30 @@ def _batch_error(code: int, size: int, a: int, b: int, c: int) -> ProtocolError:
 
 
 def check_data_transfers(
-    pdus: Sequence[Buffer], into: Buffer, state: ReceiveState, limits: ReceiveLimits
+    pdus: Sequence[Buffer], into: Buffer | None, state: ReceiveState, limits: ReceiveLimits
 ) -> ReceivedBatch:
     """Check received Data Transfer Messages in order with the rules of the protocol
     (the same field and rule in the error), apply each to ``state`` and gather its
-    payload into ``into``; stop at the first fault, which the result carries."""
-    if sum(len(p) for p in pdus) > len(into):
-        raise ValueError("the gather buffer must hold every message of the batch")
+    payload into ``into``; stop at the first fault, which the result carries.
+
+    With ``into`` None nothing is copied: the result's ``payloads`` are views of
+    the payloads where they lie (worth it for large messages, whose copy costs
+    more than the objects a view takes)."""
     if _core is not None:
-        applied, gathered, pieces, values, (code, index, a, b, c) = _core.check_data_transfers(
-            pdus, into, state.as_tuple(), (limits.max_fragmented_size, limits.max_receive_size, limits.recv_credit_max)
+        applied, gathered, ends, totals, payloads, values, fault = _core.check_data_transfers(
+            pdus,
+            into,
+            (
+                state.granted,
+                state.send_credits,
+                state.message_remaining,
+                state.receive_target,
+                state.response_requested,
+                state.fragments,
+                state.messages,
+                state.bytes,
+            ),
+            limits,
         )
         (
             state.granted,
@@ -431,21 +497,28 @@ def check_data_transfers(
             state.messages,
             state.bytes,
         ) = values
-        error = _batch_error(code, len(pdus[index]), a, b, c) if code else None
-        return ReceivedBatch(applied, gathered, pieces, error)
-    return _check_data_transfers(pdus, memoryview(into).cast("B"), state, limits)
+        error = None
+        if fault is not None:
+            code, index, a, b, c = fault
+            error = _batch_error(code, len(pdus[index]), a, b, c)
+        return _new_batch(ReceivedBatch, (applied, gathered, ends, totals, error, payloads))
+    if into is not None and sum(map(len, pdus)) > len(into):
+        raise ValueError("the gather buffer must hold every message of the batch")
+    return _check_data_transfers(pdus, None if into is None else memoryview(into).cast("B"), state, limits)
 
 
 def _check_data_transfers(
-    pdus: Sequence[Buffer], into: memoryview, state: ReceiveState, limits: ReceiveLimits
+    pdus: Sequence[Buffer], into: memoryview | None, state: ReceiveState, limits: ReceiveLimits
 ) -> ReceivedBatch:
     """The pure-Python twin of the compiled check."""
-    gathered = 0
-    pieces: list[tuple[int, int]] = []
+    gathered = end = 0
+    ends: list[int] = []
+    totals: list[int] = []
+    payloads: list[memoryview] | None = None if into is not None else []
 
     def fault(index: int, name: str, a: int = 0, b: int = 0, c: int = 0) -> ReceivedBatch:
         error = _batch_error(BATCH_FAULTS.index(name), len(pdus[index]), a, b, c)
-        return ReceivedBatch(index, gathered, pieces, error)
+        return ReceivedBatch(index, gathered, ends, totals, error, payloads)
 
     for index, pdu in enumerate(pdus):
         size = len(pdu)
@@ -485,9 +558,16 @@ def _check_data_transfers(
         else:
             starts = total
             state.messages += 1
-        into[gathered : gathered + length] = memoryview(pdu).cast("B")[offset : offset + length]
-        gathered += length
-        pieces.append((length, starts))
+        payload = memoryview(pdu).cast("B")[offset : offset + length]
+        if payloads is None:
+            assert into is not None
+            into[gathered : gathered + length] = payload
+            gathered += length
+        else:
+            payloads.append(payload)
+        end += length
+        ends.append(end)
+        totals.append(starts)
         state.message_remaining = remaining
         state.bytes += length
-    return ReceivedBatch(len(pdus), gathered, pieces, None)
+    return ReceivedBatch(len(pdus), gathered, ends, totals, None, payloads)

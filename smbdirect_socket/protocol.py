@@ -29,6 +29,7 @@ import enum
 import errno
 from collections import deque
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import attrs
 
@@ -43,7 +44,7 @@ from .pdu import (
     ReceiveLimits,
     check_data_transfers,
     encode_data_transfer,
-    encode_data_transfers,
+    encode_data_transfer_list,
 )
 from .reassembly import ReceiveQueue
 
@@ -59,6 +60,12 @@ __all__ = [
     "Statistics",
     "Terminated",
 ]
+
+
+#: Received messages up to this size have their payloads gathered into one buffer
+#: per batch; larger ones are queued where they lie (a copy of each would cost
+#: more than the view that keeps it).
+_GATHER_MAX = 16384
 
 
 class Role(enum.Enum):
@@ -88,9 +95,12 @@ class PostReceives:
     size: int
 
 
-@attrs.frozen
-class SendPDU:
-    """Send ``data`` as one message; with ``invalidate_token`` use send with invalidate."""
+class SendPDU(NamedTuple):
+    """Send ``data`` as one message; with ``invalidate_token`` use send with invalidate.
+
+    A named tuple, not an attrs class like the other actions: there is one a
+    fragment, and the wire core makes them as it writes the fragments, at the
+    cost of a tuple."""
 
     data: bytes
     invalidate_token: int | None = None
@@ -179,6 +189,7 @@ class SMBDirectProtocol:
         self._send_keepalive = False  # our idle timer expired
         self._flush_due = False  # receives came in: what to send is worked out in actions()
         self._limits = ReceiveLimits(0, 0, 0)  # set once negotiated
+        self._gather = True  # whether received payloads are small enough to gather
         # send side
         self._outgoing: deque[_Outgoing] = deque()
         self._fragments = 0  # fragments the outgoing messages still make
@@ -186,6 +197,7 @@ class SMBDirectProtocol:
         self._negotiate_deadline: float | None = None
         self._idle_deadline: float | None = None
         self._keepalive_deadline: float | None = None
+        self._idle_interval = self.parameters.keepalive_interval_msec / 1000  # 0: no keepalives
 
     # ---- inspection ----------------------------------------------------------
 
@@ -215,7 +227,7 @@ class SMBDirectProtocol:
     @property
     def held_receives(self) -> int:
         """Receive buffers held by unread data."""
-        return len(self._incoming)
+        return self._incoming.held
 
     @property
     def pending_send_bytes(self) -> int:
@@ -277,7 +289,8 @@ class SMBDirectProtocol:
         It is split into fragments of the negotiated size as credits allow.
         Raises :class:`LocalProtocolError` with ENOTCONN, EPIPE or EMSGSIZE.
         """
-        self._check_connected()
+        if self.state is not State.CONNECTED:
+            self._check_connected()
         assert self.negotiated is not None
         length = len(payload)
         if length > self.negotiated.max_fragmented_send_size:
@@ -467,6 +480,7 @@ class SMBDirectProtocol:
         self._limits = ReceiveLimits(
             negotiated.max_fragmented_receive_size, negotiated.max_receive_size, self.parameters.recv_credit_max
         )
+        self._gather = negotiated.max_receive_size <= _GATHER_MAX
         self.state = State.CONNECTED
         self._negotiate_deadline = None
         self._arm_idle(now)
@@ -480,15 +494,23 @@ class SMBDirectProtocol:
         if count:
             batch = pdus[:count] if count < len(pdus) else pdus
             state = credits.receiving(self._message_remaining)
-            into = bytearray(sum(map(len, batch)))
+            # Small payloads of a batch are gathered into one buffer (a read then takes one
+            # slice of it); large ones, or a message alone, are kept where they were
+            # received, as a copy costs more.
+            into = bytearray(sum(map(len, batch))) if self._gather and len(batch) > 1 else None
             result = check_data_transfers(batch, into, state, self._limits)
             applied = result.applied
             if applied:
                 credits.peer_messages(state, applied)
-                self._incoming.push_pieces(into, result.pieces)
+                if result.payloads is None:
+                    assert into is not None
+                    self._incoming.push_pieces(into, result.ends, result.totals)
+                else:
+                    self._incoming.push_payloads(result.payloads, result.totals)
                 self._message_remaining = state.message_remaining
                 self._response_owed |= state.response_requested
-                self._arm_idle(now)
+                idle = self._idle_interval  # _arm_idle, inline: this runs once a batch
+                self._idle_deadline = now + idle if idle else None
                 self._keepalive_deadline = None
                 stats = self.statistics
                 stats.fragments_received += state.fragments
@@ -500,12 +522,12 @@ class SMBDirectProtocol:
             raise RemoteProtocolError("message arrived with no receive posted")
 
     def _arm_idle(self, now: float) -> None:
-        interval = self.parameters.keepalive_interval_msec
-        self._idle_deadline = now + interval / 1000 if interval else None
+        idle = self._idle_interval
+        self._idle_deadline = now + idle if idle else None
 
     def _refill(self) -> None:
         """Post the receives the credit policy wants, before anything that grants them is sent."""
-        count = self._credits.refill(len(self._incoming))
+        count = self._credits.refill(self._incoming.held)
         if count:
             size = self.negotiated.max_receive_size if self.negotiated else self.parameters.max_recv_size
             self._actions.append(PostReceives(count, size))
@@ -532,8 +554,7 @@ class SMBDirectProtocol:
     def _send_fragments(self, count: int, grant: int) -> None:
         """Send the next ``count`` fragments of the outgoing messages, one buffer per message."""
         assert self.negotiated is not None
-        size = self.negotiated.max_send_size
-        chunk = size - c.DATA_TRANSFER_DATA_OFFSET
+        chunk = self.negotiated.max_send_size - c.DATA_TRANSFER_DATA_OFFSET
         outgoing = self._outgoing
         actions = self._actions
         stats = self.statistics
@@ -544,8 +565,7 @@ class SMBDirectProtocol:
             message = outgoing[0]
             view = message.view
             start = message.sent
-            data = encode_data_transfers(self._credits.send_target, grant, 0, view, start, count, chunk)
-            sends = [SendPDU(data[i : i + size]) for i in range(0, len(data), size)]
+            sends = encode_data_transfer_list(self._credits.send_target, grant, 0, view, start, count, chunk, SendPDU)
             count -= len(sends)
             grant = 0
             message.sent = min(start + len(sends) * chunk, len(view))

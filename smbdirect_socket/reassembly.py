@@ -6,67 +6,77 @@ flow control of SMB-Direct: a reader that stops reading stops the granting of
 credits, and the sender stalls instead of the receiver buffering without
 bound.
 
-The fragments of one batch of receives arrive gathered one after another in
-one buffer, so the queue keeps a batch as one run with the fragments'
-boundaries, and a read costs a slice per run, not per fragment.
+Small fragments of one batch of receives arrive gathered one after another
+in one buffer, so the queue keeps a batch as one run with the fragments'
+boundaries, and a read costs a slice per run, not per fragment.  Large ones
+stay where they were received, each a run of its own: copying them would cost
+more than the objects.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
-from itertools import accumulate
+from typing import Any
 
 __all__ = ["ReceiveQueue"]
 
 
-class _Run:
-    """Fragments gathered back to back in one buffer, read from ``position`` on."""
-
-    __slots__ = ("data", "ends", "first", "position", "starts")
-
-    def __init__(self, data: memoryview, ends: list[int], starts: list[int]) -> None:
-        self.data = data
-        self.ends = ends  # where each fragment ends in ``data``
-        # The total length of the message each fragment starts, 0 inside one.
-        self.starts = starts
-        self.first = 0  # the first fragment not wholly read
-        self.position = 0
+# A run is a list, not an object: one is queued per batch of receives, and a
+# list costs a fraction of a class's __init__.  Its fields:
+_DATA = 0  # memoryview: the fragments back to back
+_ENDS = 1  # list[int]: where each fragment ends in the data
+_STARTS = 2  # list[int]: the total length of the message each fragment starts, 0 inside one
+_FIRST = 3  # int: the first fragment not wholly read
+_POSITION = 4  # int: where reading resumes in the data
 
 
 class ReceiveQueue:
     """A FIFO of fragments with message starts marked."""
 
     def __init__(self) -> None:
-        self._runs: deque[_Run] = deque()
+        self._runs: deque[list[Any]] = deque()
         #: Bytes queued and not yet read.
         self.size = 0
-        self._held = 0
+        #: Fragments (receive buffers) still held: ``len()``, without a call.
+        self.held = 0
 
     def __len__(self) -> int:
         """The number of fragments (receive buffers) still held."""
-        return self._held
+        return self.held
 
-    def push_pieces(self, buffer: bytearray, pieces: list[tuple[int, int]]) -> None:
-        """Queue the fragments gathered one after another in ``buffer``: ``(length, total)``
-        each, ``total`` the length of the message a fragment starts, else 0."""
-        if not pieces:
+    def push_pieces(self, buffer: bytearray, ends: list[int], totals: list[int]) -> None:
+        """Queue the fragments gathered one after another in ``buffer``, fragment ``i``
+        ending at ``ends[i]``; ``totals[i]`` is the length of the message it starts, else 0.
+        The lists are kept."""
+        if not ends:
             return
-        lengths, starts = zip(*pieces, strict=True)
-        ends = list(accumulate(lengths))
-        self._runs.append(_Run(memoryview(buffer)[: ends[-1]], ends, list(starts)))
-        self.size += ends[-1]
-        self._held += len(ends)
+        size = ends[-1]
+        self._runs.append([memoryview(buffer)[:size], ends, totals, 0, 0])
+        self.size += size
+        self.held += len(ends)
+
+    def push_payloads(self, payloads: list[memoryview], totals: list[int]) -> None:
+        """Queue fragments kept where they lie, ``totals`` as for :meth:`push_pieces`."""
+        runs = self._runs
+        size = 0
+        for data, total in zip(payloads, totals, strict=True):
+            length = len(data)
+            runs.append([data, [length], [total], 0, 0])
+            size += length
+        self.size += size
+        self.held += len(payloads)
 
     def message_start(self) -> int | None:
         """The total length of the message at the head, if none of it was read."""
         if not self._runs:
             return None
         head = self._runs[0]
-        first = head.first
-        if head.position != (head.ends[first - 1] if first else 0):
+        first = head[_FIRST]
+        if head[_POSITION] != (head[_ENDS][first - 1] if first else 0):
             return None
-        return head.starts[first] or None
+        total: int = head[_STARTS][first]
+        return total or None
 
     def consume_message_start(self) -> int:
         """Mark the head message as started (its synthesized header was read)."""
@@ -74,29 +84,52 @@ class ReceiveQueue:
         if length is None:
             raise ValueError("the queue is not at the start of a message")
         head = self._runs[0]
-        head.starts[head.first] = 0
+        head[_STARTS][head[_FIRST]] = 0
         return length
 
     def read(self, nbytes: int) -> tuple[bytes, int]:
         """Take up to ``nbytes``; return them and how many fragments were freed."""
-        parts: list[memoryview] = []
-        held = self._held
-        wanted = nbytes
         runs = self._runs
-        while wanted and runs:
-            head = runs[0]
-            start = head.position
-            end = min(start + wanted, len(head.data))
-            parts.append(head.data[start:end])
-            wanted -= end - start
-            if end == len(head.data):
+        if not runs or not nbytes:
+            return b"", 0
+        held = self.held
+        head = runs[0]
+        data = head[_DATA]
+        start = head[_POSITION]
+        size = len(data)
+        if start + nbytes < size or len(runs) == 1:
+            # the common read, within the head run: one slice, no list
+            if start + nbytes >= size:  # the whole run: _take, inline
+                out = data[start:].tobytes()
                 runs.popleft()
-                self._held -= len(head.ends) - head.first
+                self.held -= len(head[_ENDS]) - head[_FIRST]
             else:
-                first = bisect_right(head.ends, end, head.first)
-                self._held -= first - head.first
-                head.first = first
-                head.position = end
-        data = b"".join(parts)
-        self.size -= len(data)
-        return data, held - self._held
+                end = start + nbytes
+                out = data[start:end].tobytes()
+                self._take(head, end)
+        else:
+            parts: list[memoryview] = []
+            wanted = nbytes
+            while wanted and runs:
+                head = runs[0]
+                data = head[_DATA]
+                start = head[_POSITION]
+                end = min(start + wanted, len(data))
+                parts.append(data[start:end])
+                wanted -= end - start
+                self._take(head, end)
+            out = b"".join(parts)
+        self.size -= len(out)
+        return out, held - self.held
+
+    def _take(self, head: list[Any], end: int) -> None:
+        """The head run is read up to ``end``: release the fragments wholly read."""
+        ends = head[_ENDS]
+        if end == ends[-1]:
+            self._runs.popleft()
+            self.held -= len(ends) - head[_FIRST]
+        else:
+            first = bisect_right(ends, end, head[_FIRST])
+            self.held -= first - head[_FIRST]
+            head[_FIRST] = first
+            head[_POSITION] = end

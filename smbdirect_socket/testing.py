@@ -30,6 +30,7 @@ class _Side:
         self.posted: deque[int] = deque()  # sizes of posted receive buffers
         self.in_flight: deque[bytes] = deque()  # PDUs on their way to this side
         self.disconnected = False
+        self.peer: _Side = self
 
 
 class ProtocolPair:
@@ -42,7 +43,9 @@ class ProtocolPair:
     ) -> None:
         self.client = SMBDirectProtocol(Role.CLIENT, client_parameters)
         self.server = SMBDirectProtocol(Role.SERVER, server_parameters)
-        self._sides = {id(self.client): _Side(self.client), id(self.server): _Side(self.server)}
+        client, server = _Side(self.client), _Side(self.server)
+        client.peer, server.peer = server, client
+        self._sides = {id(self.client): client, id(self.server): server}
         self.now = 0.0
 
     def side(self, protocol: SMBDirectProtocol) -> _Side:
@@ -63,38 +66,41 @@ class ProtocolPair:
 
     def carry_out(self, protocol: SMBDirectProtocol, actions: list[Action]) -> None:
         """Carry out ``actions`` of ``protocol`` in order (a subclass may look at them first)."""
-        side = self.side(protocol)
-        peer = self.side(self.peer(protocol))
+        side = self._sides[id(protocol)]
+        in_flight = side.peer.in_flight
         for action in actions:
-            if isinstance(action, PostReceives):
-                side.posted.extend([action.size] * action.count)
-            elif isinstance(action, SendPDU):
+            if isinstance(action, SendPDU):
                 if not side.disconnected:
-                    peer.in_flight.append(action.data)
+                    in_flight.append(action.data)
+            elif isinstance(action, PostReceives):
+                side.posted.extend([action.size] * action.count)
             elif isinstance(action, Disconnect):
                 side.disconnected = True
 
     def deliver(self, protocol: SMBDirectProtocol, limit: int | None = None) -> int:
         """Complete the receives in flight to ``protocol`` (at most ``limit``) as one batch,
         as a poll of the completion queue would; return how many arrived."""
-        side = self.side(protocol)
+        side = self._sides[id(protocol)]
+        in_flight = side.in_flight
+        if not in_flight:
+            return 0
+        posted = side.posted
+        most = len(posted) if limit is None else min(limit, len(posted))
         count = 0
-        for pdu in side.in_flight:
-            if count == limit or count == len(side.posted) or len(pdu) > side.posted[count]:
+        for pdu in in_flight:
+            if count == most or len(pdu) > posted[count]:
                 break
             count += 1
         if count:
-            pdus = [side.in_flight.popleft() for _ in range(count)]
+            pdus = [in_flight.popleft() for _ in range(count)]
             for _ in range(count):
-                side.posted.popleft()
+                posted.popleft()
             self.hand_over(protocol, pdus)
-        elif side.in_flight:  # the next message has no (large enough) buffer
-            size = side.posted[0] if side.posted else 0
-            pdu = side.in_flight.popleft()
+        else:  # the next message has no (large enough) buffer
+            size = posted[0] if posted else 0
+            pdu = in_flight.popleft()
             protocol.connection_lost(ReceiverNotReady(f"{len(pdu)}-byte message, receive buffer {size}"))
             count = 1
-        else:
-            return 0
         self.collect(protocol)
         return count
 

@@ -27,12 +27,29 @@ def receive(
 def encode_data_transfers(
     requested: int, granted: int, flags: int, data: Buffer, start: int, count: int, chunk: int, /
 ) -> bytes: ...
+def encode_data_transfer_list(
+    requested: int,
+    granted: int,
+    flags: int,
+    data: Buffer,
+    start: int,
+    count: int,
+    chunk: int,
+    wrap: type[tuple[Any, ...]] | None = None,
+    /,
+) -> list[Any]: ...
 def check_data_transfers(
     pdus: Sequence[Buffer],
-    into: Buffer,
+    into: Buffer | None,
     state: tuple[int, int, int, int, bool, int, int, int],
     limits: tuple[int, int, int],
     /,
 ) -> tuple[
-    int, int, list[tuple[int, int]], tuple[int, int, int, int, bool, int, int, int], tuple[int, int, int, int, int]
+    int,
+    int,
+    list[int],
+    list[int],
+    list[memoryview] | None,
+    tuple[int, int, int, int, bool, int, int, int],
+    tuple[int, int, int, int, int] | None,
 ]: ...

@@ -414,21 +414,162 @@ done:
     return out;
 }
 
+/* encode_data_transfer_list(requested, granted, flags, data, start, count, chunk[, wrap]) -> list:
+ * the same messages, each in a bytes object of its own (no large buffer to
+ * allocate, and nothing to slice out of one).  With wrap, a tuple subclass of
+ * two fields and no more (a NamedTuple), each item is wrap(message, None),
+ * built as tuple.__new__ builds it: one object a fragment for the caller's
+ * action, at the cost of a tuple. */
+static PyObject *py_smbd_encode_list(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "encode_data_transfer_list takes 7 or 8 arguments");
+        return NULL;
+    }
+    PyTypeObject *wrap = NULL;
+    if (nargs == 8 && args[7] != Py_None) {
+        if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type) ||
+            ((PyTypeObject *)args[7])->tp_basicsize != PyTuple_Type.tp_basicsize) {
+            PyErr_SetString(PyExc_TypeError, "wrap must be a tuple subclass with no fields of its own");
+            return NULL;
+        }
+        wrap = (PyTypeObject *)args[7];
+    }
+    unsigned long values[3];
+    for (int i = 0; i < 3; i++) {
+        values[i] = PyLong_AsUnsignedLong(args[i]);
+        if (values[i] == (unsigned long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    Py_ssize_t numbers[3];
+    for (int i = 0; i < 3; i++) {
+        numbers[i] = PyNumber_AsSsize_t(args[4 + i], PyExc_OverflowError);
+        if (numbers[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    unsigned long requested = values[0], granted = values[1], flags = values[2];
+    Py_ssize_t start = numbers[0], count = numbers[1], chunk = numbers[2];
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[3], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *list = NULL;
+    if (requested > 0xFFFF || granted > 0xFFFF || flags > 0xFFFF || start < 0 || start >= data.len || count < 1 ||
+        chunk < 1 || data.len - start > 0xFFFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "data-transfer batch arguments out of range");
+        goto done;
+    }
+    Py_ssize_t rest = data.len - start, n = (rest + chunk - 1) / chunk;
+    if (n > count)
+        n = count;
+    list = PyList_New(n);
+    if (!list)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len = data.len - start < chunk ? data.len - start : chunk;
+        Py_ssize_t size = WIRE_DATA_TRANSFER_DATA_OFFSET + len;
+        PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+        if (!out) {
+            Py_CLEAR(list);
+            goto done;
+        }
+        if (wrap) {
+            PyObject *item = wrap->tp_alloc(wrap, 2);
+            if (!item) {
+                Py_DECREF(out);
+                Py_CLEAR(list);
+                goto done;
+            }
+            PyTuple_SET_ITEM(item, 0, out);
+            PyTuple_SET_ITEM(item, 1, Py_NewRef(Py_None));
+            PyList_SET_ITEM(list, i, item);
+        } else {
+            PyList_SET_ITEM(list, i, out);
+        }
+        if (wire_smbd_encode((uint8_t *)PyBytes_AS_STRING(out), (size_t)size, (uint16_t)requested,
+                             (uint16_t)(i ? 0 : granted), (uint16_t)flags, data.buf, (size_t)data.len, (size_t)start,
+                             1, (size_t)chunk) != (size_t)size) {
+            Py_CLEAR(list);
+            PyErr_SetString(PyExc_SystemError, "data-transfer encoding overran its buffer");
+            goto done;
+        }
+        start += len;
+    }
+done:
+    PyBuffer_Release(&data);
+    return list;
+}
+
+/* A memoryview of bytes [start, start + len) of obj, keeping obj alive. */
+static PyObject *byte_view(PyObject *obj, Py_ssize_t start, Py_ssize_t len)
+{
+    PyObject *view = PyMemoryView_FromObject(obj);
+    if (!view)
+        return NULL;
+    Py_buffer *b = PyMemoryView_GET_BUFFER(view);
+    if (b->itemsize != 1 || b->ndim != 1 || (b->format && strcmp(b->format, "B"))) {
+        PyObject *cast = PyObject_CallMethod(view, "cast", "s", "B");
+        Py_DECREF(view);
+        if (!cast)
+            return NULL;
+        view = cast;
+    }
+    PyObject *slice = PySequence_GetSlice(view, start, start + len);
+    Py_DECREF(view);
+    return slice;
+}
+
 /* check_data_transfers(pdus, into, (granted, send_credits, message_remaining, receive_target,
  *                      response_requested, fragments, messages, bytes), (max_fragmented, max_receive, credit_max))
- * -> (applied, gathered, pieces, state, (code, index, a, b, c)) */
-static PyObject *py_smbd_check(PyObject *self, PyObject *args)
+ * -> (applied, gathered, ends, totals, payloads, state, fault): fault None or (code, index, a, b, c);
+ * ends[i] where piece i ends
+ * among the pieces, totals[i] its message's size if it starts one (else 0); into None gathers nothing and
+ * payloads are memoryviews of the payloads in place (else None). */
+/* The n u64s of a tuple (PyArg_ParseTuple's nested formats cost more than the check). */
+static int u64s(PyObject *tuple, uint64_t *out, Py_ssize_t n, const char *what)
 {
-    PyObject *seq;
-    Py_buffer into;
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n) {
+        PyErr_Format(PyExc_TypeError, "%s must be a tuple of %zd integers", what, n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (PyBool_Check(item)) {
+            out[i] = item == Py_True;
+            continue;
+        }
+        out[i] = PyLong_AsUnsignedLongLong(item);
+        if (out[i] == (uint64_t)-1 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_smbd_check(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "check_data_transfers takes 4 arguments");
+        return NULL;
+    }
+    PyObject *seq = args[0], *into_obj = args[1];
+    Py_buffer into = {0};
     wire_smbd_state st;
     wire_smbd_limits limits;
-    if (!PyArg_ParseTuple(args, "Ow*(KKKKpKKK)(KKK)", &seq, &into, &st.granted, &st.send_credits,
-                          &st.message_remaining, &st.receive_target, &st.response_requested, &st.fragments,
-                          &st.messages, &st.bytes, &limits.max_fragmented_size, &limits.max_receive_size,
-                          &limits.recv_credit_max))
+    uint64_t values[8];
+    if (u64s(args[2], values, 8, "state") < 0 || u64s(args[3], &limits.max_fragmented_size, 3, "limits") < 0)
         return NULL;
-    PyObject *fast = PySequence_Fast(seq, "pdus must be a sequence"), *result = NULL, *list = NULL;
+    st.granted = values[0];
+    st.send_credits = values[1];
+    st.message_remaining = values[2];
+    st.receive_target = values[3];
+    st.response_requested = values[4] != 0;
+    st.fragments = values[5];
+    st.messages = values[6];
+    st.bytes = values[7];
+    int gather = into_obj != Py_None;
+    if (gather && PyObject_GetBuffer(into_obj, &into, PyBUF_WRITABLE) < 0)
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "pdus must be a sequence"), *result = NULL, *ends = NULL, *totals = NULL,
+             *payloads = NULL;
     Py_ssize_t count = fast ? PySequence_Fast_GET_SIZE(fast) : 0, held = 0;
     Py_buffer *views = fast ? PyMem_Calloc((size_t)count + 1, sizeof(Py_buffer)) : NULL;
     wire_cspan *spans = fast ? PyMem_Calloc((size_t)count + 1, sizeof(wire_cspan)) : NULL;
@@ -439,41 +580,86 @@ static PyObject *py_smbd_check(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
+    size_t total = 0;
     for (; held < count; held++) {
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, held), &views[held], PyBUF_SIMPLE) < 0)
             goto done;
         spans[held].base = views[held].buf;
         spans[held].len = (size_t)views[held].len;
+        total += spans[held].len;
+    }
+    if (gather && total > (size_t)into.len) {
+        PyErr_SetString(PyExc_ValueError, "the gather buffer must hold every message of the batch");
+        goto done;
     }
     size_t gathered, npieces;
     wire_smbd_fault fault;
-    size_t applied = wire_smbd_check(&st, &limits, spans, (size_t)count, into.buf, (size_t)into.len, &gathered,
-                                     pieces, &npieces, &fault);
-    list = PyList_New((Py_ssize_t)npieces);
-    if (!list)
+    size_t applied = wire_smbd_check(&st, &limits, spans, (size_t)count, gather ? into.buf : NULL,
+                                     gather ? (size_t)into.len : 0, &gathered, pieces, &npieces, &fault);
+    ends = PyList_New((Py_ssize_t)npieces);
+    totals = PyList_New((Py_ssize_t)npieces);
+    if (!ends || !totals)
         goto done;
+    unsigned long long end = 0;
     for (size_t i = 0; i < npieces; i++) {
-        PyObject *t = Py_BuildValue("(IK)", pieces[i].length, (unsigned long long)pieces[i].total);
-        if (!t)
+        end += pieces[i].length;
+        PyObject *e = PyLong_FromUnsignedLongLong(end), *t = PyLong_FromUnsignedLongLong(pieces[i].total);
+        if (e)
+            PyList_SET_ITEM(ends, (Py_ssize_t)i, e);
+        if (t)
+            PyList_SET_ITEM(totals, (Py_ssize_t)i, t);
+        if (!e || !t)
             goto done;
-        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
     }
-    result = Py_BuildValue("(nnO(KKKKOKKK)(inKKK))", (Py_ssize_t)applied, (Py_ssize_t)gathered, list,
-                           (unsigned long long)st.granted, (unsigned long long)st.send_credits,
-                           (unsigned long long)st.message_remaining, (unsigned long long)st.receive_target,
-                           st.response_requested ? Py_True : Py_False, (unsigned long long)st.fragments,
-                           (unsigned long long)st.messages, (unsigned long long)st.bytes, fault.code,
-                           (Py_ssize_t)fault.index, (unsigned long long)fault.values[0],
-                           (unsigned long long)fault.values[1], (unsigned long long)fault.values[2]);
+    if (gather) {
+        payloads = Py_NewRef(Py_None);
+    } else {
+        payloads = PyList_New((Py_ssize_t)npieces);
+        if (!payloads)
+            goto done;
+        for (size_t i = 0; i < npieces; i++) {
+            PyObject *v = byte_view(PySequence_Fast_GET_ITEM(fast, (Py_ssize_t)pieces[i].index),
+                                    (Py_ssize_t)pieces[i].offset, (Py_ssize_t)pieces[i].length);
+            if (!v)
+                goto done;
+            PyList_SET_ITEM(payloads, (Py_ssize_t)i, v);
+        }
+    }
+    PyObject *state = PyTuple_New(8), *error = fault.code ? NULL : Py_NewRef(Py_None);
+    if (state) {
+        uint64_t out[8] = {st.granted, st.send_credits, st.message_remaining, st.receive_target, 0,
+                           st.fragments, st.messages, st.bytes};
+        for (Py_ssize_t i = 0; i < 8; i++) {
+            PyObject *v = i == 4 ? PyBool_FromLong(st.response_requested) : PyLong_FromUnsignedLongLong(out[i]);
+            if (!v) {
+                Py_CLEAR(state);
+                break;
+            }
+            PyTuple_SET_ITEM(state, i, v);
+        }
+    }
+    if (fault.code)
+        error = Py_BuildValue("(inKKK)", fault.code, (Py_ssize_t)fault.index, (unsigned long long)fault.values[0],
+                              (unsigned long long)fault.values[1], (unsigned long long)fault.values[2]);
+    PyObject *napplied = PyLong_FromSize_t(applied), *ngathered = PyLong_FromSize_t(gathered);
+    if (state && error && napplied && ngathered)
+        result = PyTuple_Pack(7, napplied, ngathered, ends, totals, payloads, state, error);
+    Py_XDECREF(napplied);
+    Py_XDECREF(ngathered);
+    Py_XDECREF(state);
+    Py_XDECREF(error);
 done:
     for (Py_ssize_t i = 0; i < held; i++)
         PyBuffer_Release(&views[i]);
     PyMem_Free(views);
     PyMem_Free(spans);
     PyMem_Free(pieces);
-    Py_XDECREF(list);
+    Py_XDECREF(ends);
+    Py_XDECREF(totals);
+    Py_XDECREF(payloads);
     Py_XDECREF(fast);
-    PyBuffer_Release(&into);
+    if (gather)
+        PyBuffer_Release(&into);
     return result;
 }
 
@@ -490,7 +676,10 @@ static PyMethodDef methods[] = {
      "frame_one(op, word or stag, msn or offset, data, untagged_chunk, tagged_chunk, crc) -> bytes"},
     {"receive", py_receive, METH_VARARGS, "The FPDU receive fast path (see rdmap.py)."},
     {"encode_data_transfers", py_smbd_encode, METH_VARARGS, "See pdu.encode_data_transfers."},
-    {"check_data_transfers", py_smbd_check, METH_VARARGS, "See pdu.check_data_transfers."},
+    {"encode_data_transfer_list", (PyCFunction)(void (*)(void))py_smbd_encode_list, METH_FASTCALL,
+     "See pdu.encode_data_transfer_list."},
+    {"check_data_transfers", (PyCFunction)(void (*)(void))py_smbd_check, METH_FASTCALL,
+     "See pdu.check_data_transfers."},
     {NULL, NULL, 0, NULL},
 };
 

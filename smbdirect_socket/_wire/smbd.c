@@ -124,15 +124,18 @@ size_t wire_smbd_check(wire_smbd_state *st, const wire_smbd_limits *limits, cons
         } else {
             starts = total;
         }
-        if (length > cap - *gathered) {
-            return fail(fault, WIRE_SMBD_LENGTH, i, *gathered + length, cap, 1);
+        if (out) {
+            if (length > cap - *gathered)
+                return fail(fault, WIRE_SMBD_LENGTH, i, *gathered + length, cap, 1);
+            memcpy(out + *gathered, p + offset, (size_t)length);
+            *gathered += (size_t)length;
         }
         if (!st->message_remaining)
             st->messages++;
-        memcpy(out + *gathered, p + offset, (size_t)length);
-        *gathered += (size_t)length;
         pieces[*npieces].length = (uint32_t)length;
         pieces[*npieces].total = starts;
+        pieces[*npieces].index = i;
+        pieces[*npieces].offset = (uint32_t)offset;
         (*npieces)++;
         st->message_remaining = remaining;
         st->bytes += length;

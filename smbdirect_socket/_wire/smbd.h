@@ -37,10 +37,13 @@ typedef struct {
     size_t len;
 } wire_cspan;
 
-/* One payload gathered: its length, and the message's total if it starts one (else 0). */
+/* One payload: its length, the message's total if it starts one (else 0), and
+ * where it is: the index of its message in the batch and its offset there. */
 typedef struct {
     uint32_t length;
+    uint32_t offset;
     uint64_t total;
+    size_t index;
 } wire_piece;
 
 typedef struct {
@@ -53,7 +56,9 @@ typedef struct {
  * into out; stops at the first fault (the messages before it applied).
  * pieces has room for n.  Returns the messages applied; *gathered the bytes
  * written to out, *npieces the pieces.  A payload that does not fit out is a
- * fault of code WIRE_SMBD_LENGTH with values {needed, cap, 1}. */
+ * fault of code WIRE_SMBD_LENGTH with values {needed, cap, 1}.  With out NULL
+ * nothing is gathered (*gathered stays 0): the pieces say where each payload
+ * lies in its message, for a caller that keeps them in place. */
 size_t wire_smbd_check(wire_smbd_state *st, const wire_smbd_limits *limits, const wire_cspan *pdus, size_t n,
                        uint8_t *out, size_t cap, size_t *gathered, wire_piece *pieces, size_t *npieces,
                        wire_smbd_fault *fault);

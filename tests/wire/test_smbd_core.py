@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 from smbdirect_socket import pdu
 from smbdirect_socket._wire import core
 from smbdirect_socket.errors import PDUError, RemoteProtocolError
-from smbdirect_socket.pdu import ReceiveLimits, ReceiveState, check_data_transfers, encode_data_transfers
+from smbdirect_socket.pdu import (
+    ReceiveLimits,
+    ReceiveState,
+    check_data_transfers,
+    encode_data_transfer_list,
+    encode_data_transfers,
+)
+from smbdirect_socket.protocol import SendPDU
 
 compiled_only = pytest.mark.skipif(core is None, reason="the compiled wire core is not built")
 
@@ -31,6 +38,36 @@ def test_encoding_a_message_gives_the_python_bytes(message: bytes, start: int, c
     finally:
         pdu._core = saved
     assert compiled == python
+
+
+@given(st.binary(min_size=1, max_size=5000), st.integers(0, 4999), st.integers(1, 8), st.integers(1, 2000))
+def test_the_list_form_is_the_one_buffer_split(message: bytes, start: int, count: int, chunk: int) -> None:
+    """Each path: one bytes a fragment, the same bytes as the one buffer; wrapped, SendPDUs."""
+    start %= len(message)
+    data = encode_data_transfers(255, 7, 0, message, start, count, chunk)
+    pdus = encode_data_transfer_list(255, 7, 0, message, start, count, chunk)
+    assert all(type(p) is bytes for p in pdus) and b"".join(pdus) == data
+    assert [len(p) - 24 for p in pdus[:-1]] == [chunk] * (len(pdus) - 1)
+    sends = encode_data_transfer_list(255, 7, 0, message, start, count, chunk, SendPDU)
+    assert sends == [SendPDU(p) for p in pdus] and all(type(s) is SendPDU for s in sends)
+    saved = pdu._core
+    pdu._core = None
+    try:
+        assert encode_data_transfer_list(255, 7, 0, message, start, count, chunk, SendPDU) == sends
+    finally:
+        pdu._core = saved
+
+
+def test_the_list_form_refuses_what_the_buffer_form_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    for path in ("compiled", "python"):
+        if path == "python":
+            python_path(monkeypatch)
+        for args in ((0x10000, 0, 0, b"x", 0, 1, 10), (1, 0, 0, b"x", 1, 1, 10), (1, 0, 0, b"x", 0, 0, 10)):
+            with pytest.raises(ValueError):
+                encode_data_transfer_list(*args)
+    if core is not None:
+        with pytest.raises(TypeError):
+            core.encode_data_transfer_list(1, 0, 0, b"x", 0, 1, 10, dict)
 
 
 def test_a_message_encoded_in_fragments_decodes_to_itself(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,6 +129,21 @@ def test_received_batches_check_identically(
             pdu._core = saved
         error = (type(batch.error), str(batch.error)) if batch.error else None
         results.append((batch.applied, batch.gathered, batch.pieces, error, state, bytes(into)))
+        # Kept in place (no gather buffer): the same state, pieces and error, and
+        # views of the same payloads.
+        saved = pdu._core
+        if path == "python":
+            pdu._core = None
+        try:
+            state = ReceiveState(granted=granted, send_credits=send_credits, message_remaining=remaining)
+            kept = check_data_transfers(pdus, None, state, limits)
+        finally:
+            pdu._core = saved
+        assert kept.gathered == 0 and kept.payloads is not None
+        kept_error = (type(kept.error), str(kept.error)) if kept.error else None
+        assert (kept.applied, kept.pieces, kept_error, state) == results[-1][:1] + results[-1][2:5]
+        assert b"".join(kept.payloads) == bytes(into[: batch.gathered])
+        assert [len(p) for p in kept.payloads] == [length for length, _ in kept.pieces]
     assert results[0] == results[1]
 
 
