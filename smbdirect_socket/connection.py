@@ -80,8 +80,9 @@ _POLL_BATCH = 1024
 #: How often the loop's tasks look whether callers in other threads still
 #: drive (they wake nobody when they leave: the next look finds them gone).
 _CALLER_GRACE = 0.02
-#: How often a caller looks again while the queue pair's descriptor is already closed.
-_CLOSING_LOOK = 0.01
+#: How often a caller looks again when it cannot be woken: the queue pair's
+#: descriptor is closed already, or the process had no descriptor for its waker.
+_LOOK = 0.01
 
 
 class _Waker:
@@ -89,21 +90,28 @@ class _Waker:
     sleeps on, and the ``poll`` it sleeps in."""
 
     def __init__(self) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._poll = select.poll()
-        self._poll.register(self.fd, select.POLLIN)
+        try:
+            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except OSError:  # out of descriptors: this sleeper looks again every _LOOK instead
+            self.fd = -1
+        else:
+            self._poll.register(self.fd, select.POLLIN)
 
     def set(self) -> None:
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self.fd, 1)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self.fd, 1)
 
     def sleep(self, descriptor: int, writing: bool, timeout: float | None) -> int:
         """Sleep (the GIL released) until ``descriptor`` is ready or this waker is
         set; the descriptor's events."""
         poll = self._poll
-        if descriptor < 0:  # the wire is closing: its completions are moments away
-            timeout = _CLOSING_LOOK if timeout is None else min(timeout, _CLOSING_LOOK)
-        else:
+        if descriptor < 0 or self.fd < 0:
+            # The wire is closing (its completions are moments away), or nobody can
+            # wake this sleeper: look again soon.
+            timeout = _LOOK if timeout is None else min(timeout, _LOOK)
+        if descriptor >= 0:
             poll.register(descriptor, select.POLLIN | select.POLLOUT if writing else select.POLLIN)
         try:
             ready = poll.poll(None if timeout is None else math.ceil(timeout * 1000))
@@ -120,7 +128,8 @@ class _Waker:
         return events
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
 
 
 _thread_state = threading.local()
@@ -141,7 +150,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _waker() -> _Waker:
     waker: _Waker | None = getattr(_thread_state, "waker", None)
     if waker is None:
-        waker = _thread_state.waker = _Waker()
+        waker = _Waker()
+        if waker.fd >= 0:  # one that could not get its eventfd tries again next time
+            _thread_state.waker = waker
     return waker
 
 

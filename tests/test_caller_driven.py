@@ -506,3 +506,34 @@ def test_an_rdma_read_after_a_direct_receive_costs_what_one_alone_does(pair: Pai
     together = run(True)
     assert bytes(into) == bytes(buffer)
     assert together < 3 * (alone + messages) + 0.02, f"{together:.3f} s vs {alone:.3f} s + {messages:.3f} s"
+
+
+OUT_OF_DESCRIPTORS = """
+import resource, struct, threading, time
+from smbdirect_socket import create_server, create_connection
+
+server = create_server(("127.0.0.1", 0))
+client = create_connection(server.getsockname())
+accepted, _ = server.accept()
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(open("/dev/null"))
+except OSError:
+    pass
+sender = threading.Thread(target=lambda: (time.sleep(0.2), client.sendall(struct.pack(">I", 2) + b"hi")))
+sender.start()
+print(accepted.recv(4), accepted.recv(2), flush=True)
+sender.join()
+for file in held:
+    file.close()
+"""
+
+
+def test_a_caller_out_of_descriptors_still_receives() -> None:
+    """A thread that cannot get the descriptor it is woken through still gets its data."""
+    result = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == "b'\\x00\\x00\\x00\\x02' b'hi'", result.stderr
