@@ -721,6 +721,7 @@ class Connection:
                     self._changed.unpark_all()  # a task that waits may poll now
         with self.lock:
             self._complete_all(completions, now)
+            self.qp.completions_taken()
             self._carry_out()
 
     async def _run(self) -> None:

@@ -196,6 +196,12 @@ class QueuePair(abc.ABC):
     #: a program waits on the socket's descriptor between calls instead).
     caller_grace = 0.0
 
+    def completions_taken(self) -> None:
+        """What :meth:`get_completions` returned has been acted on (under
+        :attr:`lock`): callers may take later ones now (they must not act on
+        them before the earlier ones)."""
+        return None
+
     def fileno(self) -> int:
         """What a caller that drives waits on: readable when :meth:`poll_completions` may find more."""
         raise NotImplementedError

@@ -185,6 +185,7 @@ class SoftQueuePair(QueuePair):
         self._caller_left = -math.inf  # when the last one left (time.monotonic)
         #: How long the loop's tasks keep off the wire after the last caller left.
         self.caller_grace = CALLER_GRACE
+        self._handed_out = False  # get_completions returned some not yet acted on
         self._reader_pause: trio.CancelScope | None = None
         self._home_thread = threading.get_ident()
         self._home = trio.lowlevel.current_trio_token()
@@ -226,9 +227,15 @@ class SoftQueuePair(QueuePair):
             self._transmit()
 
     def poll_completions(self, max_count: int = 64) -> list[Completion]:
-        if self._callers and not self._lingering and not self._in_home():
-            self._read_once()  # a caller drives: it reads the socket itself
+        if self._callers and not self._in_home():
+            if self._handed_out:
+                return []  # the loop's task acts on older ones first: completions stay in order
+            if not self._lingering:
+                self._read_once()  # a caller drives: it reads the socket itself
         return self.core.poll_many(max_count)
+
+    def completions_taken(self) -> None:
+        self._handed_out = False
 
     # ---- a caller in another thread drives --------------------------------------------
 
@@ -288,6 +295,8 @@ class SoftQueuePair(QueuePair):
             while True:
                 with self.lock:  # a caller in another thread may be taking them too
                     completions = self.core.poll_many(max_count)
+                    # Until they are acted on (completions_taken), callers take none after them.
+                    self._handed_out = bool(completions)
                 if completions:
                     if not blocked:
                         await trio.lowlevel.cancel_shielded_checkpoint()  # cancelled, they would be lost
