@@ -10,10 +10,13 @@ replace it.
 
 from __future__ import annotations
 
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,10 +90,23 @@ def test_example_through_run_to_samba(code: str, tmp_path: Path) -> None:
         assert (result.returncode, result.stdout) == (0, "hello over SMB-Direct\n"), result.stderr
         assert (share / "hello.txt").read_text() == "hello over SMB-Direct\n"
         assert f"smbdirect run: 127.0.0.1:445: SMB-Direct (port 445 is routed; mapped to {port})" in result.stderr
+        # The gateway's line for the session (8 MiB messages, as --large-messages asked),
+        # logged once it sees the client's end: on a busy machine that may take a moment.
+        assert samba.stderr is not None
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in samba.stderr], daemon=True).start()  # type: ignore[union-attr]
+        log = ""
+        ended = None
+        deadline = time.monotonic() + TIMEOUT
+        while ended is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                break
+            log += line
+            ended = re.search(
+                r"client 127\.0\.0\.1:\d+: session ended: closed by the client; after .* messages up to (\d+)", line
+            )
         samba.send_signal(signal.SIGINT)
-        _, log = samba.communicate(timeout=TIMEOUT)
-    # the gateway's line for the session: 8 MiB messages, as --large-messages asked
-    ended = re.search(
-        r"client 127\.0\.0\.1:\d+: session ended: closed by the client; after .* messages up to (\d+)", log
-    )
+        samba.wait(timeout=TIMEOUT)
     assert ended and int(ended.group(1)) >= 8 << 20, log
