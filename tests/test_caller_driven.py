@@ -9,6 +9,7 @@ caller is inside.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import hashlib
@@ -218,66 +219,56 @@ def test_close_from_another_thread_ends_a_send_waiting_for_credits(pair: Pair) -
     assert isinstance(outcome.error, OSError)
 
 
-def test_the_peer_resetting_ends_a_blocked_receive() -> None:
-    """The peer's process dies with bytes unread in its kernel socket: its TCP
-    connection resets, and a receive asleep here wakes with the error."""
-    child_code = (
-        "import sys, time\n"
-        "from smbdirect_socket.blocking import create_connection\n"
-        "sock = create_connection(('127.0.0.1', int(sys.argv[1])))\n"
-        "print('connected', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    with create_server(("127.0.0.1", 0)) as server:
+PEER = (
+    "import sys, time\n"
+    "from smbdirect_socket.blocking import create_connection\n"
+    "sock = create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+    "print('connected', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+@contextlib.contextmanager
+def peer_process(parameters: Parameters | None = None) -> Iterator[tuple[subprocess.Popen[str], SMBDirectSocket]]:
+    """A peer in a process of its own, connected, and our end of its connection."""
+    with create_server(("127.0.0.1", 0), parameters=parameters) as server:
         child = subprocess.Popen(
-            [sys.executable, "-c", child_code, str(server.getsockname()[1])], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", PEER, str(server.getsockname()[1])], stdout=subprocess.PIPE, text=True
         )
         try:
             server.settimeout(30)
             accepted, _ = server.accept()
             assert child.stdout is not None and child.stdout.readline().strip() == "connected"
             with accepted:
-                outcome = in_thread(lambda: accepted.recv(4))
-                blocked(outcome)
-                os.kill(child.pid, signal.SIGSTOP)  # nothing it receives from now on is read
-                accepted.sendall(framed(bytes(100_000)))
-                time.sleep(0.2)
-                os.kill(child.pid, signal.SIGKILL)
-                finished(outcome)
-                assert isinstance(outcome.error, OSError) or outcome.result == b""
+                yield child, accepted
         finally:
             child.kill()
             child.wait(10)
+
+
+def test_the_peer_resetting_ends_a_blocked_receive() -> None:
+    """The peer's process dies with bytes unread in its kernel socket: its TCP
+    connection resets, and a receive asleep here wakes with the error."""
+    with peer_process() as (child, accepted):
+        outcome = in_thread(lambda: accepted.recv(4))
+        blocked(outcome)
+        os.kill(child.pid, signal.SIGSTOP)  # nothing it receives from now on is read
+        accepted.sendall(framed(bytes(100_000)))
+        time.sleep(0.2)
+        os.kill(child.pid, signal.SIGKILL)
+        finished(outcome)
+        assert isinstance(outcome.error, OSError) or outcome.result == b""
 
 
 def test_a_silent_peer_fails_a_blocked_receive_by_keepalive() -> None:
     """The peer stops answering (its process stopped): the keepalive timer runs
     while a caller is asleep in the socket, and the receive fails."""
-    child_code = (
-        "import sys, time\n"
-        "from smbdirect_socket.blocking import create_connection\n"
-        "sock = create_connection(('127.0.0.1', int(sys.argv[1])))\n"
-        "print('connected', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    parameters = Parameters(keepalive_interval_msec=200, keepalive_timeout_msec=500)
-    with create_server(("127.0.0.1", 0), parameters=parameters) as server:
-        child = subprocess.Popen(
-            [sys.executable, "-c", child_code, str(server.getsockname()[1])], stdout=subprocess.PIPE, text=True
-        )
-        try:
-            server.settimeout(30)
-            accepted, _ = server.accept()
-            assert child.stdout is not None and child.stdout.readline().strip() == "connected"
-            with accepted:
-                outcome = in_thread(lambda: accepted.recv(4))
-                blocked(outcome)
-                os.kill(child.pid, signal.SIGSTOP)
-                finished(outcome, within=20)
-                assert isinstance(outcome.error, OSError), outcome.result
-        finally:
-            child.kill()
-            child.wait(10)
+    with peer_process(Parameters(keepalive_interval_msec=200, keepalive_timeout_msec=500)) as (child, accepted):
+        outcome = in_thread(lambda: accepted.recv(4))
+        blocked(outcome)
+        os.kill(child.pid, signal.SIGSTOP)
+        finished(outcome, within=20)
+        assert isinstance(outcome.error, OSError), outcome.result
 
 
 def test_a_timed_out_receive_loses_nothing(pair: Pair) -> None:
