@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=64)
     parser.add_argument("--size", type=int, default=64 * 1024)
     parser.add_argument("--timeout", type=float, default=120, help="seconds any one call may block")
+    parser.add_argument("--accept-timeout", type=float, help="serve: seconds accept() may block (default: --timeout)")
     args = parser.parse_args()
     parameters = Parameters().replace(
         keepalive_interval_msec=args.keepalive_interval_ms, keepalive_timeout_msec=args.keepalive_timeout_ms
@@ -86,7 +87,7 @@ def main() -> None:
     try:
         if args.role == "serve":
             with create_server((args.host, args.port), bytestream=args.bytestream, parameters=parameters) as server:
-                server.settimeout(args.timeout)
+                server.settimeout(args.timeout if args.accept_timeout is None else args.accept_timeout)
                 report("listening")
                 for _ in range(args.connections):
                     sock, _ = server.accept()

@@ -313,7 +313,8 @@ def test_without_keepalives_the_callers_timeout_ends_the_wait(link: Link) -> Non
     """Keepalives off: a cut link leaves each end waiting until its own ``settimeout`` (here 3 s)."""
     port, timeout = str(next(_ports)), 3.0 * SLOW
     off = ("--keepalive-interval-ms", "0", "--timeout", str(timeout))
-    server = link.start("b", "serve", f"{NET}.2", port, *off)
+    # The accept waits for the sender's interpreter to start, which a loaded machine can hold up past 3 s.
+    server = link.start("b", "serve", f"{NET}.2", port, *off, "--accept-timeout", str(30 * SLOW))
     server.wait_for("listening", timeout=30 * SLOW)
     sender = link.start("a", "send", f"{NET}.2", port, "--messages", "1000000", *off)
     for _ in range(3):
