@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import io
 import math
+import os
 import socket as _stdlib_socket
 import threading
 import time
@@ -74,7 +75,9 @@ class SMBDirectSocket:
         # socket lets one task receive at a time).
         self._receiving = trio.Lock()
         self._receive_turn = threading.Lock()  # the same, for receives in the calling thread
-        self._direct = True  # sends and receives run in the calling thread (unless the provider cannot)
+        # Sends and receives run in the calling thread unless the provider cannot
+        # (or SMBDIRECT_CALLER_DRIVEN=0 sends every call through the engine thread).
+        self._direct = os.environ.get("SMBDIRECT_CALLER_DRIVEN", "1") != "0"
 
     # ---- identity ------------------------------------------------------------------
 
