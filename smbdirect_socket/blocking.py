@@ -34,7 +34,7 @@ import trio
 from . import engine_thread
 from . import trio as _trio
 from ._addresses import connect_any
-from .connection import NotDriven, Registration
+from .connection import Connection, NotDriven, Registration
 from .constants import IPPROTO_SMBDIRECT, SOL_SMBDIRECT
 from .errors import socket_error
 from .options import SMBDIRECT_BYTESTREAM, SocketInfo
@@ -277,7 +277,7 @@ class SMBDirectSocket:
                 return queued[0]
 
             try:
-                sent = self._here(connection.drive, send, deadline)
+                sent = self._here(connection, send, deadline)
             except TimeoutError:
                 if queued:
                     return queued[0]  # queued is sent: its last fragments follow as credits come
@@ -339,7 +339,7 @@ class SMBDirectSocket:
         if not self._take_turn(deadline):
             raise socket_error(errno.EAGAIN if deadline == 0 else errno.ETIMEDOUT, "another thread is receiving")
         try:
-            return self._here(connection.drive, partial(self._sock.receive_nowait, size, flags), deadline)
+            return self._here(connection, partial(self._sock.receive_nowait, size, flags), deadline)
         finally:
             self._receive_turn.release()
 
@@ -354,13 +354,11 @@ class SMBDirectSocket:
             return 0
         return None if self._timeout is None else time.monotonic() + self._timeout
 
-    def _here(
-        self, drive: Callable[[Callable[[], T], float | None], T], attempt: Callable[[], T], deadline: float | None
-    ) -> T | None:
-        """``drive(attempt, deadline)``, with the stdlib's errors; None when the
-        connection cannot be driven from this thread (then nothing was done)."""
+    def _here(self, connection: Connection, attempt: Callable[[], T], deadline: float | None) -> T | None:
+        """``connection.drive(attempt, deadline)``, with the stdlib's errors; None when
+        the connection cannot be driven from this thread (then nothing was done)."""
         try:
-            return drive(attempt, deadline)
+            return connection.drive(attempt, deadline)
         except NotDriven:
             self._direct = False
             return None

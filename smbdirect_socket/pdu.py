@@ -328,15 +328,22 @@ def encode_data_transfers(
     view = memoryview(message).cast("B")
     if not 0 <= start < len(view) or count < 1 or chunk < 1 or len(view) - start > 0xFFFFFFFF:
         raise ValueError("data-transfer batch arguments out of range")
-    pieces = []
+    return b"".join(_fragments(credits_requested, credits_granted, flags, view, start, count, chunk))
+
+
+def _fragments(
+    credits_requested: int, credits_granted: int, flags: int, view: memoryview, start: int, count: int, chunk: int
+) -> list[bytes]:
+    """The pure-Python batch encoding, once its arguments are checked."""
+    pdus = []
     for i in range(count):
         end = min(start + chunk, len(view))
         granted = credits_granted if i == 0 else 0
-        pieces.append(encode_data_transfer(credits_requested, granted, flags, len(view) - end, view[start:end]))
+        pdus.append(encode_data_transfer(credits_requested, granted, flags, len(view) - end, view[start:end]))
         start = end
         if start == len(view):
             break
-    return b"".join(pieces)
+    return pdus
 
 
 def encode_data_transfer_list(
@@ -364,14 +371,7 @@ def encode_data_transfer_list(
         raise ValueError("data-transfer batch arguments out of range")
     if not (0 <= credits_requested <= 0xFFFF and 0 <= credits_granted <= 0xFFFF and 0 <= flags <= 0xFFFF):
         raise ValueError("data-transfer batch arguments out of range")
-    pdus = []
-    for i in range(count):
-        end = min(start + chunk, len(view))
-        granted = credits_granted if i == 0 else 0
-        pdus.append(encode_data_transfer(credits_requested, granted, flags, len(view) - end, view[start:end]))
-        start = end
-        if start == len(view):
-            break
+    pdus = _fragments(credits_requested, credits_granted, flags, view, start, count, chunk)
     if wrap is not None:
         return [tuple.__new__(wrap, (pdu, None)) for pdu in pdus]
     return pdus
