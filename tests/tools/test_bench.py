@@ -21,8 +21,8 @@ import pytest
 
 from smbdirect_socket import __version__, _wire
 from smbdirect_socket.tools.measure import SCHEMA
+from tests.test_cli import COMMAND, has_ipv6_loopback
 
-COMMAND = [sys.executable, "-m", "smbdirect_socket.cli"]
 TIMEOUT = 90
 SECONDS = 0.5
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -30,15 +30,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def smbdirect(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
