@@ -18,30 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns.test_faults import _ip, _netns_unavailable
+
 NET = "198.18.1"
 COMMAND = [sys.executable, "-m", "smbdirect_socket.cli", "bench"]
 TIMEOUT = 120
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=check)
-
-
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    probe = f"sdbprobe{os.getpid() % 100000}"
-    result = _ip("netns", "add", probe, check=False)
-    if result.returncode != 0:
-        return f"cannot create a network namespace: {result.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
-    return None
-
-
 @pytest.fixture(scope="module")
 def namespaces() -> Iterator[tuple[str, str]]:
     """Namespaces (client, server) at 198.18.1.1 and 198.18.1.2, a veth pair between them."""
-    reason = _unavailable()
+    reason = _netns_unavailable()
     if reason is not None:
         pytest.skip(reason)
     tag = f"{os.getpid() % 100000}"
