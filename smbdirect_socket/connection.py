@@ -77,6 +77,8 @@ _RDMA_WR_BASE = 1 << 48  # RDMA read/write work request ids
 _HANDOVER_GRACE = 0.001
 #: Completions taken at once: one TCP read of the software provider brings hundreds.
 _POLL_BATCH = 1024
+_RECV = Opcode.RECV
+_SUCCESS = Status.SUCCESS
 #: How often the loop's tasks look whether callers in other threads still
 #: drive (they wake nobody when they leave: the next look finds them gone).
 _CALLER_GRACE = 0.02
@@ -562,25 +564,39 @@ class Connection:
 
     def _post(self, actions: list[Action]) -> None:
         qp = self.qp
+        sends: list[bytes] = []  # a run of plain sends (a message's fragments) is posted as one
         with qp.batch():  # all of it goes out in one write
             for action in actions:
+                if type(action) is SendPDU and action.invalidate_token is None:
+                    sends.append(action.data)
+                    continue
+                if sends:
+                    self._post_sends(sends)
+                    sends = []
                 if isinstance(action, SendPDU):
                     try:
-                        # Unsignaled: only a failure completes (nothing waits for a send's success).
                         qp.post_send(0, action.data, invalidate_token=action.invalidate_token, signaled=False)
                     except RdmaError as exc:
                         self.protocol.connection_lost(exc)
                 elif isinstance(action, PostReceives):
                     size = action.size
                     slab = _receive_slab(action.count * size)
-                    for offset in range(0, action.count * size, size):
-                        buffer = slab[offset : offset + size]
-                        wr_id = self._next_receive
-                        self._next_receive += 1
-                        self._receive_buffers[wr_id] = buffer
-                        qp.post_recv(wr_id, buffer)
+                    buffers = [slab[offset : offset + size] for offset in range(0, action.count * size, size)]
+                    first = self._next_receive
+                    self._next_receive += action.count
+                    self._receive_buffers.update(zip(range(first, self._next_receive), buffers, strict=True))
+                    qp.post_recvs(first, buffers)
                 elif isinstance(action, Disconnect):
                     self._disconnecting = True
+            if sends:
+                self._post_sends(sends)
+
+    def _post_sends(self, datas: list[bytes]) -> None:
+        try:
+            # Unsignaled: only a failure completes (nothing waits for a send's success).
+            self.qp.post_sends(0, datas, signaled=False)
+        except RdmaError as exc:
+            self.protocol.connection_lost(exc)
 
     def _wake_home(self) -> None:
         """On the loop's thread: end, re-time and wake what waits there."""
@@ -670,11 +686,12 @@ class Connection:
     def _complete_all(self, completions: list[Completion], now: float) -> None:
         """Act on one poll's completions in order; runs of received messages go to the protocol as one batch."""
         received: list[memoryview] = []
+        take = self._receive_buffers.pop
         for completion in completions:
-            if completion.opcode is Opcode.RECV and completion.status is Status.SUCCESS:
-                buffer = self._receive_buffers.pop(completion.wr_id, None)
+            if completion[1] is _RECV and completion[2] is _SUCCESS:  # (opcode, status): by index, per message
+                buffer = take(completion[0], None)
                 if buffer is not None:
-                    received.append(buffer[: completion.byte_len])
+                    received.append(buffer[: completion[3]])
                     continue
             if received:
                 self.protocol.receive_many(received, now)

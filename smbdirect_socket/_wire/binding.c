@@ -178,6 +178,79 @@ done:
     return out;
 }
 
+/* frame_sends(msn, datas, untagged_chunk, crc) -> bytes: plain Sends of a list of
+ * messages with consecutive MSNs from msn, all in one buffer (one message's
+ * SMB-Direct fragments: one call and one write for the lot). */
+static PyObject *py_frame_sends(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "frame_sends takes 4 arguments");
+        return NULL;
+    }
+    unsigned long long msn = PyLong_AsUnsignedLongLong(args[0]);
+    Py_ssize_t chunk = PyLong_AsSsize_t(args[2]);
+    int crc = PyObject_IsTrue(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (chunk <= 0 || chunk % 4 || chunk + WIRE_UNTAGGED_HEADER_SIZE > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "the chunk size must be a positive multiple of 4 that fits an FPDU");
+        return NULL;
+    }
+    if (!PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "datas must be a list");
+        return NULL;
+    }
+    PyObject *list = args[1];
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    if (msn > 0xFFFFFFFFull || (unsigned long long)count > 0xFFFFFFFFull - msn + 1) {
+        PyErr_SetString(PyExc_ValueError, "MSNs must fit 32 bits");
+        return NULL;
+    }
+    PyObject *out = NULL;
+    Py_buffer *views = PyMem_Calloc((size_t)count + 1, sizeof(Py_buffer));
+    Py_ssize_t held = 0;
+    if (!views) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    wire_request r = {0};
+    r.op = WIRE_OP_SEND;
+    size_t total = 0;
+    for (; held < count; held++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(list, held), &views[held], PyBUF_SIMPLE) < 0)
+            goto done;
+        if ((size_t)views[held].len > 0xFFFFFFFFu) {
+            held++;
+            PyErr_SetString(PyExc_ValueError, "a message's length must fit 32 bits");
+            goto done;
+        }
+        r.len = (size_t)views[held].len;
+        total += wire_frame_size(&r, (size_t)chunk, 4);
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!out)
+        goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    size_t at = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        r.msn = (uint32_t)(msn + (unsigned long long)i);
+        r.data = views[i].buf;
+        r.len = (size_t)views[i].len;
+        size_t size = wire_frame_size(&r, (size_t)chunk, 4);
+        if (wire_frame(p + at, total - at, &r, (size_t)chunk, 4, crc) != size) {
+            Py_CLEAR(out);
+            PyErr_SetString(PyExc_SystemError, "framing overran its buffer");
+            goto done;
+        }
+        at += size;
+    }
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    return out;
+}
+
 /* ---- receiving ---------------------------------------------------------------- */
 
 typedef struct {
@@ -327,9 +400,145 @@ static int cb_invalidate(void *opaque, uint32_t stag)
 
 static const wire_rx_ops rx_ops = {cb_receive, cb_region, cb_read, cb_invalidate};
 
-/* receive(data, crc, (send_msn, in_message, recv_placed, read_placed), current, receives, regions, reads, memory)
- * -> (consumed, fpdus, receives_taken, records, (send_msn, in_message, recv_placed, read_placed), fallback)
- * records: a list of (kind, byte_len, flags, invalidated). */
+/* A Completion (a named tuple) of its seven fields, as tuple.__new__ would make it. */
+static PyObject *completion(PyTypeObject *type, PyObject *wr_id, PyObject *opcode, PyObject *status, uint32_t byte_len,
+                            PyObject *invalidated, int solicited)
+{
+    PyObject *length = PyLong_FromUnsignedLong(byte_len);
+    PyObject *t = length ? type->tp_alloc(type, 7) : NULL;
+    if (!t) {
+        Py_XDECREF(length);
+        Py_XDECREF(invalidated);
+        return NULL;
+    }
+    PyObject *reason = PyUnicode_New(0, 0);
+    if (!reason) {
+        Py_DECREF(t);
+        Py_DECREF(length);
+        Py_XDECREF(invalidated);
+        return NULL;
+    }
+    Py_INCREF(wr_id);
+    Py_INCREF(opcode);
+    Py_INCREF(status);
+    if (!invalidated) {
+        invalidated = Py_None;
+        Py_INCREF(invalidated);
+    }
+    PyObject *flag = solicited ? Py_True : Py_False;
+    Py_INCREF(flag);
+    PyTuple_SET_ITEM(t, 0, wr_id);
+    PyTuple_SET_ITEM(t, 1, opcode);
+    PyTuple_SET_ITEM(t, 2, status);
+    PyTuple_SET_ITEM(t, 3, length);
+    PyTuple_SET_ITEM(t, 4, invalidated);
+    PyTuple_SET_ITEM(t, 5, flag);
+    PyTuple_SET_ITEM(t, 6, reason);
+    return t;
+}
+
+static PyObject *s_popleft, *s_wr_id, *s_rtr, *s_append;
+
+/* Turn the records of one core call into completions, in order: the receives
+ * they filled (current first, then `taken` popped from receives) and the reads
+ * they finished (popped from reads).  Returns the receive a message is still
+ * in (new reference; None if none), or NULL with an error set. */
+static PyObject *complete(const wire_record *records, size_t count, size_t taken, int in_message, PyObject *current,
+                          PyObject *receives, PyObject *reads, PyObject *completions, PyObject *kinds)
+{
+    PyTypeObject *type;
+    PyObject *recv_op, *read_op, *success;
+    if (!PyArg_ParseTuple(kinds, "O!OOO;kinds is (Completion, RECV, RDMA_READ, SUCCESS)", &PyType_Type, &type,
+                          &recv_op, &read_op, &success))
+        return NULL;
+    if (!PyType_IsSubtype(type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Completion must be a tuple type");
+        return NULL;
+    }
+    PyObject *append = PyObject_GetAttr(completions, s_append);
+    if (!append)
+        return NULL;
+    PyObject *filled = PyList_New(0), *result = NULL;
+    if (!filled) {
+        Py_DECREF(append);
+        return NULL;
+    }
+    if (current != Py_None && PyList_Append(filled, current) < 0)
+        goto done;
+    for (size_t i = 0; i < taken; i++) {
+        PyObject *item = PyObject_CallMethodNoArgs(receives, s_popleft);
+        if (!item || PyList_Append(filled, item) < 0) {
+            Py_XDECREF(item);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+    Py_ssize_t index = 0;
+    for (size_t i = 0; i < count; i++) {
+        const wire_record *r = &records[i];
+        PyObject *done_one = NULL;
+        if (r->kind == WIRE_RECORD_RECV) {
+            if (index >= PyList_GET_SIZE(filled)) {
+                PyErr_SetString(PyExc_SystemError, "wire core: a record without its receive");
+                goto done;
+            }
+            PyObject *wr_id = PyObject_GetAttr(PyList_GET_ITEM(filled, index++), s_wr_id);
+            if (!wr_id)
+                goto done;
+            PyObject *invalidated = NULL;
+            if (r->flags & WIRE_RECORD_INVALIDATED && !(invalidated = PyLong_FromUnsignedLong(r->invalidated))) {
+                Py_DECREF(wr_id);
+                goto done;
+            }
+            done_one = completion(type, wr_id, recv_op, success, r->byte_len, invalidated,
+                                  r->flags & WIRE_RECORD_SOLICITED);
+            Py_DECREF(wr_id);
+        } else {
+            PyObject *read = PyObject_CallMethodNoArgs(reads, s_popleft);
+            if (!read)
+                goto done;
+            PyObject *rtr = PyObject_GetAttr(read, s_rtr);
+            int skip = rtr ? PyObject_IsTrue(rtr) : -1;
+            Py_XDECREF(rtr);
+            PyObject *wr_id = skip == 0 ? PyObject_GetAttr(read, s_wr_id) : NULL;
+            Py_DECREF(read);
+            if (skip < 0 || (skip == 0 && !wr_id))
+                goto done;
+            if (skip)
+                continue; /* the ready-to-receive read of MPA peer-to-peer mode completes nothing */
+            done_one = completion(type, wr_id, read_op, success, r->byte_len, NULL, 0);
+            Py_DECREF(wr_id);
+        }
+        if (!done_one)
+            goto done;
+        PyObject *appended = PyObject_CallOneArg(append, done_one);
+        Py_DECREF(done_one);
+        if (!appended)
+            goto done;
+        Py_DECREF(appended);
+    }
+    if (in_message) {
+        if (index >= PyList_GET_SIZE(filled)) {
+            PyErr_SetString(PyExc_SystemError, "wire core: a message in progress without its receive");
+            goto done;
+        }
+        result = PyList_GET_ITEM(filled, index);
+    } else {
+        result = Py_None;
+    }
+    Py_INCREF(result);
+done:
+    Py_DECREF(filled);
+    Py_DECREF(append);
+    return result;
+}
+
+/* receive(data, crc, (send_msn, in_message, recv_placed, read_placed), current, receives, regions, reads, memory,
+ *         completions, kinds)
+ * -> (consumed, fpdus, current, (send_msn, in_message, recv_placed, read_placed), fallback)
+ * Places what the FPDUs carry, pops the receives and reads they finished and
+ * appends their completions (kinds: the Completion type, RECV, RDMA_READ,
+ * SUCCESS) to completions; current is the receive a message is still in. */
 static PyObject *py_receive(PyObject *self, PyObject *args)
 {
     Py_buffer data;
@@ -337,9 +546,11 @@ static PyObject *py_receive(PyObject *self, PyObject *args)
     unsigned int send_msn;
     int in_message;
     Py_ssize_t recv_placed, read_placed;
+    PyObject *completions, *kinds;
     rx_context c = {0};
-    if (!PyArg_ParseTuple(args, "y*p(Ipnn)OOO!OO", &data, &crc, &send_msn, &in_message, &recv_placed, &read_placed,
-                          &c.current, &c.receives, &PyDict_Type, &c.regions, &c.reads, &c.memory))
+    if (!PyArg_ParseTuple(args, "y*p(Ipnn)OOO!OOOO", &data, &crc, &send_msn, &in_message, &recv_placed, &read_placed,
+                          &c.current, &c.receives, &PyDict_Type, &c.regions, &c.reads, &c.memory, &completions,
+                          &kinds))
         return NULL;
     wire_rx_state st = {crc, send_msn, in_message, (size_t)recv_placed, (size_t)read_placed};
     /* Every record needs an FPDU of at least 24 bytes: room for all, so one core call does. */
@@ -347,7 +558,7 @@ static PyObject *py_receive(PyObject *self, PyObject *args)
     wire_record stack[64];
     wire_record *records = max_records <= 64 ? stack : PyMem_Malloc(max_records * sizeof(wire_record));
     wire_rx_result res;
-    PyObject *list = NULL, *result = NULL;
+    PyObject *current = NULL, *result = NULL;
     if (!records) {
         PyErr_NoMemory();
         goto done;
@@ -358,19 +569,17 @@ static PyObject *py_receive(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_SystemError, "wire core: records array full");
         goto done;
     }
-    list = PyList_New((Py_ssize_t)res.records);
-    if (!list)
-        goto done;
-    for (size_t i = 0; i < res.records; i++) {
-        wire_record *r = &records[i];
-        PyObject *t = Py_BuildValue("(iIiI)", r->kind, r->byte_len, r->flags, r->invalidated);
-        if (!t)
+    if (res.fpdus) {
+        current = complete(records, res.records, res.receives_taken, st.in_message, c.current, c.receives, c.reads,
+                           completions, kinds);
+        if (!current)
             goto done;
-        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    } else {
+        current = c.current;
+        Py_INCREF(current);
     }
-    result = Py_BuildValue("(nnnO(Iinn)O)", (Py_ssize_t)res.consumed, (Py_ssize_t)res.fpdus,
-                           (Py_ssize_t)res.receives_taken, list, st.send_msn, st.in_message,
-                           (Py_ssize_t)st.recv_placed, (Py_ssize_t)st.read_placed,
+    result = Py_BuildValue("(nnO(Iinn)O)", (Py_ssize_t)res.consumed, (Py_ssize_t)res.fpdus, current, st.send_msn,
+                           st.in_message, (Py_ssize_t)st.recv_placed, (Py_ssize_t)st.read_placed,
                            res.stop == WIRE_STOP_FALLBACK ? Py_True : Py_False);
 done:
     for (size_t i = 0; i < c.nheld; i++)
@@ -378,7 +587,7 @@ done:
     PyMem_Free(c.held);
     if (records != stack)
         PyMem_Free(records);
-    Py_XDECREF(list);
+    Py_XDECREF(current);
     PyBuffer_Release(&data);
     return result;
 }
@@ -674,6 +883,8 @@ static PyMethodDef methods[] = {
      "(op, word or stag, msn or offset, data), and where each request's FPDUs end."},
     {"frame_one", (PyCFunction)(void (*)(void))py_frame_one, METH_FASTCALL,
      "frame_one(op, word or stag, msn or offset, data, untagged_chunk, tagged_chunk, crc) -> bytes"},
+    {"frame_sends", (PyCFunction)(void (*)(void))py_frame_sends, METH_FASTCALL,
+     "frame_sends(msn, datas, untagged_chunk, crc) -> bytes: Sends with consecutive MSNs, in one buffer"},
     {"receive", py_receive, METH_VARARGS, "The FPDU receive fast path (see rdmap.py)."},
     {"encode_data_transfers", py_smbd_encode, METH_VARARGS, "See pdu.encode_data_transfers."},
     {"encode_data_transfer_list", (PyCFunction)(void (*)(void))py_smbd_encode_list, METH_FASTCALL,
@@ -698,5 +909,9 @@ PyMODINIT_FUNC PyInit__core(void)
     INTERN(s_into, "into");
     INTERN(s_sink_token, "sink_token");
     INTERN(s_invalidate, "invalidate");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_wr_id, "wr_id");
+    INTERN(s_rtr, "rtr");
+    INTERN(s_append, "append");
     return PyModule_Create(&module);
 }

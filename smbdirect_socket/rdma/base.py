@@ -15,6 +15,7 @@ import contextlib
 import enum
 import socket
 import threading
+from collections.abc import Sequence
 from typing import NamedTuple
 
 __all__ = [
@@ -122,6 +123,12 @@ class QueuePair(abc.ABC):
     def post_recv(self, wr_id: int, buffer: memoryview) -> None:
         """Post a receive buffer; a Send from the peer fills the oldest one."""
 
+    def post_recvs(self, first_wr_id: int, buffers: list[memoryview]) -> None:
+        """Post receive buffers in order, with work request ids from ``first_wr_id``
+        on (receives posted together); by default each is posted in turn."""
+        for wr_id, buffer in enumerate(buffers, first_wr_id):
+            self.post_recv(wr_id, buffer)
+
     @abc.abstractmethod
     def post_send(
         self,
@@ -137,6 +144,14 @@ class QueuePair(abc.ABC):
         Unless ``signaled``, a send that succeeds reports no completion (as one
         posted without ``IBV_SEND_SIGNALED``); a failed or flushed one does.
         """
+
+    def post_sends(self, wr_id: int, datas: Sequence[Buffer], *, signaled: bool = False) -> None:
+        """Post plain sends of ``datas`` in order, all with ``wr_id`` (a message's
+        fragments); ``signaled`` asks a completion of the last alone.  A provider
+        may frame them in one go; by default each is posted in turn."""
+        last = len(datas) - 1
+        for index, data in enumerate(datas):
+            self.post_send(wr_id, data, signaled=signaled and index == last)
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """Post the work requests of a ``with`` block together, as one doorbell

@@ -129,6 +129,52 @@ def test_framing_gives_the_python_bytes(requests: list[tuple[Op, int, int, bytes
     assert compiled.poll_many(100) == python.poll_many(100)
 
 
+@given(
+    st.lists(st.lists(st.binary(max_size=3000), max_size=5), max_size=4),
+    st.sampled_from([64, 100, 1500, 65536]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_batches_of_sends_give_the_python_bytes(
+    batches: list[list[bytes]], max_fpdu: int, crc: bool, signaled: bool
+) -> None:
+    """A message's fragments framed in one call: the bytes and completions of one send at a time."""
+    python = IwarpQueuePair(Negotiation(crc=crc, ord=4, ird=4), initiator=True, max_fpdu=max_fpdu)
+    compiled = IwarpQueuePair(Negotiation(crc=crc, ord=4, ird=4), initiator=True, max_fpdu=max_fpdu)
+    python.wire = None
+    for wr_id, datas in enumerate(batches):
+        compiled.post_sends(wr_id, list(datas), signaled=signaled)
+        for index, data in enumerate(datas):
+            python.post_send(wr_id, data, signaled=signaled and index == len(datas) - 1)
+    assert compiled.data_to_send() == python.data_to_send()
+    assert compiled.poll_many(100) == python.poll_many(100)
+
+
+def test_a_batch_of_sends_refuses_what_one_send_refuses() -> None:
+    with pytest.raises(TypeError, match="list"):
+        core.frame_sends(1, (b"x",), 1024, False)
+    with pytest.raises(ValueError, match="MSNs must fit 32 bits"):
+        core.frame_sends(0xFFFFFFFF, [b"a", b"b"], 1024, False)
+    with pytest.raises(ValueError, match="chunk"):
+        core.frame_sends(1, [b"a"], 1022, False)
+    with pytest.raises(TypeError):
+        core.frame_sends(1, ["text"], 1024, False)
+    last = core.frame_one(Op.SEND, 0, 0xFFFFFFFF, b"a", 1024, 1024, False)
+    assert core.frame_sends(0xFFFFFFFF, [b"a"], 1024, False) == last
+
+
+def test_receives_posted_together_are_the_receives_posted_one_by_one() -> None:
+    data = b"".join(send(msn, bytes([msn]) * (msn * 300), False) for msn in range(1, 5))
+    one_by_one, together = Receiver(True, False), Receiver(True, False, receives=0)
+    together.buffers = [bytearray(b"\x5a" * (GUARD + 3000 + GUARD)) for _ in range(4)]
+    together.qp.post_recvs(0, [memoryview(b)[GUARD : GUARD + 3000] for b in together.buffers])
+    for receiver in (one_by_one, together):
+        receiver.feed(data, [])
+    assert together.outcome() == one_by_one.outcome()
+    with pytest.raises(ValueError, match="writable"):
+        together.qp.post_recvs(9, [memoryview(bytes(10))])
+
+
 # ---- the receive path: valid and mutated streams -------------------------------------
 
 

@@ -31,13 +31,13 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from ..._addresses import bound_tcp_socket, connect_any
 from ..._tasks import Handover, serve_accepted, spawn_background
-from ..base import Access, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
+from ..base import Access, Buffer, Completion, ConnectionRequest, Disconnected, Listener, Provider, QueuePair, RdmaError
 from .memory import SoftMemoryRegion
 from .mpa import (
     IRD_P2P,
@@ -200,6 +200,11 @@ class SoftQueuePair(QueuePair):
         if not self._batched:
             self._notify()
 
+    def post_recvs(self, first_wr_id: int, buffers: list[memoryview]) -> None:
+        self.core.post_recvs(first_wr_id, buffers)
+        if not self._batched:
+            self._notify()
+
     def batch(self) -> _Batch:
         return self._batch
 
@@ -213,6 +218,11 @@ class SoftQueuePair(QueuePair):
         signaled: bool = True,
     ) -> None:
         self.core.post_send(wr_id, data, invalidate_token=invalidate_token, solicited=solicited, signaled=signaled)
+        if not self._batched:
+            self._transmit()
+
+    def post_sends(self, wr_id: int, datas: Sequence[Buffer], *, signaled: bool = False) -> None:
+        self.core.post_sends(wr_id, datas, signaled=signaled)
         if not self._batched:
             self._transmit()
 

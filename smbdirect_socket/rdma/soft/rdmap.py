@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import errno
 import itertools
+import operator
 import secrets
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from ..._wire import core as _core
 from ..base import Access, Buffer, Completion, Opcode, RdmaError, Status
@@ -41,10 +42,10 @@ DEFAULT_MAX_FPDU = 65536
 #: would cost more than the few FPDUs' Python work it saves.
 _FRAME_COPY_LIMIT = 16384
 
-# Records of the compiled receive path (fpdu.h).
-_RECORD_RECV = 1
-_RECORD_SOLICITED = 1
-_RECORD_INVALIDATED = 2
+
+_view_kind = operator.attrgetter("format", "ndim", "readonly")
+#: What the compiled receive path makes its completions of.
+_COMPLETION_KINDS = (Completion, Opcode.RECV, Opcode.RDMA_READ, Status.SUCCESS)
 
 
 class _Send:
@@ -177,6 +178,16 @@ class IwarpQueuePair:
             raise RdmaError(errno.ENOMEM, f"receive queue full ({self._max_recv_wr} work requests)")
         self._receives.append(_Receive(wr_id, view))
 
+    def post_recvs(self, first_wr_id: int, buffers: list[memoryview]) -> None:
+        """:meth:`post_recv` of each buffer, with ids from ``first_wr_id`` on."""
+        if self._dead or len(self._receives) + len(buffers) > self._max_recv_wr:
+            for wr_id, buffer in enumerate(buffers, first_wr_id):
+                self.post_recv(wr_id, buffer)  # flushed, or posted up to the limit and refused there
+            return
+        if set(map(_view_kind, buffers)) - {("B", 1, False)}:  # (no Python frame per buffer)
+            raise ValueError("receive buffers must be writable memoryviews of bytes")
+        self._receives.extend(map(_Receive, range(first_wr_id, first_wr_id + len(buffers)), buffers))
+
     def post_send(
         self,
         wr_id: int,
@@ -191,6 +202,32 @@ class IwarpQueuePair:
         else:
             self._check_send_queue()
             self._emit_send(wr_id, data, invalidate_token, solicited, signaled)  # nothing waits ahead of it
+
+    def post_sends(self, wr_id: int, datas: Sequence[Buffer], *, signaled: bool = False) -> None:
+        """Plain Sends of ``datas``, in order, all with ``wr_id``: the compiled core frames
+        them in one call (a message's fragments); ``signaled`` completes only the last."""
+        if not datas:
+            return
+        if (
+            self.wire is None
+            or self._pending
+            or self._rtr_pending
+            or not self._may_transmit
+            or self._dead
+            or len(datas) > self._max_send_wr
+            or max(map(len, datas)) > _FRAME_COPY_LIMIT
+        ):
+            last = len(datas) - 1
+            for index, data in enumerate(datas):
+                self.post_send(wr_id, data, signaled=signaled and index == last)
+            return
+        msn = next(self._send_msn)
+        if len(datas) > 1:
+            self._send_msn = itertools.count(msn + len(datas))
+        framed = self.wire.frame_sends(msn, list(datas), self._untagged_chunk, self._crc)
+        self._output.append(framed)
+        self._queued += len(framed)
+        self._marks.append((self._queued, wr_id, Opcode.SEND, len(datas[-1]), signaled))
 
     def post_write(self, wr_id: int, data: Buffer, token: int, address: int) -> None:
         self._post(_Write(wr_id, data, token, address), Opcode.RDMA_WRITE)
@@ -411,42 +448,26 @@ class IwarpQueuePair:
             current.placed if current is not None else 0,
             reads[0].placed if reads else 0,
         )
-        consumed, fpdus, taken, records, state, fallback = self.wire.receive(
-            reader.unread(), self._crc, state, current, self._receives, self.memory.regions, reads, self.memory
+        consumed, fpdus, current, state, fallback = self.wire.receive(
+            reader.unread(),
+            self._crc,
+            state,
+            current,
+            self._receives,
+            self.memory.regions,
+            reads,
+            self.memory,
+            self._completions,
+            _COMPLETION_KINDS,
         )
         if not fpdus:
             return bool(fallback)
         reader.skip(consumed)
         self._may_transmit = True  # the initiator spoke first: we may answer
-        self._expected_send_msn, in_message, receive_placed, read_placed = state
-        receives = self._receives
-        filled = [current] if current is not None else []
-        filled.extend(receives.popleft() for _ in range(taken))
-        completions = self._completions
-        index = 0
-        for kind, length, flags, invalidated in records:
-            if kind == _RECORD_RECV:
-                receive = filled[index]
-                index += 1
-                if not flags:  # most receives: positional, the quickest tuple to build
-                    completions.append(Completion(receive.wr_id, Opcode.RECV, Status.SUCCESS, length))
-                    continue
-                completions.append(
-                    Completion(
-                        receive.wr_id,
-                        Opcode.RECV,
-                        byte_len=length,
-                        invalidated_token=invalidated if flags & _RECORD_INVALIDATED else None,
-                        solicited=bool(flags & _RECORD_SOLICITED),
-                    )
-                )
-            else:
-                read = reads.popleft()
-                if not read.rtr:
-                    completions.append(Completion(read.wr_id, Opcode.RDMA_READ, byte_len=length))
-        self._current = filled[index] if in_message else None
-        if self._current is not None:
-            self._current.placed = receive_placed
+        self._expected_send_msn, _, receive_placed, read_placed = state
+        self._current = current
+        if current is not None:
+            current.placed = receive_placed
         if reads:
             reads[0].placed = read_placed
         return bool(fallback)
