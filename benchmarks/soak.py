@@ -59,6 +59,7 @@ MESSAGE = 64 * 1024
 RDMA_SIZE = 256 * 1024
 SMB_FILE = 1024 * 1024
 TIMEOUT = 30.0  # no single call may block longer
+ACCEPT_POLL = 0.5  # how often a service's accept loop looks whether it should stop
 STALL = 10.0  # seconds without a completed operation that count as a stall (clients starting eat the CPU)
 _HEADER = struct.Struct(">I")
 _REQUEST = struct.Struct(">cI")  # operation, message count
@@ -114,7 +115,7 @@ def serve_connection(sock: SMBDirectSocket) -> None:
 
 
 def serve(server: SMBDirectSocket, stop: threading.Event, counter: Counter) -> None:
-    server.settimeout(0.5)
+    server.settimeout(ACCEPT_POLL)
     while not stop.is_set():
         try:
             sock, _ = server.accept()
@@ -128,6 +129,33 @@ def serve(server: SMBDirectSocket, stop: threading.Event, counter: Counter) -> N
                 counter.add("service saw peer errors")  # killed clients end this way
 
         threading.Thread(target=run, name="soak-service", daemon=True).start()
+
+
+@contextmanager
+def services(counter: Counter) -> Iterator[tuple[int, int]]:
+    """The framed and the byte-stream service (their ports), accepting until the block ends.
+
+    They have a stop of their own, which must come after the workers have
+    stopped: a worker's last operation may connect just as its stop is asked,
+    and a connection nobody accepts is never read, so the worker waits for the
+    peer's credits until its timeouts run out (twice: a sendall whose message
+    is queued counts as sent).
+    """
+    stop = threading.Event()
+    with ExitStack() as stack:
+        servers = [stack.enter_context(create_server(("127.0.0.1", 0), bytestream=mode)) for mode in (False, True)]
+        threads = [
+            threading.Thread(target=serve, args=(server, stop, counter), name="soak-accept", daemon=True)
+            for server in servers
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            yield servers[0].getsockname()[1], servers[1].getsockname()[1]
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(ACCEPT_POLL + 5)  # before the servers close under their accept()
 
 
 # ---- the load ----
@@ -324,10 +352,7 @@ def main() -> int:
     stalled = 0.0  # the longest time without a completed operation in the second half
     with ExitStack() as stack:
         samba = stack.enter_context(maybe_samba())
-        servers = [stack.enter_context(create_server(("127.0.0.1", 0), bytestream=mode)) for mode in (False, True)]
-        ports = (servers[0].getsockname()[1], servers[1].getsockname()[1])
-        for server in servers:
-            threading.Thread(target=serve, args=(server, stop, counter), name="soak-accept", daemon=True).start()
+        ports = stack.enter_context(services(counter))  # they stop after the workers are joined, below
         script = [sys.executable, __file__]
         client = [*script, "--client", str(ports[0]), str(ports[1])]
         groups = [Clients("clients", lambda seed: [*client, str(seed)], args.clients, rng, counter, False)]
