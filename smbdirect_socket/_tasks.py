@@ -121,6 +121,13 @@ class Handover:
             if self._free:
                 self._free.unpark_all()
 
+    def shorten(self, grace: float) -> None:
+        """Use ``grace`` from now on, a sleeping background task included."""
+        self.grace = grace
+        asleep = self._asleep
+        if asleep is not None and asleep.deadline != math.inf:
+            asleep.deadline = min(asleep.deadline, self._last + grace)
+
     def hold(self) -> None:
         """Keep the background task off for a grace from now."""
         self._last = trio.current_time()

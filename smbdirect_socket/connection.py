@@ -659,7 +659,7 @@ class Connection:
         must follow the data), not a grace later."""
         with self.lock:
             self.qp.caller_grace = 0.0
-        self._handover.grace = _WATCHED_GRACE
+        self._handover.shorten(_WATCHED_GRACE)
 
     def _drive_once(self) -> bool:
         """Act on what completed (under :attr:`lock`); whether anything did."""
