@@ -98,7 +98,7 @@ class Handover:
     Tasks that come and go do not wake the background task: while one
     drives it sleeps without a deadline, and the first to leave gives it
     one, a grace away; it then wakes at most once a grace however often
-    they come and go, and never while one stays.
+    they come and go, and not again while one stays.
     """
 
     def __init__(self, grace: float) -> None:
