@@ -128,6 +128,13 @@ class Handover:
         if asleep is not None and asleep.deadline != math.inf:
             asleep.deadline = min(asleep.deadline, self._last + grace)
 
+    def hand_back(self) -> None:
+        """The tasks that drove are not coming straight back: the background
+        task takes over now, not a grace later."""
+        self._last = -math.inf
+        if self._asleep is not None and not self.tasks:
+            self._asleep.cancel()
+
     def hold(self) -> None:
         """Keep the background task off for a grace from now."""
         self._last = trio.current_time()

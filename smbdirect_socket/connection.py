@@ -283,6 +283,9 @@ class Connection:
         trio.lowlevel.spawn_system_task(self._run, name="smbdirect connection")
         while self.protocol.state is State.NEGOTIATING:
             await self.wait_changed()
+        # Nobody receives until the program comes: the background task answers
+        # what follows negotiation (the peer's first credits) now.
+        self._handover.hand_back()
         if self.protocol.state is not State.CONNECTED:
             raise socket_error(self.protocol.error or errno.ECONNABORTED, "negotiation failed")
 
