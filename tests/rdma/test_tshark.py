@@ -9,9 +9,9 @@ at Send payloads that are not RPC and calls them malformed.)
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -23,9 +23,10 @@ from smbdirect_socket.rdma import Access, get_provider
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 
 
-async def traffic(port: int, crc: bool) -> None:
+async def traffic(sock: socket.socket, crc: bool) -> None:
     provider = get_provider("softiwarp", crc=crc)
-    listener = provider.listen(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    listener = provider.listen(("127.0.0.1", port), sock=sock)
     accepted = []
 
     async def accept() -> None:
@@ -68,7 +69,10 @@ def tshark(capture: Path, *fields: str) -> list[str]:
 
 @pytest.mark.parametrize("crc", [False, True])
 async def test_tshark_dissects_our_traffic(tmp_path: Path, crc: bool) -> None:
-    port = 47100 + crc + os.getpid() % 400 * 2
+    # Bound before the capture starts: its filter names a port no other test can take.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     capture = tmp_path / "iwarp.pcapng"
     dumpcap = await trio.lowlevel.open_process(
         ["tshark", "-i", "lo", "-f", f"tcp port {port}", "-w", str(capture), "-q"],
@@ -81,7 +85,7 @@ async def test_tshark_dissects_our_traffic(tmp_path: Path, crc: bool) -> None:
             while b"Capture started" not in seen and b"Capturing on" not in seen:
                 seen += await dumpcap.stderr.receive_some(4096)
         await trio.sleep(0.5)
-        await traffic(port, crc)
+        await traffic(sock, crc)
         await trio.sleep(0.5)
     finally:
         dumpcap.send_signal(signal.SIGINT)
