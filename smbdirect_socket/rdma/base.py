@@ -15,7 +15,7 @@ import contextlib
 import enum
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 __all__ = [
@@ -126,8 +126,7 @@ class QueuePair(abc.ABC):
     def post_recvs(self, first_wr_id: int, buffers: list[memoryview]) -> None:
         """Post receive buffers in order, with work request ids from ``first_wr_id``
         on (receives posted together); by default each is posted in turn."""
-        for wr_id, buffer in enumerate(buffers, first_wr_id):
-            self.post_recv(wr_id, buffer)
+        post_each_receive(self.post_recv, first_wr_id, buffers)
 
     @abc.abstractmethod
     def post_send(
@@ -148,10 +147,9 @@ class QueuePair(abc.ABC):
     def post_sends(self, wr_id: int, datas: Sequence[Buffer], *, signaled: bool = False) -> None:
         """Post plain sends of ``datas`` in order, all with ``wr_id`` (a message's
         fragments); ``signaled`` asks a completion of the last alone.  A provider
-        may frame them in one go; by default each is posted in turn."""
-        last = len(datas) - 1
-        for index, data in enumerate(datas):
-            self.post_send(wr_id, data, signaled=signaled and index == last)
+        may frame them in one go, and then a failure or flush completes the
+        batch once; by default each is posted in turn."""
+        post_each_send(self.post_send, wr_id, datas, signaled)
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """Post the work requests of a ``with`` block together, as one doorbell
@@ -254,6 +252,21 @@ class QueuePair(abc.ABC):
     @abc.abstractmethod
     def error(self) -> RdmaError | None:
         """Why the queue pair went to the error state, if it did."""
+
+
+def post_each_send(post_send: Callable[..., None], wr_id: int, datas: Sequence[Buffer], signaled: bool) -> None:
+    """A batch of sends posted one at a time: only the last may be signaled."""
+    last = len(datas) - 1
+    for index, data in enumerate(datas):
+        post_send(wr_id, data, signaled=signaled and index == last)
+
+
+def post_each_receive(
+    post_recv: Callable[[int, memoryview], None], first_wr_id: int, buffers: list[memoryview]
+) -> None:
+    """A batch of receives posted one at a time, with ids from ``first_wr_id`` on."""
+    for wr_id, buffer in enumerate(buffers, first_wr_id):
+        post_recv(wr_id, buffer)
 
 
 class ConnectionRequest(abc.ABC):

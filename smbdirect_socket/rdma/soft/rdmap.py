@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 
 from ..._wire import core as _core
-from ..base import Access, Buffer, Completion, Opcode, RdmaError, Status
+from ..base import Access, Buffer, Completion, Opcode, RdmaError, Status, post_each_receive, post_each_send
 from . import ddp
 from .ddp import Layer, Op, ReadRequest, Segment, Terminate, TerminateError
 from .memory import AccessFault, MemoryAccessError, MemoryTable, SoftMemoryRegion
@@ -181,8 +181,7 @@ class IwarpQueuePair:
     def post_recvs(self, first_wr_id: int, buffers: list[memoryview]) -> None:
         """:meth:`post_recv` of each buffer, with ids from ``first_wr_id`` on."""
         if self._dead or len(self._receives) + len(buffers) > self._max_recv_wr:
-            for wr_id, buffer in enumerate(buffers, first_wr_id):
-                self.post_recv(wr_id, buffer)  # flushed, or posted up to the limit and refused there
+            post_each_receive(self.post_recv, first_wr_id, buffers)  # flushed, or refused at the limit
             return
         if set(map(_view_kind, buffers)) - {("B", 1, False)}:  # (no Python frame per buffer)
             raise ValueError("receive buffers must be writable memoryviews of bytes")
@@ -217,9 +216,7 @@ class IwarpQueuePair:
             or len(datas) > self._max_send_wr
             or max(map(len, datas)) > _FRAME_COPY_LIMIT
         ):
-            last = len(datas) - 1
-            for index, data in enumerate(datas):
-                self.post_send(wr_id, data, signaled=signaled and index == last)
+            post_each_send(self.post_send, wr_id, datas, signaled)
             return
         msn = next(self._send_msn)
         if len(datas) > 1:
