@@ -388,7 +388,7 @@ class Connection:
 
     @property
     def can_send(self) -> bool:
-        """A message may go now (credits allow it, the last-credit rule included)."""
+        """A data message may go now (credits allow it: the last one never carries data)."""
         return self.protocol.can_send
 
     @property

@@ -25,13 +25,18 @@ The counters
         the one receive the negotiate message needs.
 
 The decisions, and why
-    Sending: a message needs a credit, and the **last** credit may only go
-    with a message that grants credits ([MS-SMBD] 3.1.5.1).  A side that
-    spends its last credit on a message that grants nothing may never hear
-    from the peer again: if the peer is waiting for a grant too, both wait
-    forever.  Linux enforces this with a separate gate after a hang against
-    Windows; so do we.  Hence :meth:`~Credits.sendable` is ``send - 1``, or
-    1 when only the last credit is left and there is something to grant.
+    Sending: a message needs a credit, and the **last** credit never carries
+    data: it only goes with a message without data that grants credits.
+    Linux lets the last credit carry data as long as the message grants
+    ([MS-SMBD] 3.1.5.1; a separate gate after a hang against Windows), but
+    that still deadlocks an echo whose server reads only after its writes:
+    the client's last credit brings data and its grant into the server's
+    last free buffer, the server then holds one credit and nothing to grant
+    (every buffer holds unread data), and the client waits for the credit it
+    needs to grant more.  TCP's window updates cost nothing; here an update
+    costs a credit, so one is kept for it.  Hence :meth:`~Credits.sendable`
+    and :meth:`~Credits.take` are ``send - 1``, and :meth:`~Credits.take_empty`
+    spends the last credit only with a grant.
 
     Granting: every message carries all the credits posted but not yet
     granted, so in a batch the first message grants them and the others
@@ -46,30 +51,25 @@ The decisions, and why
     message that grants them is sent (:meth:`~Credits.refill` comes first).
 
     A message with no data, only credits (:meth:`~Credits.grant_due`): grants
-    ride on data messages, and credits alone are worth a message only when
-    the peer may be stalled (it holds at most one credit, which the
-    last-credit rule may forbid it to use), or when it has fallen to a
-    quarter of its target or less and at least two credits can be granted
-    (a refill, as Linux does at target/4).  So a single credit is never
-    granted on its own to a peer that is not stalled: two idle peers would
-    otherwise keep handing each other one credit back and forth.  For the
-    same reason :class:`~smbdirect_socket.parameters.Parameters` keeps
-    ``recv_credit_max`` and ``send_credit_target`` at 3 or more: with two
-    credits a side, every grant would leave the peer "stalled" and be
-    answered.  (The specification asks for a prompt grant whenever there
-    are new credits, 3.1.5.8; like Linux, we hold single credits back.)  A
-    message the peer asked for (RESPONSE_REQUESTED) or a keepalive is the
-    protocol's decision; it spends a credit the same way.
-
-    Known limit: the minimum of 3 protects idle peers, not peers whose
-    applications stopped reading.  When each side holds all but two of its
-    buffers with unread data, each sees the other as "may be stalled", and
-    a message with no data starts an endless exchange of single-credit
-    grants (``test_keepalive_between_two_peers_that_stopped_reading``).
-    Not answering a data-less message whose buffer is all there is to grant
-    ends that exchange but deadlocks a peer that queued data after it sent
-    that message and now holds its last credit with nothing to grant (the
-    wire-rules property test finds such a case), so the limit stays.
+    ride on data messages, and credits alone are worth a message when the
+    peer may be stalled (it holds at most one credit, which data may not
+    spend), or when it has fallen to a quarter of its target or less and at
+    least two credits can be granted (a refill, as Linux does at target/4).
+    Handing back the buffers that the peer's own messages without data took
+    (``returned``) is not news: two peers that stopped reading would
+    otherwise hand each other one credit back and forth for ever.  Two
+    exceptions keep a connection alive: a peer holding no credit is granted
+    one whenever that does not spend our last credit (else it could not
+    answer a keepalive), and when our data waits for our last credit and the
+    peer holds none, we spend it on a grant (the echo above: the peer's
+    answer is how more credits come).  A single credit that is news is not
+    granted on its own to a peer that is not stalled, and
+    :class:`~smbdirect_socket.parameters.Parameters` keeps
+    ``recv_credit_max`` and ``send_credit_target`` at 3 or more: with two, a
+    full grant would let the peer send one data message at a time.  (The specification asks for a prompt grant
+    whenever there are new credits, 3.1.5.8; like Linux, we hold single
+    credits back.)  A message the peer asked for (RESPONSE_REQUESTED) or a
+    keepalive is the protocol's decision; it spends a credit the same way.
 
 The peer's side is checked too: a message when the peer holds no credit, or
 grants that take our credits above 65535 (a u16 on the wire, the kernel's
@@ -98,7 +98,7 @@ class Credits:
     ``send_credit_target``).
     """
 
-    __slots__ = ("_state", "granted", "posted", "recv_credit_max", "send", "send_target", "target")
+    __slots__ = ("_state", "granted", "posted", "recv_credit_max", "returned", "send", "send_target", "target")
 
     def __init__(self, recv_credit_max: int, send_target: int) -> None:
         self.recv_credit_max = recv_credit_max
@@ -107,6 +107,7 @@ class Credits:
         self.posted = 0
         self.granted = 0
         self.target = 1
+        self.returned = 0  # receives the peer's messages without data filled since our last grant
         self._state = ReceiveState(0, 0)
 
     def __repr__(self) -> str:
@@ -143,10 +144,12 @@ class Credits:
         state.fragments = state.messages = state.bytes = 0
         return state
 
-    def peer_messages(self, state: ReceiveState, count: int) -> None:
+    def peer_messages(self, state: ReceiveState, count: int, without_data: int = 0) -> None:
         """``count`` messages of the peer filled posted receives and were checked into
-        ``state`` (the credits they spent, granted and asked for)."""
+        ``state`` (the credits they spent, granted and asked for); ``without_data``
+        of them carried no data."""
         self.posted -= count
+        self.returned += without_data
         self.granted = state.granted
         self.send = state.send_credits
         self.target = state.receive_target
@@ -167,37 +170,48 @@ class Credits:
         return self.posted - self.granted
 
     def sendable(self) -> int:
-        """How many messages may go now: all credits but the last, which needs a grant to ride on."""
-        send = self.send
-        if send > 1:
-            return send - 1
-        return 1 if send == 1 and self.posted > self.granted else 0
+        """How many data messages may go now: all credits but the last, which is kept
+        for a message without data that grants."""
+        return self.send - 1 if self.send > 1 else 0
 
     def take(self, fragments: int) -> tuple[int, int]:
-        """Spend credits on up to ``fragments`` messages; ``(how many go now, what the first grants)``.
+        """Spend credits on up to ``fragments`` data messages; ``(how many go now, what the first grants)``.
 
         The others of the batch grant nothing.  ``(0, 0)`` when none may go.
         """
-        send = self.send  # sendable(), inline: this runs once a batch
-        allowed = send - 1 if send > 1 else int(send == 1 and self.posted > self.granted)
-        count = min(fragments, allowed)
+        send = self.send
+        count = min(fragments, send - 1)
         if count <= 0:
             return 0, 0
         self.send = send - count
-        grant = self.posted - self.granted
-        self.granted = self.posted
-        return count, grant
+        return count, self.grant()
+
+    def take_empty(self) -> int | None:
+        """Spend a credit on a message without data; what it grants, or None when it may not go
+        (the last credit goes only with a grant)."""
+        send = self.send
+        if send > 1 or (send == 1 and self.posted > self.granted):
+            self.send = send - 1
+            return self.grant()
+        return None
 
     def grant(self) -> int:
         """Grant every posted receive not yet granted (the negotiate response does, with no credit)."""
         grant = self.posted - self.granted
         self.granted = self.posted
+        self.returned = 0
         return grant
 
-    def grant_due(self) -> bool:
-        """Whether credits alone are worth a message: the peer may be stalled, or needs a refill."""
+    def grant_due(self, stalled: bool) -> bool:
+        """Whether credits alone are worth a message: the peer may be stalled, or needs a
+        refill, or we are ``stalled`` (data waits for our last credit) and the peer holds none."""
         new = self.posted - self.granted
         if not new:
             return False
         peer = self.granted
-        return peer <= 1 or (new >= 2 and peer <= self.target // 4)
+        if not peer and (stalled or self.send > 1):
+            # A peer with no credit can neither answer a keepalive nor grant us more:
+            # it gets one when that costs us no more than a last credit that data may not spend.
+            return True
+        new -= self.returned  # handing back what its own messages without data took is not news
+        return new > 0 and (peer <= 1 or (new >= 2 and peer <= self.target // 4))

@@ -501,7 +501,7 @@ class SMBDirectProtocol:
             result = check_data_transfers(batch, into, state, self._limits)
             applied = result.applied
             if applied:
-                credits.peer_messages(state, applied)
+                credits.peer_messages(state, applied, applied - len(result.totals))
                 if result.payloads is None:
                     assert into is not None
                     self._incoming.push_pieces(into, result.ends, result.totals)
@@ -546,10 +546,10 @@ class SMBDirectProtocol:
             if count:
                 self._send_fragments(count, grant)
                 return  # a data message answers a request or keepalive, and grants all there was to grant
-        if self._response_owed or self._send_keepalive or credits.grant_due():
-            count, grant = credits.take(1)
-            if count:
-                self._send(grant)
+        if self._response_owed or self._send_keepalive or credits.grant_due(bool(outgoing)):
+            empty_grant = credits.take_empty()
+            if empty_grant is not None:
+                self._send(empty_grant)
 
     def _send_fragments(self, count: int, grant: int) -> None:
         """Send the next ``count`` fragments of the outgoing messages, one buffer per message."""

@@ -359,22 +359,26 @@ def test_a_batch_may_start_with_the_negotiate_request() -> None:
     assert server.statistics.fragments_received == 2
 
 
-def test_last_credit_needs_a_grant() -> None:
+def test_last_credit_never_carries_data() -> None:
     pair = connected_pair(Parameters(send_credit_target=3), Parameters(recv_credit_max=3))
-    client = pair.client
+    client, server = pair.client, pair.server
     assert client.send_credits == 2  # 3 granted, one spent on the initial grant
     client.send_message(b"a")
     sends = [a for a in client.actions() if isinstance(a, SendPDU)]
     assert len(sends) == 1 and client.send_credits == 1
-    # The last credit is held back: the client has nothing to grant.
+    # The last credit is kept for a grant without data: one that data took
+    # would leave the server, its buffers full, nothing to grant the credit
+    # it needs to answer with.
     client.send_message(b"b")
     assert client.actions() == []
     assert not client.can_send
-    # Once the server's message consumes a client receive, the client can grant and send.
-    pair.side(pair.server).in_flight.extend(s.data for s in sends)
+    pair.side(server).in_flight.extend(s.data for s in sends)
     pair.run()
-    assert client.send_credits >= 1
-    assert drain(pair.server) == b"ab"
+    assert client.pending_send_bytes == 1  # "a" is unread: the server has nothing new to grant
+    assert drain(server) == b"a"
+    pair.collect(server)  # its buffer, posted again, is granted
+    pair.run()
+    assert drain(server) == b"b"
 
 
 def test_reader_that_stops_reading_stalls_the_sender() -> None:
@@ -383,12 +387,13 @@ def test_reader_that_stops_reading_stalls_the_sender() -> None:
         pair.client.send_message(b"m" * 1000)
         pair.collect(pair.client)
     pair.run()
-    # The server holds 7 buffers and grants nothing more; the client keeps its
-    # last credit, as it has nothing to grant (the last-credit rule).
-    assert pair.server.held_receives == 7
-    assert pair.server.readable == 7000
+    # The server holds 6 buffers with unread data and grants nothing more (the
+    # one it could grant only took the client's grant); the client keeps its
+    # last credit, which data never spends.
+    assert pair.server.held_receives == 6
+    assert pair.server.readable == 6000
     assert pair.client.send_credits == 1
-    assert pair.client.pending_send_bytes == 33_000
+    assert pair.client.pending_send_bytes == 34_000
     data = b""
     while pair.client.pending_send_bytes or pair.server.readable:
         data += pair.server.read(3000)
