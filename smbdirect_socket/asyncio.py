@@ -627,7 +627,7 @@ class SMBDirectServer(asyncio.AbstractServer):
         await waiter
 
     async def serve_forever(self) -> None:
-        """Accept connections until cancelled (then the server is closed)."""
+        """Accept connections until cancelled; then the server is closed (connections it accepted go on)."""
         if self._serving_forever is not None:
             raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
         if self._closed:
@@ -637,11 +637,10 @@ class SMBDirectServer(asyncio.AbstractServer):
         try:
             await self._serving_forever
         except asyncio.CancelledError:
-            try:
-                self.close()
-                await self.wait_closed()
-            finally:
-                raise
+            # Stop listening and end at once: connections already accepted go
+            # on, and wait_closed is there to wait for them.
+            self.close()
+            raise
         finally:
             self._serving_forever = None
 
