@@ -196,7 +196,7 @@ async def main(seconds: float) -> list[dict[str, Any]]:
         await engine_round_trip(count),
         await round_trip(await tcp_streams(), count, length_first=False),
         MICROSECONDS,
-        "<= 1.5",
+        "<= 1.2",
     )
     return results
 
