@@ -66,10 +66,11 @@ The decisions, and why
     granted on its own to a peer that is not stalled, and
     :class:`~smbdirect_socket.parameters.Parameters` keeps
     ``recv_credit_max`` and ``send_credit_target`` at 3 or more: with two, a
-    full grant would let the peer send one data message at a time.  (The specification asks for a prompt grant
-    whenever there are new credits, 3.1.5.8; like Linux, we hold single
-    credits back.)  A message the peer asked for (RESPONSE_REQUESTED) or a
-    keepalive is the protocol's decision; it spends a credit the same way.
+    full grant would let the peer send one data message at a time.  (The
+    specification asks for a prompt grant whenever there are new credits,
+    3.1.5.8; like Linux, we hold single credits back.)  A message the peer
+    asked for (RESPONSE_REQUESTED) or a keepalive is the protocol's
+    decision; it spends a credit the same way.
 
 The peer's side is checked too: a message when the peer holds no credit, or
 grants that take our credits above 65535 (a u16 on the wire, the kernel's
