@@ -44,8 +44,13 @@ The decisions, and why
     in one call and gives the grant of its first message.
 
     Posting: receives are kept posted up to ``min(target, recv_credit_max -
-    held)``, where ``held`` counts buffers holding data the application has
-    not read.  Such a buffer is reposted only once read: a reader that stops
+    held, window)``, where ``held`` counts buffers holding data the
+    application has not read, and ``window`` starts at
+    :data:`INITIAL_RECEIVES` and grows by one for each message the peer
+    sends (as TCP's slow start grows its window): receives are posted as the
+    peer uses them, so a connection that moves little holds little and
+    starts fast.  Linux posts the whole target at once (255 receives, 16 MiB
+    with 64 KiB messages).  Such a buffer is reposted only once read: a reader that stops
     reading stops the grants, the sender stalls, and memory stays bounded by
     ``recv_credit_max`` buffers.  Receives are always posted before the
     message that grants them is sent (:meth:`~Credits.refill` comes first).
@@ -54,7 +59,8 @@ The decisions, and why
     ride on data messages, and credits alone are worth a message when the
     peer may be stalled (it holds at most one credit, which data may not
     spend), or when it has fallen to a quarter of its target or less and at
-    least two credits can be granted (a refill, as Linux does at target/4).
+    least two credits can be granted (a refill, as Linux does at target/4;
+    while the window is below the target, a quarter of the window).
     Handing back the buffers that the peer's own messages without data took
     (``returned``) is not news: two peers that stopped reading would
     otherwise hand each other one credit back and forth for ever.  Two
@@ -85,10 +91,13 @@ from __future__ import annotations
 from .errors import RemoteProtocolError
 from .pdu import ReceiveState
 
-__all__ = ["MAX_CREDITS", "Credits"]
+__all__ = ["INITIAL_RECEIVES", "MAX_CREDITS", "Credits"]
 
 #: The most credits a side may hold: CreditsGranted and CreditsRequested are u16.
 MAX_CREDITS = 0xFFFF
+#: Receives posted at most when a connection starts (then one more for each
+#: message the peer sends, up to ``recv_credit_max``).
+INITIAL_RECEIVES = 16
 
 
 class Credits:
@@ -99,7 +108,17 @@ class Credits:
     ``send_credit_target``).
     """
 
-    __slots__ = ("_state", "granted", "posted", "recv_credit_max", "returned", "send", "send_target", "target")
+    __slots__ = (
+        "_state",
+        "granted",
+        "posted",
+        "recv_credit_max",
+        "returned",
+        "send",
+        "send_target",
+        "target",
+        "window",
+    )
 
     def __init__(self, recv_credit_max: int, send_target: int) -> None:
         self.recv_credit_max = recv_credit_max
@@ -109,12 +128,13 @@ class Credits:
         self.granted = 0
         self.target = 1
         self.returned = 0  # receives the peer's messages without data filled since our last grant
+        self.window = INITIAL_RECEIVES  # receives we may keep posted: grows as the peer sends
         self._state = ReceiveState(0, 0)
 
     def __repr__(self) -> str:
         return (
             f"<Credits send={self.send} posted={self.posted} granted={self.granted} "
-            f"target={self.target}/{self.recv_credit_max}>"
+            f"target={self.target}/{self.recv_credit_max} window={self.window}>"
         )
 
     # ---- receiving -----------------------------------------------------------
@@ -151,13 +171,15 @@ class Credits:
         of them carried no data."""
         self.posted -= count
         self.returned += without_data
+        if self.window < self.recv_credit_max:
+            self.window = min(self.window + count, self.recv_credit_max)
         self.granted = state.granted
         self.send = state.send_credits
         self.target = state.receive_target
 
     def refill(self, held: int) -> int:
         """How many receives to post now (counted as posted); ``held`` buffers hold unread data."""
-        more = min(self.target, self.recv_credit_max - held) - self.posted
+        more = min(self.target, self.recv_credit_max - held, self.window) - self.posted
         if more <= 0:
             return 0
         self.posted += more
@@ -215,4 +237,4 @@ class Credits:
             # it gets one when that costs us no more than a last credit that data may not spend.
             return True
         new -= self.returned  # handing back what its own messages without data took is not news
-        return new > 0 and (peer <= 1 or (new >= 2 and peer <= self.target // 4))
+        return new > 0 and (peer <= 1 or (new >= 2 and peer <= min(self.target, self.window) // 4))

@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from smbdirect_socket import DataTransferMessage, Parameters, RemoteProtocolError, State
 from smbdirect_socket.constants import SMB_DIRECT_RESPONSE_REQUESTED
-from smbdirect_socket.credits import MAX_CREDITS, Credits
+from smbdirect_socket.credits import INITIAL_RECEIVES, MAX_CREDITS, Credits
 from smbdirect_socket.pdu import ReceivedBatch, ReceiveLimits, check_data_transfers
 from smbdirect_socket.protocol import Action, PostReceives, SendPDU, SMBDirectProtocol
 from smbdirect_socket.testing import ProtocolPair
@@ -29,6 +29,7 @@ from smbdirect_socket.testing import ProtocolPair
 def credits(send: int = 0, posted: int = 0, granted: int = 0, target: int = 10, maximum: int = 255) -> Credits:
     result = Credits(maximum, 255)
     result.send, result.posted, result.granted, result.target = send, posted, granted, target
+    result.window = maximum  # a connection past its start
     return result
 
 
@@ -101,6 +102,29 @@ def test_refill_up_to_the_target_less_the_held_buffers() -> None:
     c = credits(posted=2, target=10, maximum=12)
     assert c.refill(held=7) == 3 and c.posted == 5  # 12 buffers at most, 7 hold unread data
     assert credits(posted=9, target=4).refill(held=0) == 0  # a lower target leaves the extra posted
+
+
+def test_receives_are_posted_as_the_peer_uses_them() -> None:
+    c = Credits(255, 255)
+    c.target = 255
+    assert c.refill(held=0) == INITIAL_RECEIVES  # not the whole target at once
+    assert c.grant() == INITIAL_RECEIVES
+    arrive(c, *[data(c)] * 10)  # each message the peer sends lets one more be posted
+    assert c.refill(held=10) == 20 and c.posted == INITIAL_RECEIVES + 10
+    assert c.refill(held=0) == 0  # reading frees buffers, not room in the window
+    for _ in range(30):
+        arrive(c, *[empty(c)] * c.granted)
+        c.refill(held=0)
+        c.grant()
+    assert c.window == 255 == c.posted  # never past recv_credit_max
+
+
+def test_a_refill_is_worth_a_message_at_a_quarter_of_the_window() -> None:
+    c = credits(posted=16, granted=14, target=255)
+    c.window = 16
+    assert c.grant_due(stalled=False) is False  # the peer holds 14 of the 16 it may
+    c.granted = 4
+    assert c.grant_due(stalled=False) is True  # a quarter of the window
 
 
 def test_before_negotiation_one_receive() -> None:
@@ -339,7 +363,7 @@ class AuditedPair(ProtocolPair):
 
 tight = st.builds(
     Parameters,
-    recv_credit_max=st.integers(3, 12),
+    recv_credit_max=st.integers(3, 40),  # past INITIAL_RECEIVES: the window grows too
     send_credit_target=st.integers(3, 12),
     max_send_size=st.sampled_from([128, 1364]),
     max_recv_size=st.sampled_from([1364]),

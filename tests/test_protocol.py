@@ -22,6 +22,7 @@ from smbdirect_socket import (
     State,
 )
 from smbdirect_socket.constants import SMB_DIRECT_RESPONSE_REQUESTED
+from smbdirect_socket.credits import INITIAL_RECEIVES
 from smbdirect_socket.protocol import Connected, Disconnect, PostReceives, SendPDU, Terminated
 from smbdirect_socket.testing import ProtocolPair
 
@@ -58,12 +59,38 @@ def test_handshake_with_linux_defaults() -> None:
         assert event.negotiated.max_receive_size == 1364
         assert event.negotiated.max_fragmented_send_size == 173910
         assert event.negotiated.max_fragmented_receive_size == 173910
-        # Each side keeps the peer's requested 255 receives posted.
-        assert protocol.posted_receives == 255
-    # The client spent one credit on its initial grant, as cifs.ko does; the
-    # server does not answer a grant that leaves just one credit missing.
-    assert (pair.client.send_credits, pair.server.receive_credits) == (254, 254)
-    assert (pair.server.send_credits, pair.client.receive_credits) == (255, 255)
+    # Each side posts INITIAL_RECEIVES of the peer's requested 255 at first, and
+    # one more for each message the peer sends: the server one more for the
+    # client's initial grant (spent as cifs.ko does), which it does not answer
+    # (handing back what a message without data took is not news).
+    assert pair.client.posted_receives == INITIAL_RECEIVES == 16
+    assert pair.server.posted_receives == INITIAL_RECEIVES + 1
+    assert (pair.client.send_credits, pair.server.receive_credits) == (15, 15)
+    assert (pair.server.send_credits, pair.client.receive_credits) == (16, 16)
+
+
+def test_receives_are_posted_as_the_peer_sends() -> None:
+    pair = connected_pair()
+    client, server = pair.client, pair.server
+    client.send_message(bytes(1364 * 100))  # 102 fragments of 1344 bytes
+    pair.collect(client)
+    sent = 0
+    while sent < 1364 * 100:
+        pair.run()
+        sent += len(server.read(server.readable))
+        pair.collect(server)
+    # Each message the peer sent let one more receive be posted, up to its target.
+    assert client.statistics.fragments_sent == 1 + 102  # its initial grant, then the data
+    assert server.posted_receives == INITIAL_RECEIVES + client.statistics.fragments_sent
+    assert client.posted_receives == INITIAL_RECEIVES + server.statistics.fragments_sent
+    for _ in range(4):
+        client.send_message(bytes(1364 * 100))
+        pair.collect(client)
+        pair.run()
+        server.read(server.readable)
+        pair.collect(server)
+        pair.run()
+    assert server.posted_receives == 255  # recv_credit_max, and the peer's target
 
 
 def test_negotiate_request_is_what_cifs_sends() -> None:
@@ -279,8 +306,8 @@ def data_message(**changes: object) -> bytes:
             "DataTransferMessage.length: 1365-byte message exceeds the max receive size 1364",
         ),
         (
-            data_message(credits_granted=0xFFFF),
-            "DataTransferMessage.credits_granted: peer granted 65790 credits in all",
+            data_message(credits_granted=0xFFFF),  # on the 16 the server granted (INITIAL_RECEIVES)
+            "DataTransferMessage.credits_granted: peer granted 65551 credits in all",
         ),
     ],
 )
