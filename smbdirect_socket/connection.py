@@ -751,8 +751,9 @@ class Connection:
             self.qp.completions_taken()
             self._carry_out()
 
-    async def _poll(self) -> None:
-        """Poll in the background task, until completions come or a waiting task takes over."""
+    async def _poll(self) -> bool:
+        """Poll in the background task, until completions come or a waiting task takes
+        over; whether any came."""
         completions: list[Completion] = []
         with trio.CancelScope() as self._poller:
             try:
@@ -768,9 +769,11 @@ class Connection:
                 self._complete_all(completions, self._clock.current_time())
             self.qp.completions_taken()
             self._carry_out()
+        return bool(completions)
 
     async def _run(self) -> None:
         """Poll while no other task does, and run the timers, until the connection ends."""
+        found = False  # the last poll here found work: no caller was there to take it
         with trio.CancelScope() as self._scope:
             while self._open():
                 deadline = self.protocol.next_deadline()
@@ -778,12 +781,17 @@ class Connection:
                 # one that moved later fires early and changes nothing.
                 with trio.move_on_at(math.inf if deadline is None else deadline) as self._timer:
                     await self._handover.background_turn()
-                    if self.qp.callers_recent:
+                    # A caller in another thread drives, or did lately and is expected
+                    # back: keep off the wire for a grace.  But work that came while
+                    # none was there (an RDMA read to answer) means the caller is not
+                    # coming for it: keep polling while there is more.
+                    if self.qp.callers or (self.qp.callers_recent and not found):
                         with trio.CancelScope() as self._caller_pause:
-                            await trio.sleep(_CALLER_GRACE)  # a caller in another thread drives
+                            await trio.sleep(_CALLER_GRACE)
                         self._caller_pause = None
+                        found = False
                     else:
-                        await self._poll()
+                        found = await self._poll()
                 timer, self._timer = self._timer, None
                 if timer.cancelled_caught:
                     with self.lock:

@@ -499,6 +499,35 @@ def test_an_rdma_read_after_a_direct_receive_costs_what_one_alone_does(pair: Pai
     assert together < 3 * (alone + messages) + 0.02, f"{together:.3f} s vs {alone:.3f} s + {messages:.3f} s"
 
 
+def test_an_rdma_read_after_an_interim_response_is_answered_at_once(pair: Pair) -> None:
+    """An SMB server answers a request with an interim response, then RDMA-reads the
+    buffer the request names: the client, which reads neither yet, answers the read
+    from its background without waiting out the grace a caller that just left gets."""
+    client, server = pair
+    buffer = bytearray(os.urandom(4096))
+    registration = client.register_buffer(buffer)
+    into = bytearray(len(buffer))
+    rounds = 20
+
+    def run(with_interim: bool) -> float:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            client.sendall(framed(b"read it"))
+            assert receive_message(server) == b"read it"
+            if with_interim:
+                server.sendall(framed(b"pending"))
+            server.rdma_read(into, registration.descriptors)
+            if with_interim:
+                assert receive_message(client) == b"pending"
+        return time.perf_counter() - started
+
+    run(True)  # warm up
+    alone = run(False)
+    together = run(True)
+    assert bytes(into) == bytes(buffer)
+    assert together < 3 * alone + 0.02, f"{together:.3f} s vs {alone:.3f} s"
+
+
 OUT_OF_DESCRIPTORS = """
 import resource, struct, threading, time
 from smbdirect_socket import create_server, create_connection
