@@ -203,7 +203,9 @@ def test_readiness_follows_the_connection(pair: tuple[SMBDirectSocket, SMBDirect
     client, server = pair
     poller = select.poll()
     poller.register(server.fileno(), select.POLLIN | select.POLLOUT)
-    assert poller.poll(0) == [(server.fileno(), select.POLLOUT)]
+    # Writable once the client's first grant arrives: accept returns when the
+    # server has answered the negotiation, a moment before.
+    assert poller.poll(5000) == [(server.fileno(), select.POLLOUT)]
     client.send(framed(b"data"))
     deadline = time.monotonic() + 5
     while not any(event & select.POLLIN for _, event in poller.poll(100)):
