@@ -50,10 +50,11 @@ The decisions, and why
     sends (as TCP's slow start grows its window): receives are posted as the
     peer uses them, so a connection that moves little holds little and
     starts fast.  Linux posts the whole target at once (255 receives, 16 MiB
-    with 64 KiB messages).  Such a buffer is reposted only once read: a reader that stops
-    reading stops the grants, the sender stalls, and memory stays bounded by
-    ``recv_credit_max`` buffers.  Receives are always posted before the
-    message that grants them is sent (:meth:`~Credits.refill` comes first).
+    with 64 KiB messages).  A buffer holding unread data is reposted only
+    once read: a reader that stops reading stops the grants, the sender
+    stalls, and memory stays bounded by ``recv_credit_max`` buffers.
+    Receives are always posted before the message that grants them is sent
+    (:meth:`~Credits.refill` comes first).
 
     A message with no data, only credits (:meth:`~Credits.grant_due`): grants
     ride on data messages, and credits alone are worth a message when the
@@ -165,7 +166,7 @@ class Credits:
         state.fragments = state.messages = state.bytes = 0
         return state
 
-    def peer_messages(self, state: ReceiveState, count: int, without_data: int = 0) -> None:
+    def peer_messages(self, state: ReceiveState, count: int, without_data: int) -> None:
         """``count`` messages of the peer filled posted receives and were checked into
         ``state`` (the credits they spent, granted and asked for); ``without_data``
         of them carried no data."""

@@ -28,6 +28,7 @@ import pytest
 
 from smbdirect_socket import Parameters, engine_thread
 from smbdirect_socket.blocking import SMBDirectSocket, create_connection, create_server
+from smbdirect_socket.connection import Registration
 
 Pair = tuple[SMBDirectSocket, SMBDirectSocket]
 
@@ -473,13 +474,17 @@ def test_fork_while_another_thread_drives(pair: Pair) -> None:
     assert receive_message(server) == b"after"
 
 
+def buffer_to_read(client: SMBDirectSocket) -> tuple[bytearray, Registration, bytearray]:
+    """4 KiB of the client's, registered for the server to RDMA-read, and a buffer to read it into."""
+    buffer = bytearray(os.urandom(4096))
+    return buffer, client.register_buffer(buffer), bytearray(len(buffer))
+
+
 def test_an_rdma_read_after_a_direct_receive_costs_what_one_alone_does(pair: Pair) -> None:
     """The SMB pattern: receive a request in the calling thread, then RDMA-read the
     buffer it names."""
     client, server = pair
-    buffer = bytearray(os.urandom(4096))
-    registration = client.register_buffer(buffer)
-    into = bytearray(len(buffer))
+    buffer, registration, into = buffer_to_read(client)
     rounds = 20
 
     def run(with_receive: bool) -> float:
@@ -504,9 +509,7 @@ def test_an_rdma_read_after_an_interim_response_is_answered_at_once(pair: Pair) 
     buffer the request names: the client, which reads neither yet, answers the read
     from its background without waiting out the grace a caller that just left gets."""
     client, server = pair
-    buffer = bytearray(os.urandom(4096))
-    registration = client.register_buffer(buffer)
-    into = bytearray(len(buffer))
+    buffer, registration, into = buffer_to_read(client)
     rounds = 20
 
     def run(with_interim: bool) -> float:

@@ -312,6 +312,14 @@ class AuditedPair(ProtocolPair):
         self.books = {id(self.client): _Book(), id(self.server): _Book()}
         self.credit_only = 0
 
+    @classmethod
+    def connected(cls, client: Parameters, server: Parameters) -> AuditedPair:
+        """A pair past its negotiation, every message audited from the first."""
+        pair = cls(client, server)
+        pair.start()
+        pair.run()
+        return pair
+
     def carry_out(self, protocol: SMBDirectProtocol, actions: list[Action]) -> None:
         book = self.books[id(protocol)]
         for action in actions:
@@ -376,9 +384,7 @@ def test_wire_follows_the_credit_rules_and_never_deadlocks(
     client_p: Parameters, server_p: Parameters, seed: int
 ) -> None:
     rng = random.Random(seed)
-    pair = AuditedPair(client_p, server_p)
-    pair.start()
-    pair.run()
+    pair = AuditedPair.connected(client_p, server_p)
     sides = (pair.client, pair.server)
     expected = {id(p): bytearray() for p in sides}
     got = {id(p): bytearray() for p in sides}
@@ -440,9 +446,7 @@ def test_an_echo_that_reads_only_after_its_writes_never_deadlocks(
     # while it keeps writing.  TCP's window updates cost nothing; a grant costs
     # a credit, and the server's writes wait for the client's grants.
     rng = random.Random(seed)
-    pair = AuditedPair(client_p, server_p)
-    pair.start()
-    pair.run()
+    pair = AuditedPair.connected(client_p, server_p)
     client, server = pair.client, pair.server
     sent = bytearray(rng.randbytes(rng.choice([20_000, 100_000, 300_000])))
     written = 0
