@@ -5,7 +5,8 @@ so only the ratios mean anything.  Per device (rxe0, siw0):
 
 * framed message throughput (128 KiB messages) of the socket vs ``ib_send_bw`` (64 KiB);
 * ``rdma_write`` of 1 MiB buffers through the socket's RDMA API vs ``ib_write_bw`` (1 MiB);
-* the round trip of a 64-byte message vs twice ``ib_send_lat``'s typical one-way latency.
+* the round trip of a 64-byte message vs twice ``ib_send_lat``'s typical one-way latency,
+  between trio sockets and between blocking sockets (each driven by its calling thread).
 
 perftest runs over rdma_cm (``-R``) with its server and client on the device's
 address, as our pair does.
@@ -23,13 +24,14 @@ import os
 import re
 import struct
 import subprocess
+import threading
 import time
 from typing import Any
 
 import trio
 from common import accept_and_connect
 
-from smbdirect_socket import Parameters
+from smbdirect_socket import Parameters, blocking
 from smbdirect_socket import trio as sdtrio
 from smbdirect_socket.rdma import get_provider
 from smbdirect_socket.tools import measure
@@ -131,6 +133,32 @@ async def round_trip(client: sdtrio.SMBDirectSocket, server: sdtrio.SMBDirectSoc
         return (measure.now() - start) / count
 
 
+def blocking_round_trip(address: str, port: int, parameters: Parameters, count: int) -> float:
+    """:func:`round_trip` between two blocking sockets, each driven by its calling thread."""
+    provider = get_provider("verbs")
+    with blocking.create_server((address, port), provider=provider, parameters=parameters) as listener:
+        client = blocking.create_connection((address, port), provider=provider, parameters=parameters, timeout=60)
+        server, _ = listener.accept()
+    message = struct.pack(">I", 60) + bytes(60)
+
+    def echo() -> None:
+        for _ in range(count):
+            server.recv(4)
+            server.sendall(struct.pack(">I", 60) + server.recv(60))
+
+    with client, server:
+        thread = threading.Thread(target=echo)
+        thread.start()
+        start = measure.now()
+        for _ in range(count):
+            client.sendall(message)
+            client.recv(4)
+            client.recv(60)
+        elapsed = measure.now() - start
+        thread.join()
+    return elapsed / count
+
+
 async def measure_device(device: str, address: str, seconds: float, parameters: Parameters) -> dict[str, Any]:
     client, server = await socket_pair(address, 7400, parameters)
     framed = await framed_throughput(client, server, seconds)
@@ -138,6 +166,7 @@ async def measure_device(device: str, address: str, seconds: float, parameters: 
     trip = await round_trip(client, server, 200)  # seconds
     client.close()
     server.close()
+    blocking_trip = await trio.to_thread.run_sync(blocking_round_trip, address, 7401, parameters, 200)
     await trio.sleep(0.5)
     baseline = {
         "ib_send_bw": perftest("ib_send_bw", device, address, 65536, seconds, 18515),
@@ -165,6 +194,14 @@ async def measure_device(device: str, address: str, seconds: float, parameters: 
             "64-byte round trip",
             trip,
             2 * baseline["ib_send_lat"]["typical_microseconds"] / 1e6,  # perftest's one way, in seconds
+            MICROSECONDS,
+            ours_name="socket",
+            baseline_name="twice_ib_send_lat",
+        ),
+        Comparison(
+            "64-byte round trip, blocking",
+            blocking_trip,
+            2 * baseline["ib_send_lat"]["typical_microseconds"] / 1e6,
             MICROSECONDS,
             ours_name="socket",
             baseline_name="twice_ib_send_lat",

@@ -429,19 +429,45 @@ class SMBDirectSocket:
 
     def register_buffer(self, buffer: Any, *, writable: bool = False) -> Registration:
         """See :meth:`smbdirect_socket.trio.SMBDirectSocket.register_buffer`."""
+        if self._direct:  # (under the connection's lock: no need to go through the engine)
+            return self._sock.register_buffer(buffer, writable=writable)
         return engine_thread.run_sync(partial(self._sock.register_buffer, buffer, writable=writable))
 
     def deregister_buffer(self, registration: Registration) -> None:
         """End the peer's access to a buffer of :meth:`register_buffer`."""
-        engine_thread.run_sync(self._sock.deregister_buffer, registration)
+        if self._direct:
+            self._sock.deregister_buffer(registration)
+        else:
+            engine_thread.run_sync(self._sock.deregister_buffer, registration)
 
     def rdma_read(self, into: Any, descriptors: list[BufferDescriptorV1]) -> None:
         """See :meth:`smbdirect_socket.trio.SMBDirectSocket.rdma_read`."""
-        self._call(self._sock.rdma_read, into, descriptors)
+        if not self._rdma_here(into, descriptors, read=True):
+            self._call(self._sock.rdma_read, into, descriptors)
 
     def rdma_write(self, data: Any, descriptors: list[BufferDescriptorV1]) -> None:
         """See :meth:`smbdirect_socket.trio.SMBDirectSocket.rdma_write`."""
-        self._call(self._sock.rdma_write, data, descriptors)
+        if not self._rdma_here(data, descriptors, read=False):
+            self._call(self._sock.rdma_write, data, descriptors)
+
+    def _rdma_here(self, buffer: Any, descriptors: list[BufferDescriptorV1], *, read: bool) -> bool:
+        """The RDMA transfer, driven from this thread; False when it must go through
+        the engine (then nothing was posted)."""
+        connection = self._sock.connection if self._direct else None
+        if connection is None:
+            return False
+        posted: list[int] = []
+
+        def transfer() -> bool:
+            if not posted:
+                posted.extend(connection.start_rdma(memoryview(buffer), descriptors, read=read))
+            connection.finish_rdma(posted, read=read)
+            return True
+
+        try:
+            return self._here(connection, transfer, self._deadline(0)) is not None
+        finally:
+            connection.forget_rdma(posted)
 
     # ---- teardown -----------------------------------------------------------------------------------
 

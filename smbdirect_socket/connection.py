@@ -427,18 +427,35 @@ class Connection:
 
     async def rdma_read(self, into: memoryview, descriptors: list[BufferDescriptorV1]) -> None:
         """Fill ``into`` from the peer's buffers, in descriptor order."""
-        view = memoryview(into).cast("B")
-        if view.readonly:
-            raise socket_error(errno.EINVAL, "rdma_read needs a writable buffer")
-        await self._rdma(view, descriptors, read=True)
-        self.rdma_reads += 1
+        await self._rdma(into, descriptors, read=True)
 
     async def rdma_write(self, data: bytes | bytearray | memoryview, descriptors: list[BufferDescriptorV1]) -> None:
         """Write ``data`` into the peer's buffers, in descriptor order."""
-        await self._rdma(memoryview(data).cast("B"), descriptors, read=False)
-        self.rdma_writes += 1
+        await self._rdma(data, descriptors, read=False)
 
-    async def _rdma(self, view: memoryview, descriptors: list[BufferDescriptorV1], *, read: bool) -> None:
+    async def _rdma(
+        self, buffer: bytes | bytearray | memoryview, descriptors: list[BufferDescriptorV1], *, read: bool
+    ) -> None:
+        wr_ids = self.start_rdma(buffer, descriptors, read=read)
+        try:
+            while True:
+                try:
+                    self.finish_rdma(wr_ids, read=read)
+                    break
+                except BlockingIOError:
+                    await self.wait_changed()
+        finally:
+            self.forget_rdma(wr_ids)
+        await trio.lowlevel.checkpoint()
+
+    def start_rdma(
+        self, buffer: bytes | bytearray | memoryview, descriptors: list[BufferDescriptorV1], *, read: bool
+    ) -> list[int]:
+        """Post an RDMA read into ``buffer`` (or a write from it) of the peer's
+        buffers, in descriptor order; the work requests to :meth:`finish_rdma`."""
+        view = memoryview(buffer).cast("B")
+        if read and view.readonly:
+            raise socket_error(errno.EINVAL, "rdma_read needs a writable buffer")
         self._raise_if_failed()
         total = sum(d.length for d in descriptors)
         if total != len(view):
@@ -446,30 +463,33 @@ class Connection:
         limit = self.negotiated.max_read_write_size
         if limit and total > limit:
             raise socket_error(errno.EMSGSIZE, f"{total} bytes exceed the negotiated max read/write size {limit}")
-        wr_ids = []
+        wr_ids: list[int] = []
         offset = 0
-        for descriptor in descriptors:
-            part = view[offset : offset + descriptor.length]
-            offset += descriptor.length
-            wr_id = self._next_rdma
-            self._next_rdma += 1
-            self._rdma_results[wr_id] = None
-            wr_ids.append(wr_id)
-            try:
-                with self.lock:
+        with self.lock:
+            for descriptor in descriptors:
+                part = view[offset : offset + descriptor.length]
+                offset += descriptor.length
+                wr_id = self._next_rdma
+                self._next_rdma += 1
+                try:
                     if read:
                         self.qp.post_read(wr_id, part, descriptor.token, descriptor.offset)
                     else:
                         self.qp.post_write(wr_id, part, descriptor.token, descriptor.offset)
-            except RdmaError as exc:
-                raise socket_error(exc) from None
-        try:
-            while any(self._rdma_results[w] is None for w in wr_ids) and self.protocol.state is not State.CLOSED:
-                await self.wait_changed()
-            results = [self._rdma_results[w] for w in wr_ids]
-        finally:
-            for w in wr_ids:
-                self._rdma_results.pop(w, None)
+                except RdmaError as exc:
+                    self.forget_rdma(wr_ids)
+                    raise socket_error(exc) from None
+                self._rdma_results[wr_id] = None
+                wr_ids.append(wr_id)
+        return wr_ids
+
+    def finish_rdma(self, wr_ids: list[int], *, read: bool) -> None:
+        """Return once the work requests of :meth:`start_rdma` completed
+        (``BlockingIOError`` while some have not); raise their failure."""
+        results = [self._rdma_results.get(w) for w in wr_ids]
+        if None in results and self.protocol.state is not State.CLOSED:
+            raise BlockingIOError(errno.EAGAIN, "RDMA transfer in progress")
+        self.forget_rdma(wr_ids)
         for result in results:
             if result is None:
                 self._raise_if_failed()
@@ -479,7 +499,15 @@ class Connection:
                     errno.EREMOTEIO,
                     f"RDMA {'read' if read else 'write'} failed: {result.reason or result.status.value}",
                 )
-        await trio.lowlevel.checkpoint()
+        if read:
+            self.rdma_reads += 1
+        else:
+            self.rdma_writes += 1
+
+    def forget_rdma(self, wr_ids: list[int]) -> None:
+        """Stop keeping the results of these work requests (a wait that ends early)."""
+        for w in wr_ids:
+            self._rdma_results.pop(w, None)
 
     @property
     def error(self) -> OSError | None:

@@ -13,10 +13,12 @@ import os
 import random
 import struct
 import subprocess
+import threading
 
 import pytest
 import trio
 
+from smbdirect_socket import blocking, engine_thread
 from smbdirect_socket import trio as sdtrio
 from smbdirect_socket.rdma import Access, Opcode, Provider, QueuePair, RdmaError, Status, get_provider
 
@@ -349,3 +351,82 @@ async def test_device_removed_under_a_connection() -> None:
     await other_client.disconnect()
     await other_server.disconnect()
     subprocess.run(["rdma", "link", "add", "rxe0", "type", "rxe", "netdev", "rxenet0"], check=False)
+
+
+@pytest.mark.parametrize("address", DEVICES)
+def test_blocking_socket_over_verbs_runs_in_the_calling_thread(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocking socket drives a verbs connection from the calling thread (it
+    sleeps on the completion channel), with one thread sending while another
+    receives; RDMA reads and writes still work beside it."""
+    provider = get_provider("verbs")
+    with blocking.create_server((address, 7343), provider=provider) as listener:
+        client = blocking.create_connection((address, 7343), provider=provider, timeout=60)
+        server, _ = listener.accept()
+    server.settimeout(60)
+
+    def hop(*args: object) -> None:
+        raise AssertionError("a connected socket's send or receive went through the engine thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine_thread, "run", hop)
+        patched.setattr(engine_thread, "run_sync", hop)
+        for size in (1, 1364, 100_000):
+            message = os.urandom(size)
+            client.sendall(struct.pack(">I", size) + message)
+            (length,) = struct.unpack(">I", server.recv(4))
+            assert length == size and server.recv(length) == message
+            server.sendall(struct.pack(">I", size) + message)
+            (length,) = struct.unpack(">I", client.recv(4))
+            assert length == size and client.recv(length) == message
+
+        count = 300
+        digests: dict[str, bytes] = {}
+        failures: list[BaseException] = []
+
+        def send(sock: blocking.SMBDirectSocket, name: str) -> None:
+            digest = hashlib.sha256()
+            try:
+                for index in range(count):
+                    message = hashlib.sha256(f"{name}/{index}".encode()).digest() * (1 + index % 40)
+                    digest.update(message)
+                    sock.sendall(struct.pack(">I", len(message)) + message)
+            except BaseException as exc:  # reported by the main thread
+                failures.append(exc)
+            digests[f"sent by {name}"] = digest.digest()
+
+        def receive(sock: blocking.SMBDirectSocket, name: str) -> None:
+            digest = hashlib.sha256()
+            try:
+                for _ in range(count):
+                    (length,) = struct.unpack(">I", sock.recv(4))
+                    digest.update(sock.recv(length))
+            except BaseException as exc:
+                failures.append(exc)
+            digests[f"received by {name}"] = digest.digest()
+
+        threads = [
+            threading.Thread(target=send, args=(client, "client")),
+            threading.Thread(target=send, args=(server, "server")),
+            threading.Thread(target=receive, args=(client, "client")),
+            threading.Thread(target=receive, args=(server, "server")),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert not failures, failures
+        assert digests["sent by client"] == digests["received by server"]
+        assert digests["sent by server"] == digests["received by client"]
+
+    buffer = bytearray(os.urandom(MIB))
+    registration = client.register_buffer(buffer, writable=True)
+    into = bytearray(MIB)
+    server.rdma_read(into, registration.descriptors)
+    assert into == buffer
+    data = os.urandom(MIB)
+    server.rdma_write(data, registration.descriptors)
+    server.sendall(struct.pack(">I", 7) + b"written")  # as SMB answers: the write is placed before it arrives
+    assert client.recv(4) == struct.pack(">I", 7) and client.recv(7) == b"written" and buffer == data
+    client.close()
+    assert server.recv(4) == b""  # the peer's disconnect is the end of the stream
+    server.close()

@@ -11,7 +11,11 @@ does RTR and RTS itself.
 Nothing blocks the event loop: posting and polling are non-blocking verbs
 calls, and the wait for completions and rdma_cm events is one
 :func:`trio.lowlevel.wait_readable` on an epoll descriptor that watches the
-completion channel and the connection's event channel.  pyverbs 44 does not
+completion channel and the connection's event channel.  A thread outside the
+loop may drive the queue pair too, as a caller drives a kernel socket: between
+:meth:`VerbsQueuePair.caller_enters` and :meth:`~VerbsQueuePair.caller_leaves`
+it polls the completion queue itself and sleeps in ``poll()`` on that epoll
+descriptor (:meth:`~VerbsQueuePair.fileno`); the loop's tasks keep off meanwhile.  pyverbs 44 does not
 expose the completion channel's descriptor, so it is found as the one
 ``[infinibandevent]`` descriptor that creating the channel added.
 
@@ -32,12 +36,16 @@ import atexit
 import collections
 import contextlib
 import errno
+import math
 import os
 import select
 import socket
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -70,6 +78,9 @@ _ALLOWANCE_SIZE = 64 * 1024 + 4096
 _DISCONNECT_LINGER = 1.0
 #: How long an error completion waits for rdma_cm to say why the queue pair failed.
 _CAUSE_GRACE = 0.5
+#: How long the loop's tasks keep off the completion queue after the last caller
+#: left (callers usually come straight back).
+CALLER_GRACE = 0.02
 _IWARP = 1  # IBV_TRANSPORT_IWARP
 
 # IBV_WC_WITH_INV, and the kernel's IB_WC_WITH_INVALIDATE that rxe hands to user space unchanged.
@@ -275,7 +286,7 @@ def _close_all() -> None:
     """Free what is still open before pyverbs' objects are collected in no useful order."""
     for qp in list(_live):
         with contextlib.suppress(Exception):
-            qp._close()
+            qp._close(here=True)
 
 
 class VerbsQueuePair(QueuePair):
@@ -304,6 +315,15 @@ class VerbsQueuePair(QueuePair):
         self._closed = False
         self._waiting = False
         self._send_queue_failure = ""
+        # Created in the loop's thread: what only it may touch (trio's wait on the
+        # epoll descriptor) is handed to it from callers in other threads.
+        self._home = trio.lowlevel.current_trio_token()
+        self._home_thread = threading.get_ident()
+        self._callers = 0  # threads outside the loop driving the queue pair now
+        self._caller_left = -math.inf  # when the last one left (time.monotonic)
+        self.caller_grace = CALLER_GRACE
+        #: Completions the loop's task took and has not yet acted on: callers take none after them.
+        self._handed_out = False
         _live.add(self)
 
     def initialize(self) -> None:
@@ -512,12 +532,63 @@ class VerbsQueuePair(QueuePair):
             self._ready.append(Completion(receive.wr_id, Opcode.RECV, Status.FLUSHED, reason="flushed"))
 
     def poll_completions(self, max_count: int = 64) -> list[Completion]:
+        caller = self._callers and not self._in_home()
+        if caller and self._handed_out:
+            return []  # the loop's task acts on older ones first: completions stay in order
         if not self._closed:
+            if caller:
+                # A caller may sleep on fileno() after any poll, even one that found
+                # work: the queue is armed before it is polled, every time.
+                self._drain_channel()  # the wake-up the caller slept for is taken
+                self._r.cq.req_notify()
             self._poll_device(max_count)  # before the events: a failed request explains a disconnect
             self._handle_cm_events()
+            if caller and self._error is None and any(c.status is not Status.SUCCESS for c in self._ready):
+                self._wait_for_cause()
         self._flush_unmatched()
         ready, self._ready = self._ready[:max_count], self._ready[max_count:]
         return ready
+
+    def completions_taken(self) -> None:
+        self._handed_out = False
+
+    # ---- a caller in another thread drives --------------------------------------------
+
+    def caller_enters(self) -> bool:
+        """A thread outside the loop starts driving (call under :attr:`lock`)."""
+        self._callers += 1
+        return True
+
+    def caller_leaves(self) -> None:
+        self._callers -= 1
+        self._caller_left = time.monotonic()
+
+    @property
+    def callers(self) -> int:
+        return self._callers
+
+    @property
+    def callers_recent(self) -> bool:
+        return bool(self._callers) or time.monotonic() - self._caller_left < self.caller_grace
+
+    def fileno(self) -> int:
+        """The epoll descriptor that watches the completion channel and the
+        connection's events: readable when :meth:`poll_completions` may find more
+        (-1 once closed)."""
+        return -1 if self._closed else self._r.epoll.fileno()
+
+    def _in_home(self) -> bool:
+        return threading.get_ident() == self._home_thread
+
+    def _wait_for_cause(self) -> None:
+        """:meth:`_learn_cause` for a caller in another thread: it waits in ``poll()``."""
+        waiting = select.poll()
+        waiting.register(self._cm_id.channel.fd, select.POLLIN)
+        deadline = time.monotonic() + _CAUSE_GRACE
+        while self._error is None and (remaining := deadline - time.monotonic()) > 0:
+            waiting.poll(math.ceil(remaining * 1000))
+            self._handle_cm_events()
+        self._fail(RdmaError(errno.ECONNRESET, "the queue pair failed"))  # if rdma_cm said nothing
 
     async def get_completions(self, max_count: int = 64) -> list[Completion]:
         if self._waiting:
@@ -526,7 +597,15 @@ class VerbsQueuePair(QueuePair):
         self._waiting = True
         try:
             while True:
-                completions = self.poll_completions(max_count)
+                with self.lock:  # a caller in another thread may be polling too
+                    driven = bool(self._callers)
+                    if not driven:
+                        completions = self.poll_completions(max_count)
+                        # Until they are acted on (completions_taken), callers take none after them.
+                        self._handed_out = bool(completions)
+                if driven:
+                    await trio.lowlevel.checkpoint()
+                    return []  # a caller drives: ask again later
                 if completions:
                     # Shielded from here on: cancelled, the completions would be lost.
                     with trio.CancelScope(shield=True):
@@ -538,15 +617,18 @@ class VerbsQueuePair(QueuePair):
                     raise self._error
                 if self._closed:
                     raise self._error or RdmaError(errno.EPIPE, "queue pair is disconnected")
-                self._r.cq.req_notify()
-                self._poll_device(max_count)  # what completed before the request
-                if self._ready:
-                    continue
+                with self.lock:
+                    self._r.cq.req_notify()
+                    self._poll_device(max_count)  # what completed before the request
+                    if self._ready:
+                        continue
                 try:
                     await trio.lowlevel.wait_readable(self._r.epoll.fileno())
                 except trio.ClosedResourceError:
                     continue  # closed under us (a removed device): the loop says why
-                self._drain_channel()
+                with self.lock:
+                    if not (self._closed or self._callers):  # a caller's wake-up is the caller's to take
+                        self._drain_channel()
         finally:
             self._waiting = False
 
@@ -554,7 +636,8 @@ class VerbsQueuePair(QueuePair):
         """An error completion: give rdma_cm a moment to say why (a disconnect, a removed device)."""
         with trio.move_on_after(_CAUSE_GRACE):
             while self._error is None:
-                self._handle_cm_events()
+                with self.lock:
+                    self._handle_cm_events()
                 if self._error is None:
                     await trio.lowlevel.wait_readable(self._cm_id.channel.fd)
         self._fail(RdmaError(errno.ECONNRESET, "the queue pair failed"))  # if rdma_cm said nothing
@@ -587,8 +670,8 @@ class VerbsQueuePair(QueuePair):
             elif event.type is EventType.DEVICE_REMOVAL:
                 # rdma_cm waits for the id, and the kernel for every resource, to go: let go now.
                 self._fail(RdmaError(errno.ENODEV, f"RDMA device {self.device.name} was removed"))
-                self._close()
-                forget_removed_devices()
+                self._close(then=forget_removed_devices)
+                return
             elif event.type in (EventType.CONNECT_ERROR, EventType.UNREACHABLE, EventType.REJECTED):
                 self._fail(event.error("connection failed"))
 
@@ -681,14 +764,30 @@ class VerbsQueuePair(QueuePair):
         self._cm_id.disconnect()
         with trio.move_on_after(_DISCONNECT_LINGER):
             while not isinstance(self._error, Disconnected):
-                self._handle_cm_events()
+                with self.lock:
+                    self._handle_cm_events()
                 if self._error is not None:
                     break
                 await trio.lowlevel.wait_readable(self._cm_id.channel.fd)
         self._close()
         await trio.lowlevel.checkpoint()
 
-    def _close(self) -> None:
+    def _close(self, then: Callable[[], None] | None = None, *, here: bool = False) -> None:
+        """Free everything, then call ``then``; in the loop's thread (whose epoll
+        waits on our descriptor) unless ``here`` or the loop has ended."""
+        if self._closed:
+            return
+        if not (here or self._in_home()):
+            self._fail(RdmaError(errno.EPIPE, "queue pair is disconnected"))
+            try:
+                self._home.run_sync_soon(partial(self._close_at_home, then))
+                return
+            except trio.RunFinishedError:
+                pass  # nobody waits in the loop any more: close here
+        with self.lock:  # not while a caller in another thread polls
+            self._free(then)
+
+    def _free(self, then: Callable[[], None] | None) -> None:
         if self._closed:
             return
         self._closed = True
@@ -712,6 +811,11 @@ class VerbsQueuePair(QueuePair):
             self._r.pd.close()
         self._cm_id.close()
         self.device.release()
+        if then is not None:
+            then()
+
+    def _close_at_home(self, then: Callable[[], None] | None) -> None:
+        self._close(then)
 
 
 # ---- connection set-up ------------------------------------------------------------------------
