@@ -9,13 +9,18 @@ tests and by ``benchmarks/bench_protocol.py``.
 from __future__ import annotations
 
 import errno
-from collections import deque
+import itertools
+import operator
+from collections.abc import Iterator
+from typing import cast
 
 from .errors import ProtocolError
 from .parameters import Parameters
 from .protocol import Action, Disconnect, PostReceives, Role, SendPDU, SMBDirectProtocol
 
 __all__ = ["ProtocolPair", "ReceiverNotReady"]
+
+_DATA = operator.itemgetter(0)  # a SendPDU's data
 
 
 class ReceiverNotReady(ProtocolError):
@@ -27,8 +32,9 @@ class ReceiverNotReady(ProtocolError):
 class _Side:
     def __init__(self, protocol: SMBDirectProtocol) -> None:
         self.protocol = protocol
-        self.posted: deque[int] = deque()  # sizes of posted receive buffers
-        self.in_flight: deque[bytes] = deque()  # PDUs on their way to this side
+        # Lists, not deques: runs of them are taken at once (in C, not a Python step each).
+        self.posted: list[int] = []  # sizes of posted receive buffers
+        self.in_flight: list[bytes] = []  # PDUs on their way to this side
         self.disconnected = False
         self.peer: _Side = self
 
@@ -68,14 +74,16 @@ class ProtocolPair:
         """Carry out ``actions`` of ``protocol`` in order (a subclass may look at them first)."""
         side = self._sides[id(protocol)]
         in_flight = side.peer.in_flight
-        for action in actions:
-            if isinstance(action, SendPDU):
+        for kind, run in itertools.groupby(actions, type):
+            if kind is SendPDU:  # a message's fragments: queued as one run
                 if not side.disconnected:
-                    in_flight.append(action.data)
-            elif isinstance(action, PostReceives):
-                side.posted.extend([action.size] * action.count)
-            elif isinstance(action, Disconnect):
-                side.disconnected = True
+                    in_flight.extend(map(_DATA, cast("Iterator[SendPDU]", run)))
+                continue
+            for action in run:
+                if isinstance(action, PostReceives):
+                    side.posted.extend([action.size] * action.count)
+                elif isinstance(action, Disconnect):
+                    side.disconnected = True
 
     def deliver(self, protocol: SMBDirectProtocol, limit: int | None = None) -> int:
         """Complete the receives in flight to ``protocol`` (at most ``limit``) as one batch,
@@ -86,19 +94,17 @@ class ProtocolPair:
             return 0
         posted = side.posted
         most = len(posted) if limit is None else min(limit, len(posted))
-        count = 0
-        for pdu in in_flight:
-            if count == most or len(pdu) > posted[count]:
-                break
-            count += 1
+        # The messages in flight that fit, in order, the buffers posted for them.
+        fits = list(map(operator.le, map(len, in_flight[:most]), posted[:most]))
+        count = fits.index(False) if False in fits else len(fits)
         if count:
-            pdus = [in_flight.popleft() for _ in range(count)]
-            for _ in range(count):
-                posted.popleft()
+            pdus = in_flight[:count]
+            del in_flight[:count]
+            del posted[:count]
             self.hand_over(protocol, pdus)
         else:  # the next message has no (large enough) buffer
             size = posted[0] if posted else 0
-            pdu = in_flight.popleft()
+            pdu = in_flight.pop(0)
             protocol.connection_lost(ReceiverNotReady(f"{len(pdu)}-byte message, receive buffer {size}"))
             count = 1
         self.collect(protocol)

@@ -13,6 +13,10 @@ from .loader import load_pyverbs
 __all__ = ["SMALLEST_SLOT", "Slot", "SlotPool", "VerbsMemoryRegion", "buffer_address", "register_region"]
 
 SMALLEST_SLOT = 4096
+#: Slots are registered this many bytes at a time (one memory region for many
+#: slots): a connection's receive window grows a buffer a message, and a
+#: registration per buffer would cost a system call and a page pinning each.
+REGISTRATION_CHUNK = 256 * 1024
 
 
 def buffer_address(view: memoryview) -> int:
@@ -20,15 +24,18 @@ def buffer_address(view: memoryview) -> int:
 
 
 class Slot:
-    """A registered buffer of ours, for sends and receives."""
+    """A registered buffer of ours, for sends and receives: a part of one registration."""
 
-    __slots__ = ("address", "buffer", "mr", "view")
+    __slots__ = ("address", "mr", "view")
 
-    def __init__(self, pd: Any, size: int) -> None:
-        self.buffer = bytearray(size)
-        self.view = memoryview(self.buffer)
-        self.address = buffer_address(self.view)
-        self.mr = load_pyverbs()["mr"].MR(pd, size, Access.LOCAL_WRITE, address=self.address)
+    def __init__(self, mr: Any, view: memoryview, address: int) -> None:
+        self.mr = mr
+        self.view = view
+        self.address = address
+
+    @property
+    def size(self) -> int:
+        return len(self.view)
 
 
 class SlotPool:
@@ -37,24 +44,31 @@ class SlotPool:
     def __init__(self, pd: Any) -> None:
         self._pd = pd
         self._free: dict[int, list[Slot]] = collections.defaultdict(list)
-        self._all: list[Slot] = []
+        self._regions: list[Any] = []
 
     def take(self, size: int) -> Slot:
         size = max(SMALLEST_SLOT, 1 << max(size - 1, 0).bit_length())
         free = self._free[size]
-        if free:
-            return free.pop()
-        slot = Slot(self._pd, size)
-        self._all.append(slot)
-        return slot
+        if not free:
+            self._register(size, free)
+        return free.pop()
+
+    def _register(self, size: int, free: list[Slot]) -> None:
+        """Register a chunk of slots of ``size`` bytes at once."""
+        count = max(1, REGISTRATION_CHUNK // size)
+        view = memoryview(bytearray(count * size))
+        address = buffer_address(view)
+        mr = load_pyverbs()["mr"].MR(self._pd, len(view), Access.LOCAL_WRITE, address=address)
+        self._regions.append(mr)
+        free.extend(Slot(mr, view[i * size : (i + 1) * size], address + i * size) for i in reversed(range(count)))
 
     def give(self, slot: Slot) -> None:
-        self._free[len(slot.buffer)].append(slot)
+        self._free[slot.size].append(slot)
 
     def close(self) -> None:
-        for slot in self._all:
-            slot.mr.close()
-        self._all.clear()
+        for mr in self._regions:
+            mr.close()
+        self._regions.clear()
         self._free.clear()
 
 

@@ -206,6 +206,7 @@ class _Resources:
     cq: Any
     qp: Any
     pool: SlotPool
+    channel_fd: int
     epoll: select.epoll = field(default_factory=select.epoll)
 
 
@@ -221,7 +222,7 @@ def _create_resources(device: _Device) -> _Resources:
     except Exception as exc:
         pd.close()
         raise RdmaError(getattr(exc, "error_code", 0) or errno.ENOMEM, f"cannot create the queue pair: {exc}") from None
-    resources = _Resources(pd, channel, cq, qp, SlotPool(pd))
+    resources = _Resources(pd, channel, cq, qp, SlotPool(pd), fd)
     resources.epoll.register(fd, select.EPOLLIN)
     return resources
 
@@ -299,6 +300,10 @@ class VerbsQueuePair(QueuePair):
         self._cm_id = cm_id
         self._r = resources
         self._r.epoll.register(cm_id.channel.fd, select.EPOLLIN)
+        # What a caller looks at before it reads either channel (an empty read costs an exception).
+        self._pending_events = select.poll()
+        self._pending_events.register(resources.channel_fd, select.POLLIN)
+        self._pending_events.register(cm_id.channel.fd, select.POLLIN)
         self.peer_private_data = b""
         self.initiator_depth = 0
         self.responder_resources = 0
@@ -358,7 +363,7 @@ class VerbsQueuePair(QueuePair):
         pv = load_pyverbs()
         slot = self._r.pool.take(size)
         tag = self._tag()
-        sge = pv["wr"].SGE(slot.address, len(slot.buffer), slot.mr.lkey)
+        sge = pv["wr"].SGE(slot.address, slot.size, slot.mr.lkey)
         try:
             self._r.qp.post_recv(pv["wr"].RecvWR(wr_id=tag, num_sge=1, sg=[sge]))
         except Exception as exc:
@@ -536,13 +541,18 @@ class VerbsQueuePair(QueuePair):
         if caller and self._handed_out:
             return []  # the loop's task acts on older ones first: completions stay in order
         if not self._closed:
+            events = True
             if caller:
+                pending = {fd for fd, _ in self._pending_events.poll(0)}
+                if self._r.channel_fd in pending:
+                    self._drain_channel()  # the wake-up the caller slept for is taken
                 # A caller may sleep on fileno() after any poll, even one that found
                 # work: the queue is armed before it is polled, every time.
-                self._drain_channel()  # the wake-up the caller slept for is taken
                 self._r.cq.req_notify()
+                events = self._cm_id.channel.fd in pending
             self._poll_device(max_count)  # before the events: a failed request explains a disconnect
-            self._handle_cm_events()
+            if events:
+                self._handle_cm_events()
             if caller and self._error is None and any(c.status is not Status.SUCCESS for c in self._ready):
                 self._wait_for_cause()
         self._flush_unmatched()
