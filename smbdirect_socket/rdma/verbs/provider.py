@@ -11,13 +11,15 @@ does RTR and RTS itself.
 Nothing blocks the event loop: posting and polling are non-blocking verbs
 calls, and the wait for completions and rdma_cm events is one
 :func:`trio.lowlevel.wait_readable` on an epoll descriptor that watches the
-completion channel and the connection's event channel.  A thread outside the
-loop may drive the queue pair too, as a caller drives a kernel socket: between
-:meth:`VerbsQueuePair.caller_enters` and :meth:`~VerbsQueuePair.caller_leaves`
-it polls the completion queue itself and sleeps in ``poll()`` on that epoll
-descriptor (:meth:`~VerbsQueuePair.fileno`); the loop's tasks keep off meanwhile.  pyverbs 44 does not
+completion channel and the connection's event channel.  pyverbs 44 does not
 expose the completion channel's descriptor, so it is found as the one
 ``[infinibandevent]`` descriptor that creating the channel added.
+
+A thread outside the loop may drive the queue pair too, as a caller drives a
+kernel socket: between :meth:`VerbsQueuePair.caller_enters` and
+:meth:`~VerbsQueuePair.caller_leaves` it polls the completion queue itself and
+sleeps in ``poll()`` on that epoll descriptor (:meth:`~VerbsQueuePair.fileno`);
+the loop's tasks keep off meanwhile.
 
 Memory: sends are copied into registered slots (the caller's buffer is free
 when ``post_send`` returns, as the engine interface promises); received
@@ -790,7 +792,7 @@ class VerbsQueuePair(QueuePair):
         if not (here or self._in_home()):
             self._fail(RdmaError(errno.EPIPE, "queue pair is disconnected"))
             try:
-                self._home.run_sync_soon(partial(self._close_at_home, then))
+                self._home.run_sync_soon(partial(self._close, then))
                 return
             except trio.RunFinishedError:
                 pass  # nobody waits in the loop any more: close here
@@ -823,9 +825,6 @@ class VerbsQueuePair(QueuePair):
         self.device.release()
         if then is not None:
             then()
-
-    def _close_at_home(self, then: Callable[[], None] | None) -> None:
-        self._close(then)
 
 
 # ---- connection set-up ------------------------------------------------------------------------
