@@ -774,32 +774,36 @@ class Connection:
     async def _run(self) -> None:
         """Poll while no other task does, and run the timers, until the connection ends."""
         found = False  # the last poll here found work: no caller was there to take it
-        with trio.CancelScope() as self._scope:
-            while self._open():
-                deadline = self.protocol.next_deadline()
-                # _carry_out brings the deadline forward when the protocol's comes earlier;
-                # one that moved later fires early and changes nothing.
-                with trio.move_on_at(math.inf if deadline is None else deadline) as self._timer:
-                    await self._handover.background_turn()
-                    # A caller in another thread drives, or did lately and is expected
-                    # back: keep off the wire for a grace.  But work that came while
-                    # none was there (an RDMA read to answer) means the caller is not
-                    # coming for it: keep polling while there is more.
-                    if self.qp.callers or (self.qp.callers_recent and not found):
-                        with trio.CancelScope() as self._caller_pause:
-                            await trio.sleep(_CALLER_GRACE)
-                        self._caller_pause = None
-                        found = False
-                    else:
-                        found = await self._poll(background=True)
-                timer, self._timer = self._timer, None
-                if timer.cancelled_caught:
-                    with self.lock:
-                        self.protocol.handle_timer(trio.current_time())
-                        self._carry_out()
-        with trio.CancelScope(shield=True), contextlib.suppress(RdmaError, OSError):
-            await self.qp.disconnect()
-        self._changed.unpark_all()
-        for callback in self.on_change:
-            callback()
-        self._done.set()
+        try:
+            with trio.CancelScope() as self._scope:
+                while self._open():
+                    deadline = self.protocol.next_deadline()
+                    # _carry_out brings the deadline forward when the protocol's comes earlier;
+                    # one that moved later fires early and changes nothing.
+                    with trio.move_on_at(math.inf if deadline is None else deadline) as self._timer:
+                        await self._handover.background_turn()
+                        # A caller in another thread drives, or did lately and is expected
+                        # back: keep off the wire for a grace.  But work that came while
+                        # none was there (an RDMA read to answer) means the caller is not
+                        # coming for it: keep polling while there is more.
+                        if self.qp.callers or (self.qp.callers_recent and not found):
+                            with trio.CancelScope() as self._caller_pause:
+                                await trio.sleep(_CALLER_GRACE)
+                            self._caller_pause = None
+                            found = False
+                        else:
+                            found = await self._poll(background=True)
+                    timer, self._timer = self._timer, None
+                    if timer.cancelled_caught:
+                        with self.lock:
+                            self.protocol.handle_timer(trio.current_time())
+                            self._carry_out()
+        finally:
+            # Also when the loop ends under us (trio.run returning): the peer and
+            # the device must not be left holding the connection.
+            with trio.CancelScope(shield=True), contextlib.suppress(RdmaError, OSError):
+                await self.qp.disconnect()
+            self._changed.unpark_all()
+            for callback in self.on_change:
+                callback()
+            self._done.set()

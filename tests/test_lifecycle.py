@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from smbdirect_socket import options as opt
+from smbdirect_socket.connection import Connection
 from smbdirect_socket.lifecycle import SocketState, transition
 from smbdirect_socket.trio import socket
 from tests.test_trio_socket import connected_pair, listening
@@ -87,3 +88,22 @@ async def test_a_cancelled_connect_leaves_the_socket_new() -> None:
             await sock.connect(silent.getsockname())  # tried again: not EALREADY
         assert info.value.errno == errno.ETIMEDOUT
         sock.close()
+
+
+def test_connections_the_loop_leaves_open_are_disconnected_when_it_ends() -> None:
+    """trio.run returns while connections are up, or a moment after a close: each
+    is still disconnected (its wire closed), not left to the garbage collector,
+    where a verbs queue pair would keep its device from being removed."""
+
+    async def main() -> list[int]:
+        closed_client, closed_server = await connected_pair()
+        open_client, open_server = await connected_pair()
+        closed_client.close()  # returning at once: its background task is still running
+        descriptors = [s.connection.qp.fileno() for s in (closed_server, open_client, open_server)]
+        assert all(d >= 0 for d in descriptors)
+        connections.extend(s.connection for s in (closed_client, closed_server, open_client, open_server))
+        return descriptors
+
+    connections: list[Connection] = []
+    trio.run(main)
+    assert [c.qp.fileno() for c in connections] == [-1, -1, -1, -1]
