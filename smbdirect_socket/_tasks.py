@@ -94,13 +94,19 @@ class Handover:
     so that what needs no caller still gets done.  It keeps off for
     ``grace`` seconds after the last task left (or took over): that task
     usually comes straight back, and taking over costs a switch.
+
+    Tasks that come and go do not wake the background task: while one
+    drives it sleeps without a deadline, and the first to leave gives it
+    one, a grace away; it then wakes at most once a grace however often
+    they come and go, and not again while one stays.
     """
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.tasks = 0  # tasks driving, or in line to
         self._last = -math.inf
-        self._free = trio.lowlevel.ParkingLot()  # woken when the last task leaves
+        self._free = trio.lowlevel.ParkingLot()  # wait_free: woken when the last task leaves
+        self._asleep: trio.CancelScope | None = None  # the background task's, while tasks drive
 
     def enter(self) -> None:
         self.tasks += 1
@@ -108,9 +114,26 @@ class Handover:
     def leave(self) -> None:
         self.tasks -= 1
         if not self.tasks:
-            self.hold()
+            self._last = now = trio.current_time()
+            asleep = self._asleep
+            if asleep is not None and asleep.deadline == math.inf:
+                asleep.deadline = now + self.grace  # (later leaves move _last; it looks again then)
             if self._free:
                 self._free.unpark_all()
+
+    def shorten(self, grace: float) -> None:
+        """Use ``grace`` from now on, a sleeping background task included."""
+        self.grace = grace
+        asleep = self._asleep
+        if asleep is not None and asleep.deadline != math.inf:
+            asleep.deadline = min(asleep.deadline, self._last + grace)
+
+    def hand_back(self) -> None:
+        """The tasks that drove are not coming straight back: the background
+        task takes over now, not a grace later."""
+        self._last = -math.inf
+        if self._asleep is not None and not self.tasks:
+            self._asleep.cancel()
 
     def hold(self) -> None:
         """Keep the background task off for a grace from now."""
@@ -119,6 +142,8 @@ class Handover:
     def release(self) -> None:
         """Wake whoever waits here to look again (at close)."""
         self._free.unpark_all()
+        if self._asleep is not None:
+            self._asleep.cancel()
 
     async def wait_free(self) -> None:
         """Wait until no task drives (or :meth:`release`)."""
@@ -129,11 +154,10 @@ class Handover:
         """Return once no task drives and the grace since the last one has passed."""
         while True:
             due = self._last + self.grace
-            if trio.current_time() < due:
-                # Sleeping through the grace (not parked), tasks that come and go
-                # meanwhile do not wake us.
-                await trio.sleep_until(due)
-            elif self.tasks:
-                await self._free.park()  # woken when the last one leaves
-            else:
+            if self.tasks:
+                due = math.inf  # the first to leave sets the deadline
+            elif trio.current_time() >= due:
                 return
+            with trio.CancelScope(deadline=due) as self._asleep:
+                await trio.sleep_forever()
+            self._asleep = None

@@ -73,8 +73,12 @@ T = TypeVar("T")
 _RECEIVE_WR_BASE = 1 << 32  # receive work request ids; sends use small ids
 _RDMA_WR_BASE = 1 << 48  # RDMA read/write work request ids
 #: How long the background task leaves the polling to a task that just polled:
-#: such a task usually comes straight back, and taking it over costs a switch.
-_HANDOVER_GRACE = 0.001
+#: such a task usually comes straight back, and taking it over costs a switch
+#: (the background task wakes at most once a grace while tasks come and go).
+_HANDOVER_GRACE = 0.02
+#: The same while a program waits on the socket's descriptor between calls:
+#: its readiness must follow the data.
+_WATCHED_GRACE = 0.001
 #: Completions taken at once: one TCP read of the software provider brings hundreds.
 _POLL_BATCH = 1024
 _RECV = Opcode.RECV
@@ -219,10 +223,10 @@ class Connection:
         self._receive_buffers: dict[int, memoryview] = {}
         self._next_receive = _RECEIVE_WR_BASE
         self._changed = trio.lowlevel.ParkingLot()
-        # The task polling the queue pair now (its cancel scope), and whether it
-        # is the background task, which a waiting task takes the polling from.
+        # The background task's cancel scope while it polls the queue pair (a
+        # waiting task takes the polling from it), and whether a waiting task polls.
         self._poller: trio.CancelScope | None = None
-        self._background_polls = False
+        self._polling = False
         self._handover = Handover(_HANDOVER_GRACE)  # counts the tasks polling
         self._timer: trio.CancelScope | None = None  # the background task's, due at the protocol's deadline
         self._done = trio.Event()
@@ -281,6 +285,9 @@ class Connection:
         trio.lowlevel.spawn_system_task(self._run, name="smbdirect connection")
         while self.protocol.state is State.NEGOTIATING:
             await self.wait_changed()
+        # Nobody receives until the program comes: the background task answers
+        # what follows negotiation (the peer's first credits) now.
+        self._handover.hand_back()
         if self.protocol.state is not State.CONNECTED:
             raise socket_error(self.protocol.error or errno.ECONNABORTED, "negotiation failed")
 
@@ -350,12 +357,12 @@ class Connection:
             finally:
                 self._home_parked -= 1
             return
-        if poller is None:
-            await self._poll(background=False)
+        if poller is None and not self._polling:
+            await self._poll_here()
             return
-        if self._background_polls:
-            # Take the polling over: we are woken when it is free, and the
-            # background task keeps off for its grace.
+        if poller is not None:
+            # The background task polls: take the polling over (we are woken
+            # when it is free, and the background task keeps off for its grace).
             self._handover.hold()
             poller.cancel()
         await self._changed.park()
@@ -699,6 +706,7 @@ class Connection:
         must follow the data), not a grace later."""
         with self.lock:
             self.qp.caller_grace = 0.0
+        self._handover.shorten(_WATCHED_GRACE)
 
     def _drive_once(self) -> bool:
         """Act on what completed (under :attr:`lock`); whether anything did."""
@@ -746,27 +754,47 @@ class Connection:
     def _open(self) -> bool:
         return self.protocol.state is not State.CLOSED
 
-    async def _poll(self, *, background: bool) -> bool:
-        """Take what completed from the queue pair and act on it (one task at a time);
-        whether anything did."""
+    async def _poll_here(self) -> None:
+        """Take what completed from the queue pair in this (waiting) task, and act on it.
+
+        No cancel scope of its own: nothing takes the polling from a waiting
+        task, and the queue pair wakes it when it closes.
+        """
         completions: list[Completion] = []
-        if not background:
-            self._handover.enter()
+        handover = self._handover
+        handover.enter()
+        self._polling = True
+        try:
+            completions = await self.qp.get_completions(_POLL_BATCH)
+        except (RdmaError, OSError) as exc:
+            self.protocol.connection_lost(exc)
+        finally:
+            self._polling = False
+            handover.leave()  # the background task takes over after its grace
+            if self._changed:
+                self._changed.unpark_all()  # a task that waits may poll now
+        with self.lock:
+            if completions:
+                self._complete_all(completions, self._clock.current_time())
+            self.qp.completions_taken()
+            self._carry_out()
+
+    async def _poll(self) -> bool:
+        """Poll in the background task, until completions come or a waiting task takes
+        over; whether any came."""
+        completions: list[Completion] = []
         with trio.CancelScope() as self._poller:
-            self._background_polls = background
             try:
                 completions = await self.qp.get_completions(_POLL_BATCH)
             except (RdmaError, OSError) as exc:
                 self.protocol.connection_lost(exc)
             finally:
                 self._poller = None
-                now = trio.current_time()
-                if not background:
-                    self._handover.leave()  # the background task takes over after its grace
                 if self._changed:
                     self._changed.unpark_all()  # a task that waits may poll now
         with self.lock:
-            self._complete_all(completions, now)
+            if completions:
+                self._complete_all(completions, self._clock.current_time())
             self.qp.completions_taken()
             self._carry_out()
         return bool(completions)
@@ -792,7 +820,7 @@ class Connection:
                             self._caller_pause = None
                             found = False
                         else:
-                            found = await self._poll(background=True)
+                            found = await self._poll()
                     timer, self._timer = self._timer, None
                     if timer.cancelled_caught:
                         with self.lock:

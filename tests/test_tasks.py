@@ -73,3 +73,43 @@ async def test_a_listener_waits_out_a_lack_of_resources(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and errno.errorcode[code] in errors[0].getMessage()
     assert any("accepts again" in r.getMessage() for r in caplog.records)
+
+
+async def test_tasks_that_come_and_go_do_not_wake_the_background(mock_clock: trio.testing.MockClock) -> None:
+    """A ping-pong's tasks leave and come straight back: the background task
+    sleeps through it, waking at most once a grace, and never while one stays."""
+    handover = Handover(grace=1.0)
+    steps: list[float] = []
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name == "background":
+                steps.append(trio.current_time())
+
+    async def background() -> None:
+        await handover.background_turn()
+
+    handover.enter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(background, name="background")
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(Steps())
+        for _ in range(100):  # 100 messages in 0.5 s
+            handover.leave()
+            mock_clock.jump(0.005)
+            handover.enter()
+            await trio.testing.wait_all_tasks_blocked()
+        assert not steps  # the deadline the first leave gave it is still ahead
+        for _ in range(100):  # 100 more in 1 s: past that deadline once
+            handover.leave()
+            mock_clock.jump(0.01)
+            handover.enter()
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(steps) == 1
+        for _ in range(3):  # a task that stays: one look, a grace after the last leave, then none
+            mock_clock.jump(60)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(steps) == 2
+        handover.leave()
+        mock_clock.jump(1.0)
+    assert len(steps) == 3  # its turn
