@@ -79,6 +79,9 @@ _HANDOVER_GRACE = 0.02
 #: The same while a program waits on the socket's descriptor between calls:
 #: its readiness must follow the data.
 _WATCHED_GRACE = 0.001
+#: How long a connection that ends may take to disconnect (the providers' own
+#: lingers are shorter: this only bounds one that waits for what never comes).
+_DISCONNECT_BOUND = 5.0
 #: Completions taken at once: one TCP read of the software provider brings hundreds.
 _POLL_BATCH = 1024
 _RECV = Opcode.RECV
@@ -828,8 +831,10 @@ class Connection:
                             self._carry_out()
         finally:
             # Also when the loop ends under us (trio.run returning): the peer and
-            # the device must not be left holding the connection.
-            with trio.CancelScope(shield=True), contextlib.suppress(RdmaError, OSError):
+            # the device must not be left holding the connection.  Bounded: the
+            # program's exit must not wait for a peer that does not answer.
+            with trio.CancelScope(shield=True) as cleanup, contextlib.suppress(RdmaError, OSError):
+                cleanup.deadline = trio.current_time() + _DISCONNECT_BOUND
                 await self.qp.disconnect()
             self._changed.unpark_all()
             for callback in self.on_change:
