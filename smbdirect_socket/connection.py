@@ -623,7 +623,10 @@ class Connection:
                     first = self._next_receive
                     self._next_receive += action.count
                     self._receive_buffers.update(zip(range(first, self._next_receive), buffers, strict=True))
-                    qp.post_recvs(first, buffers)
+                    try:
+                        qp.post_recvs(first, buffers)
+                    except RdmaError as exc:  # the queue pair failed before the protocol heard of it
+                        self.protocol.connection_lost(exc)
                 elif isinstance(action, Disconnect):
                     self._disconnecting = True
             if sends:
