@@ -514,7 +514,8 @@ def test_an_rdma_read_after_a_direct_receive_costs_what_one_alone_does(pair: Pai
     messages = select_round_trips(client, server, rounds, use_select=False)
     together = run(True)
     assert bytes(into) == bytes(buffer)
-    assert together < 3 * (alone + messages) + 0.02, f"{together:.3f} s vs {alone:.3f} s + {messages:.3f} s"
+    # Waiting out the 20 ms grace each round would add 0.4 s; the margin is for a loaded machine.
+    assert together < 3 * (alone + messages) + 0.15, f"{together:.3f} s vs {alone:.3f} s + {messages:.3f} s"
 
 
 def test_an_rdma_read_after_an_interim_response_is_answered_at_once(pair: Pair) -> None:
@@ -541,7 +542,8 @@ def test_an_rdma_read_after_an_interim_response_is_answered_at_once(pair: Pair) 
     alone = run(False)
     together = run(True)
     assert bytes(into) == bytes(buffer)
-    assert together < 3 * alone + 0.02, f"{together:.3f} s vs {alone:.3f} s"
+    # Waiting out the 20 ms grace each round would add 0.4 s; the margin is for a loaded machine.
+    assert together < 3 * alone + 0.15, f"{together:.3f} s vs {alone:.3f} s"
 
 
 OUT_OF_DESCRIPTORS = """
