@@ -779,6 +779,10 @@ class Connection:
             handover.leave()  # the background task takes over after its grace
             if self._changed:
                 self._changed.unpark_all()  # a task that waits may poll now
+        self._act_on(completions)
+
+    def _act_on(self, completions: list[Completion]) -> None:
+        """Act on what a task took from the queue pair; callers in other threads may take later ones then."""
         with self.lock:
             if completions:
                 self._complete_all(completions, self._clock.current_time())
@@ -798,11 +802,7 @@ class Connection:
                 self._poller = None
                 if self._changed:
                     self._changed.unpark_all()  # a task that waits may poll now
-        with self.lock:
-            if completions:
-                self._complete_all(completions, self._clock.current_time())
-            self.qp.completions_taken()
-            self._carry_out()
+        self._act_on(completions)
         return bool(completions)
 
     async def _run(self) -> None:

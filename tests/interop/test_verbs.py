@@ -13,7 +13,6 @@ import os
 import random
 import struct
 import subprocess
-import threading
 
 import pytest
 import trio
@@ -21,6 +20,7 @@ import trio
 from smbdirect_socket import blocking, engine_thread
 from smbdirect_socket import trio as sdtrio
 from smbdirect_socket.rdma import Access, Opcode, Provider, QueuePair, RdmaError, Status, get_provider
+from tests.test_caller_driven import exchange_hashed_messages, framed, receive_message
 
 RXE = os.environ.get("RDMA_VM_RXE_ADDR", "")
 SIW = os.environ.get("RDMA_VM_SIW_ADDR", "")
@@ -372,51 +372,12 @@ def test_blocking_socket_over_verbs_runs_in_the_calling_thread(address: str, mon
         patched.setattr(engine_thread, "run_sync", hop)
         for size in (1, 1364, 100_000):
             message = os.urandom(size)
-            client.sendall(struct.pack(">I", size) + message)
-            (length,) = struct.unpack(">I", server.recv(4))
-            assert length == size and server.recv(length) == message
-            server.sendall(struct.pack(">I", size) + message)
-            (length,) = struct.unpack(">I", client.recv(4))
-            assert length == size and client.recv(length) == message
+            client.sendall(framed(message))
+            assert receive_message(server) == message
+            server.sendall(framed(message))
+            assert receive_message(client) == message
 
-        count = 300
-        digests: dict[str, bytes] = {}
-        failures: list[BaseException] = []
-
-        def send(sock: blocking.SMBDirectSocket, name: str) -> None:
-            digest = hashlib.sha256()
-            try:
-                for index in range(count):
-                    message = hashlib.sha256(f"{name}/{index}".encode()).digest() * (1 + index % 40)
-                    digest.update(message)
-                    sock.sendall(struct.pack(">I", len(message)) + message)
-            except BaseException as exc:  # reported by the main thread
-                failures.append(exc)
-            digests[f"sent by {name}"] = digest.digest()
-
-        def receive(sock: blocking.SMBDirectSocket, name: str) -> None:
-            digest = hashlib.sha256()
-            try:
-                for _ in range(count):
-                    (length,) = struct.unpack(">I", sock.recv(4))
-                    digest.update(sock.recv(length))
-            except BaseException as exc:
-                failures.append(exc)
-            digests[f"received by {name}"] = digest.digest()
-
-        threads = [
-            threading.Thread(target=send, args=(client, "client")),
-            threading.Thread(target=send, args=(server, "server")),
-            threading.Thread(target=receive, args=(client, "client")),
-            threading.Thread(target=receive, args=(server, "server")),
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(300)
-        assert not failures, failures
-        assert digests["sent by client"] == digests["received by server"]
-        assert digests["sent by server"] == digests["received by client"]
+        exchange_hashed_messages(client, server, 300, timeout=300)
 
     buffer = bytearray(os.urandom(MIB))
     registration = client.register_buffer(buffer, writable=True)
@@ -425,8 +386,8 @@ def test_blocking_socket_over_verbs_runs_in_the_calling_thread(address: str, mon
     assert into == buffer
     data = os.urandom(MIB)
     server.rdma_write(data, registration.descriptors)
-    server.sendall(struct.pack(">I", 7) + b"written")  # as SMB answers: the write is placed before it arrives
-    assert client.recv(4) == struct.pack(">I", 7) and client.recv(7) == b"written" and buffer == data
+    server.sendall(framed(b"written"))  # as SMB answers: the write is placed before it arrives
+    assert receive_message(client) == b"written" and buffer == data
     client.close()
     assert server.recv(4) == b""  # the peer's disconnect is the end of the stream
     server.close()
