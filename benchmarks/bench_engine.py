@@ -86,9 +86,10 @@ async def engine_sends(size: int, seconds: float) -> float:
             completions = await server.get_completions()
             with server.batch():
                 for completion in completions:
+                    assert completion.opcode is Opcode.RECV, completion
                     server.post_recv(completion.wr_id, memoryview(buffers[completion.wr_id]))
             received += len(completions)
-        server.post_send(0, b"grant")  # the window is open again
+        server.post_send(0, b"grant", signaled=False)  # the window is open again
         await expect(client, Opcode.RECV)
         client.post_recv(0, memoryview(grant))
         return WINDOW * size
