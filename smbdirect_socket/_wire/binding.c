@@ -255,7 +255,7 @@ done:
 
 typedef struct {
     PyObject *current;  /* the receive a message is in, or None */
-    PyObject *receives; /* deque of posted receives (.buffer) */
+    PyObject *receives; /* deque of posted receives: (wr_id, buffer) */
     PyObject *regions;  /* dict: stag >> 8 -> region (.token .access .address ._valid .buffer) */
     PyObject *reads;    /* deque of outstanding reads (.into .sink_token) */
     PyObject *memory;   /* has .invalidate(stag) */
@@ -297,6 +297,20 @@ static int attr_span(rx_context *c, PyObject *obj, PyObject *name, wire_span *ou
     return rc;
 }
 
+/* A posted receive is the tuple (wr_id, buffer). */
+static int check_receive(PyObject *item)
+{
+    if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2)
+        return 0;
+    PyErr_SetString(PyExc_TypeError, "a posted receive is a tuple (wr_id, buffer)");
+    return -1;
+}
+
+static int receive_span(rx_context *c, PyObject *item, wire_span *out)
+{
+    return check_receive(item) < 0 ? -1 : hold(c, PyTuple_GET_ITEM(item, 1), 1, out);
+}
+
 static int cb_receive(void *opaque, size_t index, wire_span *out)
 {
     rx_context *c = opaque;
@@ -317,7 +331,7 @@ static int cb_receive(void *opaque, size_t index, wire_span *out)
         if (!item)
             goto fail;
     }
-    int rc = attr_span(c, item, s_buffer, out);
+    int rc = receive_span(c, item, out);
     Py_DECREF(item);
     if (rc == 0)
         return 0;
@@ -482,9 +496,11 @@ static PyObject *complete(const wire_record *records, size_t count, size_t taken
                 PyErr_SetString(PyExc_SystemError, "wire core: a record without its receive");
                 goto done;
             }
-            PyObject *wr_id = PyObject_GetAttr(PyList_GET_ITEM(filled, index++), s_wr_id);
-            if (!wr_id)
+            PyObject *receive = PyList_GET_ITEM(filled, index++);
+            if (check_receive(receive) < 0)
                 goto done;
+            PyObject *wr_id = PyTuple_GET_ITEM(receive, 0);
+            Py_INCREF(wr_id);
             PyObject *invalidated = NULL;
             if (r->flags & WIRE_RECORD_INVALIDATED && !(invalidated = PyLong_FromUnsignedLong(r->invalidated))) {
                 Py_DECREF(wr_id);

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
 
 from smbdirect_socket.rdma.soft import ddp
 from smbdirect_socket.rdma.soft.mpa import (
+    MIN_READ,
     FpduReader,
     MpaError,
     MpaFrame,
@@ -135,6 +137,33 @@ def test_reader_cuts_any_segmentation() -> None:
         reader.feed(stream[i : i + 7])
         while (segment := reader.next_segment()) is not None:
             out.append(bytes(segment))
+    assert out == segments
+
+
+def test_reader_reading_into_its_own_buffer_cuts_any_segmentation() -> None:
+    """Reads of every size into the reader's own buffer, FPDUs of up to the
+    64 KiB MPA allows, an FPDU begun in one read moving to the front: the same
+    segments as the stream holds, and no read is ever given less than MIN_READ."""
+    segments = [
+        ddp.encode_untagged(ddp.Op.SEND, True, 0, i, 0, bytes([i]) * size)
+        for i, size in enumerate([1, 1340, 65000, 3, 65511, 20000, 7, 65000, 1340, 65000] * 3)
+    ]
+    stream = b"".join(frame_fpdu(s, crc=True) for s in segments)
+    reader = FpduReader(crc=True)
+    out = []
+    position = 0
+    for size in itertools.cycle([7, 1400, 300_000, 65_536, 3, 200_000, 131_071]):
+        if position == len(stream):
+            break
+        into = reader.read_buffer()
+        assert len(into) >= MIN_READ
+        count = min(size, len(into), len(stream) - position)
+        into[:count] = stream[position : position + count]
+        position += count
+        reader.filled(count)
+        while (segment := reader.next_segment()) is not None:
+            out.append(bytes(segment))
+        reader.keep_rest()  # (nothing to copy: the reader's buffer keeps it)
     assert out == segments
 
 

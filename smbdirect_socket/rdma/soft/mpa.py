@@ -269,27 +269,64 @@ def frame_fpdu(segment: bytes, crc: bool) -> bytes:
     return b"".join(fpdu_pieces(segment, b"", crc))
 
 
+#: The reader's own buffer, which TCP reads into (:meth:`FpduReader.read_buffer`),
+#: and the least room a read gets in it: the incomplete FPDU a read leaves moves
+#: to the front when less is left behind it.
+READ_BUFFER_SIZE = 384 * 1024
+MIN_READ = 128 * 1024
+
+
 class FpduReader:
     """Cuts a byte stream into DDP segments; raises :class:`MpaError` on a bad CRC.
 
-    Segments are views of the data fed in, never copied: valid until the next
-    :meth:`feed`, which may reuse the caller's buffer.  Only the incomplete
-    FPDU at the end of a feed is copied, to be completed by the next.
+    The bytes come either read into the reader's own buffer
+    (:meth:`read_buffer`, then :meth:`filled`), where an incomplete FPDU waits
+    for the next read without a copy of the read; or fed from the caller's
+    buffer (:meth:`feed`), which may be reused once :meth:`keep_rest` copied out
+    the incomplete FPDU.  Segments are views, never copies: valid until the
+    next read or feed.
     """
 
     def __init__(self, crc: bool) -> None:
         self.crc = crc
         self._data: Buffer = b""
         self._offset = 0
+        self._own: memoryview | None = None  # allocated on the first read into it
+        self._in_own = False  # whether _data is the front of _own
+
+    def read_buffer(self) -> memoryview:
+        """Where the next read from TCP goes (then :meth:`filled`): the reader's own
+        buffer, behind the incomplete FPDU the last read left."""
+        start, end = self._offset, len(self._data)
+        own = self._own
+        if own is None or not self._in_own or len(own) - end < MIN_READ:
+            rest = end - start
+            if own is None or len(own) - rest < MIN_READ:  # (an FPDU is at most 64 KiB: only the first time)
+                own = self._own = memoryview(bytearray(max(READ_BUFFER_SIZE, rest + MIN_READ)))
+            own[:rest] = memoryview(self._data)[start:end]  # (a memoryview copies overlapping bytes safely)
+            self._data = own[:rest]
+            self._offset = 0
+            self._in_own = True
+            end = rest
+        return own[end:]
+
+    def filled(self, count: int) -> None:
+        """``count`` bytes were read into :meth:`read_buffer`; the last segments must not be used any more."""
+        assert self._own is not None and self._in_own
+        self._data = self._own[: len(self._data) + count]
 
     def feed(self, data: Buffer) -> None:
         """Take the next bytes; the previous feed's segments must not be used any more."""
         rest = len(self._data) - self._offset
         self._data = b"".join((memoryview(self._data)[self._offset :], data)) if rest else data
         self._offset = 0
+        self._in_own = False
 
     def keep_rest(self) -> None:
-        """Copy out the incomplete FPDU left, so the buffer last fed may be reused."""
+        """Copy out the incomplete FPDU left, so the buffer last fed may be reused
+        (the reader's own buffer keeps it where it is)."""
+        if self._in_own:
+            return
         rest = memoryview(self._data)[self._offset :]
         self._data = bytes(rest)
         self._offset = 0

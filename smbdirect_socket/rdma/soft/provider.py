@@ -174,9 +174,6 @@ class SoftQueuePair(QueuePair):
         self._reader_wait: trio.CancelScope | None = None
         self._consumer_wait: trio.CancelScope | None = None
         self._socket_free = trio.lowlevel.ParkingLot()
-        # One receive buffer, reused: the queue pair copies out what it keeps.
-        self._received = bytearray(_RECEIVE_SIZE)
-        self._received_view = memoryview(self._received)
         self._batched = 0  # depth of batch() blocks: posting waits for the outermost to end
         self._batch = _Batch(self)
         #: Held by whoever touches the queue pair: the loop's tasks, or a caller in another thread.
@@ -456,7 +453,7 @@ class SoftQueuePair(QueuePair):
         if self._closed:
             return
         try:
-            count = self._sock.recv_into(self._received)
+            count = self._sock.recv_into(self.core.read_buffer())
         except BlockingIOError:
             return
         except OSError as exc:
@@ -466,7 +463,7 @@ class SoftQueuePair(QueuePair):
             if not self.core.closed:
                 self._lost(Disconnected(errno.ECONNRESET, "peer closed the connection"))
             return
-        self.core.receive_bytes(self._received_view[:count])
+        self.core.received(count)
         self._notify()
         self._transmit()
 

@@ -82,13 +82,9 @@ class _Read:
         self.rtr = False
 
 
-class _Receive:
-    __slots__ = ("buffer", "placed", "wr_id")
-
-    def __init__(self, wr_id: int, buffer: memoryview) -> None:
-        self.wr_id = wr_id
-        self.buffer = buffer
-        self.placed = 0
+#: A posted receive: a tuple, which needs no Python call per receive to make
+#: (its bytes placed so far are in IwarpQueuePair._placed while it is current).
+_Receive = tuple[int, memoryview]  # (wr_id, buffer)
 
 
 _TAGGED_FAULTS = {
@@ -152,7 +148,8 @@ class IwarpQueuePair:
         self._responses_queued = 0  # inbound reads answered but not yet written
         # inbound
         self._receives: deque[_Receive] = deque()
-        self._current: _Receive | None = None
+        self._current: _Receive | None = None  # the receive a Send is being placed in
+        self._placed = 0  # how much of it
         self._expected_send_msn = 1
         self._expected_read_msn = 1
         self._completions: deque[Completion] = deque()
@@ -176,7 +173,7 @@ class IwarpQueuePair:
             return
         if len(self._receives) >= self._max_recv_wr:
             raise RdmaError(errno.ENOMEM, f"receive queue full ({self._max_recv_wr} work requests)")
-        self._receives.append(_Receive(wr_id, view))
+        self._receives.append((wr_id, view))
 
     def post_recvs(self, first_wr_id: int, buffers: list[memoryview]) -> None:
         """:meth:`post_recv` of each buffer, with ids from ``first_wr_id`` on."""
@@ -185,7 +182,7 @@ class IwarpQueuePair:
             return
         if set(map(_view_kind, buffers)) - {("B", 1, False)}:  # (no Python frame per buffer)
             raise ValueError("receive buffers must be writable memoryviews of bytes")
-        self._receives.extend(map(_Receive, range(first_wr_id, first_wr_id + len(buffers)), buffers))
+        self._receives.extend(zip(range(first_wr_id, first_wr_id + len(buffers)), buffers))
 
     def post_send(
         self,
@@ -257,12 +254,29 @@ class IwarpQueuePair:
 
     # ---- I/O side -----------------------------------------------------------------
 
+    def read_buffer(self) -> memoryview:
+        """Where to read the next bytes from TCP into, then call :meth:`received`
+        (this saves the copy :meth:`receive_bytes` makes of a read that
+        completes an FPDU the last one began)."""
+        return self._reader.read_buffer()
+
+    def received(self, count: int) -> None:
+        """``count`` bytes were read into :meth:`read_buffer`."""
+        if self._dead:
+            return
+        self._reader.filled(count)
+        self._take_segments()
+
     def receive_bytes(self, data: Buffer) -> None:
         """Feed bytes TCP delivered; ``data`` may be reused once this returns."""
         if self._dead:
             return
+        self._reader.feed(data)
+        self._take_segments()
+
+    def _take_segments(self) -> None:
+        """Handle the complete FPDUs the reader holds."""
         reader = self._reader
-        reader.feed(data)
         try:
             if self.wire is not None:
                 while self._receive_compiled(reader):  # the compiled core stopped in front of this FPDU
@@ -442,7 +456,7 @@ class IwarpQueuePair:
         state = (
             self._expected_send_msn,
             current is not None,
-            current.placed if current is not None else 0,
+            self._placed if current is not None else 0,
             reads[0].placed if reads else 0,
         )
         consumed, fpdus, current, state, fallback = self.wire.receive(
@@ -463,8 +477,7 @@ class IwarpQueuePair:
         self._may_transmit = True  # the initiator spoke first: we may answer
         self._expected_send_msn, _, receive_placed, read_placed = state
         self._current = current
-        if current is not None:
-            current.placed = receive_placed
+        self._placed = receive_placed
         if reads:
             reads[0].placed = read_placed
         return bool(fallback)
@@ -489,23 +502,26 @@ class IwarpQueuePair:
                     Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_NO_BUFFER, segment.header),
                 )
             receive = self._current = self._receives.popleft()
-        if segment.message_offset != receive.placed:
+            self._placed = 0
+        wr_id, buffer = receive
+        placed = self._placed
+        if segment.message_offset != placed:
             raise TerminateError(
-                f"Send MO {segment.message_offset}, expected {receive.placed}",
+                f"Send MO {segment.message_offset}, expected {placed}",
                 Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_INVALID_MO, segment.header),
             )
-        end = receive.placed + len(segment.payload)
-        if end > len(receive.buffer):
+        end = placed + len(segment.payload)
+        if end > len(buffer):
             self._completions.append(
-                Completion(receive.wr_id, Opcode.RECV, Status.LOCAL_LENGTH_ERROR, end, reason="message too long")
+                Completion(wr_id, Opcode.RECV, Status.LOCAL_LENGTH_ERROR, end, reason="message too long")
             )
             self._current = None
             raise TerminateError(
-                f"Send of at least {end} bytes overflows the {len(receive.buffer)}-byte receive buffer",
+                f"Send of at least {end} bytes overflows the {len(buffer)}-byte receive buffer",
                 Terminate(Layer.DDP, ddp.DDP_UNTAGGED, ddp.DDP_UNTAGGED_TOO_LONG, segment.header),
             )
-        receive.buffer[receive.placed : end] = segment.payload
-        receive.placed = end
+        buffer[placed:end] = segment.payload
+        self._placed = end
         if not segment.last:
             return
         self._current = None
@@ -516,7 +532,7 @@ class IwarpQueuePair:
                 self.memory.invalidate(segment.invalidate_token)
             except MemoryAccessError as exc:
                 self._completions.append(
-                    Completion(receive.wr_id, Opcode.RECV, Status.REMOTE_INVALID_REQUEST, end, reason=str(exc))
+                    Completion(wr_id, Opcode.RECV, Status.REMOTE_INVALID_REQUEST, end, reason=str(exc))
                 )
                 raise TerminateError(
                     f"Send with Invalidate: {exc}",
@@ -525,7 +541,7 @@ class IwarpQueuePair:
             invalidated = segment.invalidate_token
         solicited = segment.op in (Op.SEND_SE, Op.SEND_SE_INVALIDATE)
         self._completions.append(
-            Completion(receive.wr_id, Opcode.RECV, byte_len=end, invalidated_token=invalidated, solicited=solicited)
+            Completion(wr_id, Opcode.RECV, byte_len=end, invalidated_token=invalidated, solicited=solicited)
         )
 
     def _on_write(self, segment: Segment) -> None:
@@ -656,6 +672,6 @@ class IwarpQueuePair:
         if self._current is not None:
             self._receives.appendleft(self._current)
             self._current = None
-        flushed.extend(Completion(r.wr_id, Opcode.RECV, Status.FLUSHED) for r in self._receives)
+        flushed.extend(Completion(wr_id, Opcode.RECV, Status.FLUSHED) for wr_id, _ in self._receives)
         self._receives.clear()
         self._completions.extend(flushed)
