@@ -14,6 +14,7 @@ little-endian, which is what siw sends and accepts.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from typing import ClassVar
 
@@ -302,7 +303,8 @@ class FpduReader:
         if own is None or not self._in_own or len(own) - end < MIN_READ:
             rest = end - start
             if own is None or len(own) - rest < MIN_READ:  # (an FPDU is at most 64 KiB: only the first time)
-                own = self._own = memoryview(bytearray(max(READ_BUFFER_SIZE, rest + MIN_READ)))
+                # An anonymous mapping: its pages cost nothing until a read reaches them.
+                own = self._own = memoryview(mmap.mmap(-1, max(READ_BUFFER_SIZE, rest + MIN_READ)))
             own[:rest] = memoryview(self._data)[start:end]  # (a memoryview copies overlapping bytes safely)
             self._data = own[:rest]
             self._offset = 0
