@@ -52,7 +52,7 @@ test-pythons: system-deps
 lint: install
 	$(PY) -m ruff check smbdirect_socket tests benchmarks
 	$(PY) -m ruff format --check smbdirect_socket tests benchmarks
-	$(PY) -m mypy smbdirect_socket
+	$(PY) -m mypy smbdirect_socket benchmarks
 
 # The documentation site (site/); warnings are errors.
 docs: install

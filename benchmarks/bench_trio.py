@@ -33,7 +33,7 @@ from smbdirect_socket import trio as sdtrio
 from smbdirect_socket.tools import measure
 from smbdirect_socket.tools.measure import BYTES_PER_SECOND, MICROSECONDS, MILLISECONDS, Comparison, Unit
 
-Pair = tuple[trio.SocketStream, trio.SocketStream]
+Pair = tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]
 
 
 async def smbdirect_pair(bytestream: bool, parameters: Parameters | None) -> Pair:

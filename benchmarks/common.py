@@ -36,14 +36,14 @@ async def tcp_streams() -> tuple[trio.SocketStream, trio.SocketStream]:
         await listeners[0].aclose()
 
 
-async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
         data += await stream.receive_some(size - len(data))
     return bytes(data)
 
 
-async def receive_message(stream: trio.SocketStream) -> bytes:
+async def receive_message(stream: trio.abc.ReceiveStream) -> bytes:
     """One length-framed message, read as SMB reads it: the 4-byte length, then the body.
 
     This works on TCP, on byte-stream SMB-Direct and on SMB-Direct's default
@@ -54,7 +54,7 @@ async def receive_message(stream: trio.SocketStream) -> bytes:
 
 
 async def round_trip(
-    pair: tuple[trio.SocketStream, trio.SocketStream], count: int, *, length_first: bool = True
+    pair: tuple[trio.abc.Stream, trio.abc.Stream], count: int, *, length_first: bool = True
 ) -> float:
     """Seconds per round trip of a 64-byte framed message.
 
@@ -65,7 +65,7 @@ async def round_trip(
     client, server = pair
     message = struct.pack(">I", 60) + bytes(60)
 
-    async def receive(stream: trio.SocketStream) -> bytes:
+    async def receive(stream: trio.abc.ReceiveStream) -> bytes:
         return await (receive_message(stream) if length_first else receive_exactly(stream, 64))
 
     async def echo() -> None:

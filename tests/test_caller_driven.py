@@ -218,6 +218,28 @@ def test_the_peer_closing_ends_a_blocked_receive(pair: Pair) -> None:
     assert outcome.error is None and outcome.result == b""
 
 
+def test_a_receive_the_queue_pair_refuses_ends_that_connection_alone(pair: Pair) -> None:
+    """The queue pair refuses the receive the protocol reposts once a message is
+    read (its receive queue is full): the connection ends with that error, the
+    data that arrived before it is read first, the peer sees the end, and another
+    connection carries on."""
+    client, server = pair
+    with create_server(("127.0.0.1", 0)) as listener:
+        other_client = create_connection(listener.getsockname(), timeout=30)
+        other_server, _ = listener.accept()
+    connection = server._sock.connection
+    assert connection is not None
+    connection.qp.core._max_recv_wr = 0  # type: ignore[attr-defined]  # (the software provider's queue pair)
+    client.sendall(framed(b"arrived"))
+    assert receive_message(server) == b"arrived"
+    with pytest.raises(OSError, match=r"receive queue full \(0 work requests\)") as refused:
+        server.recv(4)
+    assert refused.value.errno == errno.ENOMEM
+    assert client.recv(4) == b""
+    with other_client, other_server:
+        exchange_hashed_messages(other_client, other_server, 50, timeout=30)
+
+
 def credits_exhausted(client: SMBDirectSocket) -> Callable[[], object]:
     """A send that waits for credits: the peer does not read, so its credits do not come back."""
     message = framed(bytes(60_000))

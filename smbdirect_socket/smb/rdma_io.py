@@ -36,9 +36,14 @@ __all__ = ["Server", "charged_for", "open_file", "rdma_read_request", "rdma_writ
 class Server(Protocol):
     """Where to log in: a Samba server of the tests, ksmbd in the guest."""
 
-    user: str
-    password: str
-    share: str
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def password(self) -> str: ...
+
+    @property
+    def share(self) -> str: ...
 
 
 def open_file(server: Server, address: tuple[str, int], name: str) -> tuple[Connection, Session, TreeConnect, Open]:

@@ -182,7 +182,7 @@ class IwarpQueuePair:
             return
         if set(map(_view_kind, buffers)) - {("B", 1, False)}:  # (no Python frame per buffer)
             raise ValueError("receive buffers must be writable memoryviews of bytes")
-        self._receives.extend(zip(range(first_wr_id, first_wr_id + len(buffers)), buffers))
+        self._receives.extend(zip(range(first_wr_id, first_wr_id + len(buffers)), buffers, strict=True))
 
     def post_send(
         self,
