@@ -53,9 +53,7 @@ async def receive_message(stream: trio.abc.ReceiveStream) -> bytes:
     return header + await receive_exactly(stream, struct.unpack(">I", header)[0])
 
 
-async def round_trip(
-    pair: tuple[trio.abc.Stream, trio.abc.Stream], count: int, *, length_first: bool = True
-) -> float:
+async def round_trip(pair: tuple[trio.abc.Stream, trio.abc.Stream], count: int, *, length_first: bool = True) -> float:
     """Seconds per round trip of a 64-byte framed message.
 
     With ``length_first`` each end reads the length, then the body, as SMB
