@@ -49,6 +49,7 @@ from .protocol import (
     Negotiated,
     PostReceives,
     Role,
+    SendFragments,
     SendPDU,
     SMBDirectProtocol,
     State,
@@ -605,6 +606,9 @@ class Connection:
         sends: list[bytes] = []  # a run of plain sends (a message's fragments) is posted as one
         with qp.batch():  # all of it goes out in one write
             for action in actions:
+                if type(action) is SendFragments:
+                    sends += action.datas
+                    continue
                 if type(action) is SendPDU and action.invalidate_token is None:
                     sends.append(action.data)
                     continue

@@ -354,16 +354,13 @@ def encode_data_transfer_list(
     start: int,
     count: int,
     chunk: int,
-    wrap: type[tuple[Any, ...]] | None = None,
-) -> list[Any]:
+) -> list[bytes]:
     """The messages of :func:`encode_data_transfers`, each in a ``bytes`` of its own:
     what a sender hands out one per posted send, with no large buffer to allocate
-    and nothing to slice out of one.  With ``wrap``, a two-field ``NamedTuple``,
-    each item is ``wrap(message, None)`` (the caller's action, made in the same
-    call)."""
+    and nothing to slice out of one."""
     if _core is not None:
-        encoded: list[Any] = _core.encode_data_transfer_list(
-            credits_requested, credits_granted, flags, message, start, count, chunk, wrap
+        encoded: list[bytes] = _core.encode_data_transfer_list(
+            credits_requested, credits_granted, flags, message, start, count, chunk
         )
         return encoded
     view = memoryview(message).cast("B")
@@ -371,10 +368,7 @@ def encode_data_transfer_list(
         raise ValueError("data-transfer batch arguments out of range")
     if not (0 <= credits_requested <= 0xFFFF and 0 <= credits_granted <= 0xFFFF and 0 <= flags <= 0xFFFF):
         raise ValueError("data-transfer batch arguments out of range")
-    pdus = _fragments(credits_requested, credits_granted, flags, view, start, count, chunk)
-    if wrap is not None:
-        return [tuple.__new__(wrap, (pdu, None)) for pdu in pdus]
-    return pdus
+    return _fragments(credits_requested, credits_granted, flags, view, start, count, chunk)
 
 
 @attrs.define

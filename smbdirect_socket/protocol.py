@@ -55,6 +55,7 @@ __all__ = [
     "PostReceives",
     "Role",
     "SMBDirectProtocol",
+    "SendFragments",
     "SendPDU",
     "State",
     "Statistics",
@@ -96,14 +97,18 @@ class PostReceives:
 
 
 class SendPDU(NamedTuple):
-    """Send ``data`` as one message; with ``invalidate_token`` use send with invalidate.
-
-    A named tuple, not an attrs class like the other actions: there is one a
-    fragment, and the wire core makes them as it writes the fragments, at the
-    cost of a tuple."""
+    """Send ``data`` as one message; with ``invalidate_token`` use send with invalidate."""
 
     data: bytes
     invalidate_token: int | None = None
+
+
+class SendFragments(NamedTuple):
+    """Send each of ``datas`` as one message, in order (plain sends): the data
+    transfer messages a batch of credits lets go, one action for them all, not
+    one a fragment."""
+
+    datas: list[bytes]
 
 
 @attrs.frozen
@@ -111,7 +116,8 @@ class Disconnect:
     """Tear down the queue pair once the sends before this action are out."""
 
 
-Action = PostReceives | SendPDU | Disconnect
+Action = PostReceives | SendPDU | SendFragments | Disconnect
+_new_action = tuple.__new__  # a named tuple without its Python-level __new__ (one a batch)
 
 
 @attrs.frozen
@@ -565,16 +571,20 @@ class SMBDirectProtocol:
             message = outgoing[0]
             view = message.view
             start = message.sent
-            sends = encode_data_transfer_list(self._credits.send_target, grant, 0, view, start, count, chunk, SendPDU)
+            sends = encode_data_transfer_list(self._credits.send_target, grant, 0, view, start, count, chunk)
             count -= len(sends)
             grant = 0
             message.sent = min(start + len(sends) * chunk, len(view))
             stats.bytes_sent += message.sent - start
+            last = None
             if message.sent == len(view):
                 outgoing.popleft()
                 if message.invalidate_token is not None:
-                    sends[-1] = SendPDU(sends[-1].data, message.invalidate_token)
-            actions += sends
+                    last = SendPDU(sends.pop(), message.invalidate_token)
+            if sends:
+                actions.append(_new_action(SendFragments, (sends,)))
+            if last is not None:
+                actions.append(last)
 
     def _send(self, granted: int) -> None:
         """Send a message with no data: credits, an answer, or a keepalive."""

@@ -16,11 +16,22 @@ from typing import cast
 
 from .errors import ProtocolError
 from .parameters import Parameters
-from .protocol import Action, Disconnect, PostReceives, Role, SendPDU, SMBDirectProtocol
+from .protocol import Action, Disconnect, PostReceives, Role, SendFragments, SendPDU, SMBDirectProtocol
 
-__all__ = ["ProtocolPair", "ReceiverNotReady"]
+__all__ = ["ProtocolPair", "ReceiverNotReady", "sent_messages"]
 
 _DATA = operator.itemgetter(0)  # a SendPDU's data
+
+
+def sent_messages(actions: list[Action]) -> list[SendPDU]:
+    """The messages ``actions`` send, in order, each as a :class:`SendPDU`."""
+    sent: list[SendPDU] = []
+    for action in actions:
+        if isinstance(action, SendFragments):
+            sent += map(SendPDU, action.datas)
+        elif isinstance(action, SendPDU):
+            sent.append(action)
+    return sent
 
 
 class ReceiverNotReady(ProtocolError):
@@ -75,7 +86,12 @@ class ProtocolPair:
         side = self._sides[id(protocol)]
         in_flight = side.peer.in_flight
         for kind, run in itertools.groupby(actions, type):
-            if kind is SendPDU:  # a message's fragments: queued as one run
+            if kind is SendFragments:
+                if not side.disconnected:
+                    for fragments in cast("Iterator[SendFragments]", run):
+                        in_flight += fragments.datas
+                continue
+            if kind is SendPDU:
                 if not side.disconnected:
                     in_flight.extend(map(_DATA, cast("Iterator[SendPDU]", run)))
                 continue

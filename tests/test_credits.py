@@ -22,7 +22,7 @@ from smbdirect_socket import DataTransferMessage, Parameters, RemoteProtocolErro
 from smbdirect_socket.constants import SMB_DIRECT_RESPONSE_REQUESTED
 from smbdirect_socket.credits import INITIAL_RECEIVES, MAX_CREDITS, Credits
 from smbdirect_socket.pdu import ReceivedBatch, ReceiveLimits, check_data_transfers
-from smbdirect_socket.protocol import Action, PostReceives, SendPDU, SMBDirectProtocol
+from smbdirect_socket.protocol import Action, PostReceives, SendFragments, SendPDU, SMBDirectProtocol
 from smbdirect_socket.testing import ProtocolPair
 
 
@@ -327,6 +327,9 @@ class AuditedPair(ProtocolPair):
                 book.posted += action.count
             elif isinstance(action, SendPDU) and protocol.state is not State.CLOSED:
                 self._check_send(protocol, book, action.data)
+            elif isinstance(action, SendFragments) and protocol.state is not State.CLOSED:
+                for data in action.datas:
+                    self._check_send(protocol, book, data)
         super().carry_out(protocol, actions)
 
     def _check_send(self, protocol: SMBDirectProtocol, book: _Book, pdu: bytes) -> None:

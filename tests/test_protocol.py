@@ -24,7 +24,7 @@ from smbdirect_socket import (
 from smbdirect_socket.constants import SMB_DIRECT_RESPONSE_REQUESTED
 from smbdirect_socket.credits import INITIAL_RECEIVES
 from smbdirect_socket.protocol import Connected, Disconnect, PostReceives, SendPDU, Terminated
-from smbdirect_socket.testing import ProtocolPair
+from smbdirect_socket.testing import ProtocolPair, sent_messages
 
 
 def connected_pair(client: Parameters | None = None, server: Parameters | None = None) -> ProtocolPair:
@@ -237,7 +237,7 @@ def test_message_is_fragmented_and_reassembled() -> None:
     pair = connected_pair()
     payload = random.Random(1).randbytes(10_000)
     pair.client.send_message(payload)
-    sends = [a for a in pair.client.actions() if isinstance(a, SendPDU)]
+    sends = sent_messages(pair.client.actions())
     fragments = [DataTransferMessage.unpack(s.data) for s in sends]
     # 1364-byte messages carry 1340 bytes after the 24-byte header.
     assert [f.data_length for f in fragments] == [1340] * 7 + [620]
@@ -391,7 +391,7 @@ def test_last_credit_never_carries_data() -> None:
     client, server = pair.client, pair.server
     assert client.send_credits == 2  # 3 granted, one spent on the initial grant
     client.send_message(b"a")
-    sends = [a for a in client.actions() if isinstance(a, SendPDU)]
+    sends = sent_messages(client.actions())
     assert len(sends) == 1 and client.send_credits == 1
     # The last credit is kept for a grant without data: one that data took
     # would leave the server, its buffers full, nothing to grant the credit
@@ -433,7 +433,7 @@ def test_response_requested_gets_a_prompt_answer() -> None:
     pair = connected_pair()
     events(pair.client)
     pair.server.receive(data_message(flags=SMB_DIRECT_RESPONSE_REQUESTED, data=b""), 0.0)
-    [send] = [a for a in pair.server.actions() if isinstance(a, SendPDU)]
+    [send] = sent_messages(pair.server.actions())
     answer = DataTransferMessage.unpack(send.data)
     assert answer.data_length == 0 and answer.flags == 0
 

@@ -420,7 +420,7 @@ class ManualServer:
         return server
 
     def carry_out(self) -> dict[int, bytearray]:
-        from smbdirect_socket.protocol import PostReceives, SendPDU
+        from smbdirect_socket.protocol import PostReceives, SendFragments, SendPDU
 
         buffers: dict[int, bytearray] = {}
         for action in self.protocol.actions():  # type: ignore[attr-defined]
@@ -430,6 +430,9 @@ class ManualServer:
                     self.qp.post_recv(len(buffers) - 1, memoryview(buffers[len(buffers) - 1]))  # type: ignore[attr-defined]
             elif isinstance(action, SendPDU):
                 self.qp.post_send(0, action.data)  # type: ignore[attr-defined]
+            elif isinstance(action, SendFragments):
+                for data in action.datas:
+                    self.qp.post_send(0, data)  # type: ignore[attr-defined]
         return buffers
 
 

@@ -35,9 +35,8 @@ def encode_data_transfer_list(
     start: int,
     count: int,
     chunk: int,
-    wrap: type[tuple[Any, ...]] | None = None,
     /,
-) -> list[Any]: ...
+) -> list[bytes]: ...
 def check_data_transfers(
     pdus: Sequence[Buffer],
     into: Buffer | None,

@@ -639,26 +639,14 @@ done:
     return out;
 }
 
-/* encode_data_transfer_list(requested, granted, flags, data, start, count, chunk[, wrap]) -> list:
+/* encode_data_transfer_list(requested, granted, flags, data, start, count, chunk) -> list:
  * the same messages, each in a bytes object of its own (no large buffer to
- * allocate, and nothing to slice out of one).  With wrap, a tuple subclass of
- * two fields and no more (a NamedTuple), each item is wrap(message, None),
- * built as tuple.__new__ builds it: one object a fragment for the caller's
- * action, at the cost of a tuple. */
+ * allocate, and nothing to slice out of one). */
 static PyObject *py_smbd_encode_list(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 && nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "encode_data_transfer_list takes 7 or 8 arguments");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "encode_data_transfer_list takes 7 arguments");
         return NULL;
-    }
-    PyTypeObject *wrap = NULL;
-    if (nargs == 8 && args[7] != Py_None) {
-        if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type) ||
-            ((PyTypeObject *)args[7])->tp_basicsize != PyTuple_Type.tp_basicsize) {
-            PyErr_SetString(PyExc_TypeError, "wrap must be a tuple subclass with no fields of its own");
-            return NULL;
-        }
-        wrap = (PyTypeObject *)args[7];
     }
     unsigned long values[3];
     for (int i = 0; i < 3; i++) {
@@ -697,19 +685,7 @@ static PyObject *py_smbd_encode_list(PyObject *self, PyObject *const *args, Py_s
             Py_CLEAR(list);
             goto done;
         }
-        if (wrap) {
-            PyObject *item = wrap->tp_alloc(wrap, 2);
-            if (!item) {
-                Py_DECREF(out);
-                Py_CLEAR(list);
-                goto done;
-            }
-            PyTuple_SET_ITEM(item, 0, out);
-            PyTuple_SET_ITEM(item, 1, Py_NewRef(Py_None));
-            PyList_SET_ITEM(list, i, item);
-        } else {
-            PyList_SET_ITEM(list, i, out);
-        }
+        PyList_SET_ITEM(list, i, out);
         if (wire_smbd_encode((uint8_t *)PyBytes_AS_STRING(out), (size_t)size, (uint16_t)requested,
                              (uint16_t)(i ? 0 : granted), (uint16_t)flags, data.buf, (size_t)data.len, (size_t)start,
                              1, (size_t)chunk) != (size_t)size) {
