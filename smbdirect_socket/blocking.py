@@ -70,6 +70,7 @@ class SMBDirectSocket:
         if type & _stdlib_socket.SOCK_NONBLOCK:
             self._timeout = 0.0
         self._closed = False
+        self._fileno: int | None = None  # the readiness descriptor, once made: fileno() is per select()
         self._io_refs = 0  # files from makefile() keep the socket open, as in the stdlib
         # Threads that receive at once take turns, as on a kernel socket (a trio
         # socket lets one task receive at a time).
@@ -101,7 +102,9 @@ class SMBDirectSocket:
     def fileno(self) -> int:
         """A level-triggered descriptor: readable while data, a connection, EOF or an
         error waits; writable while a send would not wait for credits."""
-        return engine_thread.run_sync(self._sock.fileno)
+        if self._fileno is None:  # made once, on the engine; later calls (a select() each) need no hop
+            self._fileno = engine_thread.run_sync(self._sock.fileno)
+        return self._fileno
 
     def __repr__(self) -> str:
         return f"<smbdirect_socket.SMBDirectSocket {self._sock!r}>"  # no engine call: repr runs anywhere
@@ -482,6 +485,7 @@ class SMBDirectSocket:
             self._real_close()
 
     def _real_close(self) -> None:
+        self._fileno = -1
         engine_thread.run_sync(self._sock.close)
 
     def detach(self) -> int:

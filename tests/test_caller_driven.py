@@ -427,6 +427,24 @@ def test_select_sees_each_message_after_direct_receives(pair: Pair) -> None:
     select_round_trips(client, server, 20, use_select=True)
 
 
+def test_a_select_loop_never_hops_to_the_engine(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SMB clients call select() before each receive, and select() calls fileno():
+    only the first call makes the descriptor, on the engine; a closed socket's is -1."""
+    client, server = pair
+    descriptor = server.fileno()
+
+    def hop(*args: object) -> None:
+        raise AssertionError("fileno() or a receive went through the engine thread")
+
+    monkeypatch.setattr(engine_thread, "run", hop)
+    monkeypatch.setattr(engine_thread, "run_sync", hop)
+    select_round_trips(client, server, 20, use_select=True)
+    assert server.fileno() == descriptor
+    monkeypatch.undo()
+    server.close()
+    assert server.fileno() == -1
+
+
 def test_select_driven_receives_cost_about_what_direct_ones_do(pair: Pair) -> None:
     client, server = pair
     rounds = 30
