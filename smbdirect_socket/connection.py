@@ -409,6 +409,12 @@ class Connection:
             self._carry_out()  # buffers freed by reading are reposted and granted
         return data
 
+    def read_into(self, out: bytearray, nbytes: int) -> None:
+        """:meth:`read`, appending to ``out``."""
+        with self.lock:
+            self.protocol.read_into(out, nbytes)
+            self._carry_out()
+
     def consume_message_start(self) -> int:
         with self.lock:
             length = self.protocol.consume_message_start()

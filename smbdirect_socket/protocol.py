@@ -329,6 +329,11 @@ class SMBDirectProtocol:
             self._flush()
         return data
 
+    def read_into(self, out: bytearray, nbytes: int) -> None:
+        """:meth:`read`, appending to ``out``."""
+        if self._incoming.read_into(out, nbytes) and self.state is State.CONNECTED:
+            self._flush()
+
     def handle_timer(self, now: float) -> None:
         """Run the timers that are due at ``now``."""
         if self.state is State.CLOSED:

@@ -122,6 +122,23 @@ class ReceiveQueue:
         self.size -= len(out)
         return out, held - self.held
 
+    def read_into(self, out: bytearray, nbytes: int) -> int:
+        """Append up to ``nbytes`` to ``out`` (one copy, where :meth:`read` and an
+        append make two); return how many fragments were freed."""
+        runs = self._runs
+        held = self.held
+        wanted = nbytes
+        while wanted and runs:
+            head = runs[0]
+            data = head[_DATA]
+            start = head[_POSITION]
+            end = min(start + wanted, len(data))
+            out += data[start:end]
+            wanted -= end - start
+            self._take(head, end)
+        self.size -= nbytes - wanted
+        return held - self.held
+
     def _take(self, head: list[Any], end: int) -> None:
         """The head run is read up to ``end``: release the fragments wholly read."""
         ends = head[_ENDS]

@@ -541,17 +541,20 @@ class SMBDirectSocket(StreamSocketBase, trio.socket.SocketType):
             # A receive of N bytes waits for all N; taking what has arrived frees
             # receive buffers, so messages larger than the receive credits can
             # arrive.  Kept on the socket, it survives a cancelled receive.
-            partial += connection.read(readable)
+            connection.read_into(partial, readable)
         available = len(partial) + connection.readable
         if size and available >= (1 if self.bytestream else size):
             take = min(size, available)
-            if partial:
+            if not partial:
+                return connection.read(take)
+            if len(partial) < take:
+                connection.read_into(partial, take - len(partial))
+            if len(partial) == take:  # the usual end of a message that came in parts: one copy out
+                data = bytes(partial)
+                partial.clear()
+            else:
                 data = bytes(partial[:take])
                 del partial[:take]
-                if len(data) < take:
-                    data += connection.read(take - len(data))
-            else:
-                data = connection.read(take)
             return data
         if not size or (not available and (connection.at_eof or self._state is SocketState.SHUT_DOWN)):
             return b""
