@@ -9,7 +9,9 @@ import pytest
 
 from smbdirect_socket.rdma.soft import ddp
 from smbdirect_socket.rdma.soft.mpa import (
+    MAX_READ_BUFFER_SIZE,
     MIN_READ,
+    READ_BUFFER_SIZE,
     FpduReader,
     MpaError,
     MpaFrame,
@@ -165,6 +167,33 @@ def test_reader_reading_into_its_own_buffer_cuts_any_segmentation() -> None:
             out.append(bytes(segment))
         reader.keep_rest()  # (nothing to copy: the reader's buffer keeps it)
     assert out == segments
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_reader_buffer_grows_only_while_reads_fill_it(fill: bool) -> None:
+    """Reads that take all the room given (a bulk transfer) double the reader's
+    buffer up to MAX_READ_BUFFER_SIZE, as TCP's receive buffer grows; reads that
+    leave room never grow it; the segments are the stream's either way."""
+    segments = [ddp.encode_untagged(ddp.Op.SEND, True, 0, i, 0, bytes([i % 251]) * 65000) for i in range(200)]
+    stream = b"".join(frame_fpdu(s, crc=False) for s in segments)
+    reader = FpduReader(crc=False)
+    out, offered = [], []
+    position = 0
+    while position < len(stream):
+        into = reader.read_buffer()
+        offered.append(len(into))
+        count = min(len(into) if fill else 50_000, len(stream) - position)
+        into[:count] = stream[position : position + count]
+        position += count
+        reader.filled(count)
+        while (segment := reader.next_segment()) is not None:
+            out.append(bytes(segment))
+    assert out == segments
+    assert min(offered) >= MIN_READ
+    if fill:
+        assert 4 * READ_BUFFER_SIZE < max(offered) <= MAX_READ_BUFFER_SIZE
+    else:
+        assert max(offered) <= READ_BUFFER_SIZE
 
 
 def test_reader_rejects_bad_crc() -> None:
