@@ -8,7 +8,7 @@ import random
 import pytest
 
 from smbdirect_socket.rdma import Access, Completion, Opcode, RdmaError, Status
-from smbdirect_socket.rdma.soft import ddp
+from smbdirect_socket.rdma.soft import ddp, rdmap
 from smbdirect_socket.rdma.soft.ddp import Layer, Op, Terminate
 from smbdirect_socket.rdma.soft.mpa import FpduReader, Negotiation, frame_fpdu
 from smbdirect_socket.rdma.soft.rdmap import IwarpQueuePair
@@ -95,6 +95,48 @@ def test_write_read_and_remote_invalidate() -> None:
     wire.run()
     [received] = completions(wire.b)
     assert received.invalidated_token == region.token and not region.valid
+
+
+def test_read_responses_are_snapshots_in_buffers_reused_only_once_written() -> None:
+    """A Read Response carries the memory as the request found it, though a Write
+    that follows changes it before the response leaves; the buffers of responses
+    written serve later ones, never one still queued."""
+    wire = Wire()
+    memory = bytearray(b"A" * 80000)
+    region = wire.b.register(memoryview(memory), Access.REMOTE_READ | Access.REMOTE_WRITE)
+
+    def read_then_overwrite(first: int, ranges: list[int], fill: bytes) -> list[bytearray]:
+        outs = [bytearray(20000) for _ in ranges]
+        for i, (start, out) in enumerate(zip(ranges, outs, strict=True)):
+            wire.a.post_read(first + i, memoryview(out), region.token, region.address + start)
+        wire.a.post_write(first + 99, fill * 80000, region.token, region.address)
+        wire.b.receive_bytes(wire.a.data_to_send())  # the responses stay queued at b
+        return outs
+
+    first = read_then_overwrite(0, [0, 20000, 40000], b"B")
+    wire.run()  # written: their buffers are spare now
+    assert [bytes(o) for o in first] == [b"A" * 20000] * 3 and memory == b"B" * 80000
+    queued = read_then_overwrite(10, [0, 20000], b"C")
+    later = read_then_overwrite(20, [40000, 60000], b"D")  # while the two before are queued
+    wire.run()
+    assert [bytes(o) for o in queued] == [b"B" * 20000] * 2
+    assert [bytes(o) for o in later] == [b"C" * 20000] * 2
+    assert memory == b"D" * 80000
+    assert all(c.status is Status.SUCCESS for c in completions(wire.a))
+
+
+def test_spare_snapshot_buffers_are_bounded() -> None:
+    """However large the reads a peer asks for, what the responder keeps for the
+    next snapshots stays within its bound."""
+    wire = Wire(ord_=8, ird=8)
+    memory = bytearray(8 << 20)
+    region = wire.b.register(memoryview(memory), Access.REMOTE_READ)
+    outs = [bytearray(1 << 20) for _ in range(8)]
+    for i, out in enumerate(outs):
+        wire.a.post_read(i, memoryview(out), region.token, region.address + (i << 20))
+    wire.run()
+    assert len(completions(wire.a)) == 8
+    assert sum(map(len, wire.b._spare_snapshots)) <= rdmap._SPARE_SNAPSHOT_BYTES
 
 
 def test_reads_wait_for_ord() -> None:

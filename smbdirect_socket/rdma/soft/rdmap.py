@@ -42,6 +42,10 @@ DEFAULT_MAX_FPDU = 65536
 #: would cost more than the few FPDUs' Python work it saves.
 _FRAME_COPY_LIMIT = 16384
 
+#: The buffers of Read Responses written are kept, up to this many bytes, for
+#: the next snapshots: a fresh megabyte from malloc costs a page fault a page.
+_SPARE_SNAPSHOT_BYTES = 4 << 20
+
 
 _view_kind = operator.attrgetter("format", "ndim", "readonly")
 #: What the compiled receive path makes its completions of.
@@ -146,6 +150,8 @@ class IwarpQueuePair:
         self._queued = 0  # bytes ever queued
         self._written = 0  # bytes ever written
         self._responses_queued = 0  # inbound reads answered but not yet written
+        self._snapshots: deque[bytearray | None] = deque()  # theirs, in the order of their marks
+        self._spare_snapshots: list[bytearray] = []
         # inbound
         self._receives: deque[_Receive] = deque()
         self._current: _Receive | None = None  # the receive a Send is being placed in
@@ -319,6 +325,7 @@ class IwarpQueuePair:
             _, wr_id, opcode, byte_len, signaled = marks.popleft()
             if opcode is None:
                 self._responses_queued -= 1  # a Read Response is out
+                self._spare(self._snapshots.popleft())
             elif signaled:
                 self._completions.append(Completion(wr_id, opcode, Status.SUCCESS, byte_len))
 
@@ -589,12 +596,33 @@ class IwarpQueuePair:
                 ) from None
             # A snapshot: requests execute in order, so a later Write must not
             # show through (and a CRC must match the bytes written).
-            data: Buffer = bytes(source)
+            data: Buffer = self._snapshot(source)
         else:
             data = b""
+            self._snapshots.append(None)
         self._responses_queued += 1
         self._emit_tagged(Op.READ_RESPONSE, request.sink_token, request.sink_offset, data)
         self._marks.append((self._queued, 0, None, 0, False))
+
+    def _snapshot(self, source: memoryview) -> memoryview:
+        """A copy of ``source``, in a spare buffer if one is large enough."""
+        size = len(source)
+        spares = self._spare_snapshots
+        buffer = next((spare for spare in spares if len(spare) >= size), None)
+        if buffer is None:
+            buffer = bytearray(size)
+        else:
+            spares.remove(buffer)
+        self._snapshots.append(buffer)
+        copy = memoryview(buffer)[:size]
+        copy[:] = source
+        return copy
+
+    def _spare(self, buffer: bytearray | None) -> None:
+        """Keep the buffer of a Read Response written, within the bound."""
+        spares = self._spare_snapshots
+        if buffer is not None and sum(map(len, spares)) + len(buffer) <= _SPARE_SNAPSHOT_BYTES:
+            spares.append(buffer)
 
     def _on_read_response(self, segment: Segment) -> None:
         if not self._outstanding_reads:
