@@ -107,37 +107,34 @@ class ReceiveQueue:
                 end = start + nbytes
                 out = data[start:end].tobytes()
                 self._take(head, end)
+            self.size -= len(out)
         else:
-            parts: list[memoryview] = []
-            wanted = nbytes
-            while wanted and runs:
-                head = runs[0]
-                data = head[_DATA]
-                start = head[_POSITION]
-                end = min(start + wanted, len(data))
-                parts.append(data[start:end])
-                wanted -= end - start
-                self._take(head, end)
-            out = b"".join(parts)
-        self.size -= len(out)
+            out = b"".join(self._cut(nbytes))
         return out, held - self.held
 
     def read_into(self, out: bytearray, nbytes: int) -> int:
         """Append up to ``nbytes`` to ``out`` (one copy, where :meth:`read` and an
         append make two); return how many fragments were freed."""
-        runs = self._runs
         held = self.held
+        for part in self._cut(nbytes):
+            out += part
+        return held - self.held
+
+    def _cut(self, nbytes: int) -> list[memoryview]:
+        """Take up to ``nbytes`` across runs, as views of them."""
+        runs = self._runs
+        parts: list[memoryview] = []
         wanted = nbytes
         while wanted and runs:
             head = runs[0]
             data = head[_DATA]
             start = head[_POSITION]
             end = min(start + wanted, len(data))
-            out += data[start:end]
+            parts.append(data[start:end])
             wanted -= end - start
             self._take(head, end)
         self.size -= nbytes - wanted
-        return held - self.held
+        return parts
 
     def _take(self, head: list[Any], end: int) -> None:
         """The head run is read up to ``end``: release the fragments wholly read."""
