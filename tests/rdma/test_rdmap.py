@@ -8,7 +8,7 @@ import random
 import pytest
 
 from smbdirect_socket.rdma import Access, Completion, Opcode, RdmaError, Status
-from smbdirect_socket.rdma.soft import ddp, rdmap
+from smbdirect_socket.rdma.soft import ddp
 from smbdirect_socket.rdma.soft.ddp import Layer, Op, Terminate
 from smbdirect_socket.rdma.soft.mpa import FpduReader, Negotiation, frame_fpdu
 from smbdirect_socket.rdma.soft.rdmap import IwarpQueuePair
@@ -97,46 +97,39 @@ def test_write_read_and_remote_invalidate() -> None:
     assert received.invalidated_token == region.token and not region.valid
 
 
-def test_read_responses_are_snapshots_in_buffers_reused_only_once_written() -> None:
-    """A Read Response carries the memory as the request found it, though a Write
-    that follows changes it before the response leaves; the buffers of responses
-    written serve later ones, never one still queued."""
-    wire = Wire()
+@pytest.mark.parametrize("crc", [False, True])
+def test_read_responses_carry_the_memory_the_request_found(crc: bool) -> None:
+    """A Read Response carries the memory as the request found it, though what
+    the peer sends next (a Write, here) changes it before the response leaves,
+    and though the region is invalidated meanwhile: responses queued are copied
+    out of the memory first."""
+    wire = Wire(crc=crc)
     memory = bytearray(b"A" * 80000)
     region = wire.b.register(memoryview(memory), Access.REMOTE_READ | Access.REMOTE_WRITE)
 
-    def read_then_overwrite(first: int, ranges: list[int], fill: bytes) -> list[bytearray]:
+    def read(first: int, ranges: list[int]) -> list[bytearray]:
         outs = [bytearray(20000) for _ in ranges]
         for i, (start, out) in enumerate(zip(ranges, outs, strict=True)):
             wire.a.post_read(first + i, memoryview(out), region.token, region.address + start)
-        wire.a.post_write(first + 99, fill * 80000, region.token, region.address)
-        wire.b.receive_bytes(wire.a.data_to_send())  # the responses stay queued at b
         return outs
 
-    first = read_then_overwrite(0, [0, 20000, 40000], b"B")
-    wire.run()  # written: their buffers are spare now
-    assert [bytes(o) for o in first] == [b"A" * 20000] * 3 and memory == b"B" * 80000
-    queued = read_then_overwrite(10, [0, 20000], b"C")
-    later = read_then_overwrite(20, [40000, 60000], b"D")  # while the two before are queued
+    first = read(0, [0, 20000, 40000])
+    wire.a.post_write(9, b"B" * 80000, region.token, region.address)
+    wire.b.receive_bytes(wire.a.data_to_send())  # the reads, then the write: the responses are still queued
+    assert memory == b"B" * 80000
+    queued = read(10, [0, 20000])
+    wire.a.post_write(19, b"C" * 80000, region.token, region.address)
+    wire.b.receive_bytes(wire.a.data_to_send())
     wire.run()
+    assert [bytes(o) for o in first] == [b"A" * 20000] * 3
     assert [bytes(o) for o in queued] == [b"B" * 20000] * 2
-    assert [bytes(o) for o in later] == [b"C" * 20000] * 2
-    assert memory == b"D" * 80000
-    assert all(c.status is Status.SUCCESS for c in completions(wire.a))
-
-
-def test_spare_snapshot_buffers_are_bounded() -> None:
-    """However large the reads a peer asks for, what the responder keeps for the
-    next snapshots stays within its bound."""
-    wire = Wire(ord_=8, ird=8)
-    memory = bytearray(8 << 20)
-    region = wire.b.register(memoryview(memory), Access.REMOTE_READ)
-    outs = [bytearray(1 << 20) for _ in range(8)]
-    for i, out in enumerate(outs):
-        wire.a.post_read(i, memoryview(out), region.token, region.address + (i << 20))
+    later = read(20, [60000])
+    wire.b.receive_bytes(wire.a.data_to_send())
+    wire.b.invalidate(region.token)
+    memory[:] = b"D" * 80000  # the owner reuses the memory once it is no longer registered
     wire.run()
-    assert len(completions(wire.a)) == 8
-    assert sum(map(len, wire.b._spare_snapshots)) <= rdmap._SPARE_SNAPSHOT_BYTES
+    assert bytes(later[0]) == b"C" * 20000
+    assert all(c.status is Status.SUCCESS for c in completions(wire.a))
 
 
 def test_reads_wait_for_ord() -> None:

@@ -341,10 +341,12 @@ class SoftQueuePair(QueuePair):
         return self.core.register(buffer, access)
 
     def deregister(self, region: SoftMemoryRegion) -> None:  # type: ignore[override]
-        self.core.memory.deregister(region)
+        with self.lock:
+            self.core.deregister(region)
 
     def invalidate(self, region: SoftMemoryRegion) -> None:  # type: ignore[override]
-        self.core.memory.invalidate(region.token)  # local invalidate: as a send with invalidate would
+        with self.lock:
+            self.core.invalidate(region.token)  # local invalidate: as a send with invalidate would
 
     @property
     def error(self) -> RdmaError | None:

@@ -42,10 +42,10 @@ DEFAULT_MAX_FPDU = 65536
 #: would cost more than the few FPDUs' Python work it saves.
 _FRAME_COPY_LIMIT = 16384
 
-#: The buffers of Read Responses written are kept, up to this many bytes, for
-#: the next snapshots: a fresh megabyte from malloc costs a page fault a page.
-_SPARE_SNAPSHOT_BYTES = 4 << 20
 
+#: Where an FPDU's RDMAP control byte is (after the MPA length and the DDP
+#: control byte): its low four bits are the opcode.
+_RDMAP_CONTROL = 3
 
 _view_kind = operator.attrgetter("format", "ndim", "readonly")
 #: What the compiled receive path makes its completions of.
@@ -150,8 +150,9 @@ class IwarpQueuePair:
         self._queued = 0  # bytes ever queued
         self._written = 0  # bytes ever written
         self._responses_queued = 0  # inbound reads answered but not yet written
-        self._snapshots: deque[bytearray | None] = deque()  # theirs, in the order of their marks
-        self._spare_snapshots: list[bytearray] = []
+        # Read Responses queued as views of registered memory: (start, end) in
+        # the bytes queued; copied out (_freeze) before anything may change it.
+        self._lent: deque[tuple[int, int]] = deque()
         # inbound
         self._receives: deque[_Receive] = deque()
         self._current: _Receive | None = None  # the receive a Send is being placed in
@@ -325,7 +326,6 @@ class IwarpQueuePair:
             _, wr_id, opcode, byte_len, signaled = marks.popleft()
             if opcode is None:
                 self._responses_queued -= 1  # a Read Response is out
-                self._spare(self._snapshots.popleft())
             elif signaled:
                 self._completions.append(Completion(wr_id, opcode, Status.SUCCESS, byte_len))
 
@@ -458,6 +458,10 @@ class IwarpQueuePair:
         """Let the compiled core handle the usual FPDUs (Sends, Writes, Read Responses) at
         the reader's position; True if it stopped in front of one for :meth:`_handle`."""
         assert self.wire is not None
+        if self._lending:
+            unread = reader.unread()
+            if len(unread) > _RDMAP_CONTROL and unread[_RDMAP_CONTROL] & 0x0F != Op.READ_REQUEST:
+                self._freeze()  # the core places what comes before the next Read Request
         current = self._current
         reads = self._outstanding_reads
         state = (
@@ -491,6 +495,8 @@ class IwarpQueuePair:
 
     def _handle(self, raw: memoryview) -> None:
         segment = ddp.parse_segment(raw)
+        if self._lending and segment.op is not Op.READ_REQUEST:
+            self._freeze()  # it may place data, or invalidate
         if not self._may_transmit:
             self._may_transmit = True  # the initiator spoke first: we may answer
         self._handlers.get(segment.op, self._on_send)(segment)
@@ -594,35 +600,52 @@ class IwarpQueuePair:
                         bytes(segment.payload),
                     ),
                 ) from None
-            # A snapshot: requests execute in order, so a later Write must not
-            # show through (and a CRC must match the bytes written).
-            data: Buffer = self._snapshot(source)
+            # Requests execute in order, so what the peer sends after this one
+            # must not show through: the response goes out of the memory itself,
+            # as an RNIC's does, and is copied out first if anything that could
+            # change it comes before it is written (_freeze). With CRC, a copy
+            # now: the CRC must match the bytes written.
+            data: Buffer = bytes(source) if self._crc else source
         else:
             data = b""
-            self._snapshots.append(None)
         self._responses_queued += 1
+        start = self._queued
         self._emit_tagged(Op.READ_RESPONSE, request.sink_token, request.sink_offset, data)
         self._marks.append((self._queued, 0, None, 0, False))
+        if isinstance(data, memoryview):
+            self._lent.append((start, self._queued))
 
-    def _snapshot(self, source: memoryview) -> memoryview:
-        """A copy of ``source``, in a spare buffer if one is large enough."""
-        size = len(source)
-        spares = self._spare_snapshots
-        buffer = next((spare for spare in spares if len(spare) >= size), None)
-        if buffer is None:
-            buffer = bytearray(size)
-        else:
-            spares.remove(buffer)
-        self._snapshots.append(buffer)
-        copy = memoryview(buffer)[:size]
-        copy[:] = source
-        return copy
+    @property
+    def _lending(self) -> bool:
+        """Whether Read Responses still queued are views of registered memory."""
+        return bool(self._lent) and self._lent[-1][1] > self._written
 
-    def _spare(self, buffer: bytearray | None) -> None:
-        """Keep the buffer of a Read Response written, within the bound."""
-        spares = self._spare_snapshots
-        if buffer is not None and sum(map(len, spares)) + len(buffer) <= _SPARE_SNAPSHOT_BYTES:
-            spares.append(buffer)
+    def _freeze(self) -> None:
+        """Copy the Read Responses still queued out of the memory they read: what
+        comes next (data from the peer, an invalidation) may change it."""
+        lent = self._lent
+        output = self._output
+        position = self._written
+        for index, piece in enumerate(output):
+            while lent and lent[0][1] <= position:
+                lent.popleft()
+            if not lent:
+                break
+            if lent[0][0] <= position and isinstance(piece, memoryview):
+                output[index] = bytes(piece)
+            position += len(piece)
+        lent.clear()
+
+    def invalidate(self, token: int) -> SoftMemoryRegion:
+        """Invalidate a region locally; Read Responses queued from it are copied first."""
+        if self._lending:
+            self._freeze()
+        return self.memory.invalidate(token)
+
+    def deregister(self, region: SoftMemoryRegion) -> None:
+        if self._lending:
+            self._freeze()
+        self.memory.deregister(region)
 
     def _on_read_response(self, segment: Segment) -> None:
         if not self._outstanding_reads:
