@@ -10,9 +10,15 @@ from impacket.smbconnection import SMBConnection
 from smbdirect_socket.smb.samba import samba_available, samba_processes, samba_server
 
 
-def _session(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[3])
+def _name_and_session(pid: int) -> tuple[str, int] | None:
+    """A process's name and session, or None once it has exited (the session's
+    smbd may end between the listing and the reading)."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return name, int(stat[stat.rindex(")") + 2 :].split()[3])
 
 
 def test_samba_stops_its_rpc_helpers() -> None:
@@ -28,9 +34,10 @@ def test_samba_stops_its_rpc_helpers() -> None:
         connection.logoff()
         connection.close()
         running = samba_processes(samba)
-        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in running}
+        alive = [found for found in map(_name_and_session, running) if found is not None]
+        names = {name for name, _ in alive}
         assert {"smbd", "samba-dcerpcd"} <= names and any(name.startswith("rpcd_") for name in names)
-        sessions = {_session(pid) for pid in running}
+        sessions = {session for _, session in alive}
         assert len(sessions) > 1
     assert samba_processes(samba) == []
     assert not [pid for pid in map(str, running) if Path(f"/proc/{pid}").exists()]
