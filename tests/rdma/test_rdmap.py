@@ -132,6 +132,20 @@ def test_read_responses_carry_the_memory_the_request_found(crc: bool) -> None:
     assert all(c.status is Status.SUCCESS for c in completions(wire.a))
 
 
+def test_read_responses_written_are_forgotten() -> None:
+    """What a responder remembers of the responses it lent out of registered
+    memory ends once they are written: it does not grow with every read."""
+    wire = Wire()
+    memory = bytearray(range(256)) * 256
+    region = wire.b.register(memoryview(memory), Access.REMOTE_READ)
+    for i in range(200):
+        out = bytearray(20000)
+        wire.a.post_read(i, memoryview(out), region.token, region.address + i)
+        wire.run()
+        assert out == memory[i : i + 20000]
+    assert len(wire.b._lent) <= 1
+
+
 def test_reads_wait_for_ord() -> None:
     wire = Wire(ord_=1)
     memory = bytearray(range(256))

@@ -326,6 +326,9 @@ class IwarpQueuePair:
             _, wr_id, opcode, byte_len, signaled = marks.popleft()
             if opcode is None:
                 self._responses_queued -= 1  # a Read Response is out
+                lent = self._lent
+                while lent and lent[0][1] <= self._written:
+                    lent.popleft()
             elif signaled:
                 self._completions.append(Completion(wr_id, opcode, Status.SUCCESS, byte_len))
 
