@@ -15,6 +15,7 @@ import struct
 import attrs
 
 from ...layout import Layout
+from ..base import Buffer
 
 __all__ = [
     "Layer",
@@ -26,6 +27,7 @@ __all__ = [
     "encode_read_request",
     "encode_tagged",
     "encode_untagged",
+    "opcode_of",
     "parse_segment",
 ]
 
@@ -256,6 +258,15 @@ def _quoted(segment: memoryview, header_size: int) -> bytes:
     """The offending header as a Terminate quotes it: the payload length first."""
     size = min(header_size, len(segment))
     return struct.pack("!H", max(len(segment) - header_size, 0)) + bytes(segment[:size])
+
+
+def opcode_of(segment_start: Buffer) -> int | None:
+    """The RDMAP opcode of a segment from its first bytes (unchecked), or None
+    while its control field has not all arrived."""
+    if len(segment_start) < _CONTROL.size:
+        return None
+    (control,) = _CONTROL.unpack_from(segment_start)
+    return int(control & OPCODE_MASK)
 
 
 def parse_segment(segment: memoryview) -> Segment:

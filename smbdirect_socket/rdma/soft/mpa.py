@@ -301,7 +301,6 @@ class FpduReader:
         self._own: memoryview | None = None  # allocated on the first read into it
         self._in_own = False  # whether _data is the front of _own
         self._size = READ_BUFFER_SIZE  # what _own grows to when it next moves
-        self._offered = 0  # the room the last read_buffer gave
 
     def read_buffer(self) -> memoryview:
         """Where the next read from TCP goes (then :meth:`filled`): the reader's own
@@ -319,15 +318,15 @@ class FpduReader:
             self._offset = 0
             self._in_own = True
             end = rest
-        self._offered = len(own) - end
         return own[end:]
 
     def filled(self, count: int) -> None:
         """``count`` bytes were read into :meth:`read_buffer`; the last segments must not be used any more."""
-        assert self._own is not None and self._in_own
-        self._data = self._own[: len(self._data) + count]
-        if count == self._offered and self._size < MAX_READ_BUFFER_SIZE:
-            self._size *= 2  # the socket held more than the room: grow at the next move
+        own = self._own
+        assert own is not None and self._in_own
+        if count == len(own) - len(self._data) and self._size < MAX_READ_BUFFER_SIZE:
+            self._size *= 2  # the read took all the room: the socket held more; grow at the next move
+        self._data = own[: len(self._data) + count]
 
     def feed(self, data: Buffer) -> None:
         """Take the next bytes; the previous feed's segments must not be used any more."""
@@ -348,6 +347,11 @@ class FpduReader:
     def unread(self) -> memoryview:
         """The bytes fed and not yet cut into segments (for the compiled fast path)."""
         return memoryview(self._data)[self._offset :]
+
+    def next_segment_start(self) -> memoryview:
+        """What has arrived of the next segment (after its MPA length), whole or
+        not: enough, once its DDP header is in, to look at that."""
+        return memoryview(self._data)[self._offset + _LENGTH.size :]
 
     def skip(self, count: int) -> None:
         """``count`` bytes of :meth:`unread` (whole FPDUs) were handled elsewhere."""

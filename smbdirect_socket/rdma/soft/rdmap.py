@@ -43,10 +43,6 @@ DEFAULT_MAX_FPDU = 65536
 _FRAME_COPY_LIMIT = 16384
 
 
-#: Where an FPDU's RDMAP control byte is (after the MPA length and the DDP
-#: control byte): its low four bits are the opcode.
-_RDMAP_CONTROL = 3
-
 _view_kind = operator.attrgetter("format", "ndim", "readonly")
 #: What the compiled receive path makes its completions of.
 _COMPLETION_KINDS = (Completion, Opcode.RECV, Opcode.RDMA_READ, Status.SUCCESS)
@@ -150,8 +146,9 @@ class IwarpQueuePair:
         self._queued = 0  # bytes ever queued
         self._written = 0  # bytes ever written
         self._responses_queued = 0  # inbound reads answered but not yet written
-        # Read Responses queued as views of registered memory: (start, end) in
-        # the bytes queued; copied out (_freeze) before anything may change it.
+        # Read Responses queued as views of registered memory and not yet all
+        # written: (start, end) in the bytes queued; copied out (_freeze) before
+        # anything may change that memory, dropped as they are written.
         self._lent: deque[tuple[int, int]] = deque()
         # inbound
         self._receives: deque[_Receive] = deque()
@@ -461,9 +458,9 @@ class IwarpQueuePair:
         """Let the compiled core handle the usual FPDUs (Sends, Writes, Read Responses) at
         the reader's position; True if it stopped in front of one for :meth:`_handle`."""
         assert self.wire is not None
-        if self._lending:
-            unread = reader.unread()
-            if len(unread) > _RDMAP_CONTROL and unread[_RDMAP_CONTROL] & 0x0F != Op.READ_REQUEST:
+        if self._lent:
+            opcode = ddp.opcode_of(reader.next_segment_start())
+            if opcode is not None and opcode != Op.READ_REQUEST:
                 self._freeze()  # the core places what comes before the next Read Request
         current = self._current
         reads = self._outstanding_reads
@@ -498,7 +495,7 @@ class IwarpQueuePair:
 
     def _handle(self, raw: memoryview) -> None:
         segment = ddp.parse_segment(raw)
-        if self._lending and segment.op is not Op.READ_REQUEST:
+        if self._lent and segment.op is not Op.READ_REQUEST:
             self._freeze()  # it may place data, or invalidate
         if not self._may_transmit:
             self._may_transmit = True  # the initiator spoke first: we may answer
@@ -618,11 +615,6 @@ class IwarpQueuePair:
         if isinstance(data, memoryview):
             self._lent.append((start, self._queued))
 
-    @property
-    def _lending(self) -> bool:
-        """Whether Read Responses still queued are views of registered memory."""
-        return bool(self._lent) and self._lent[-1][1] > self._written
-
     def _freeze(self) -> None:
         """Copy the Read Responses still queued out of the memory they read: what
         comes next (data from the peer, an invalidation) may change it."""
@@ -641,12 +633,12 @@ class IwarpQueuePair:
 
     def invalidate(self, token: int) -> SoftMemoryRegion:
         """Invalidate a region locally; Read Responses queued from it are copied first."""
-        if self._lending:
+        if self._lent:
             self._freeze()
         return self.memory.invalidate(token)
 
     def deregister(self, region: SoftMemoryRegion) -> None:
-        if self._lending:
+        if self._lent:
             self._freeze()
         self.memory.deregister(region)
 
