@@ -61,7 +61,13 @@ The decisions, and why
     peer may be stalled (it holds at most one credit, which data may not
     spend), or when it has fallen to a quarter of its target or less and at
     least two credits can be granted (a refill, as Linux does at target/4;
-    while the window is below the target, a quarter of the window).
+    while the window is below the target, a quarter of the window).  While
+    buffers hold unread data, a reader that fell behind holds small grants
+    back, as TCP's receiver holds back small window updates: a stalled peer
+    is granted once a quarter of the window is free or everything is read,
+    and a refill counts a quarter of what can be posted now (the buffers
+    holding data cannot).  Granted two or three credits for each message
+    read, such a reader would spend a message per read and stay behind.
     Handing back the buffers that the peer's own messages without data took
     (``returned``) is not news: two peers that stopped reading would
     otherwise hand each other one credit back and forth for ever.  Two
@@ -226,9 +232,10 @@ class Credits:
         self.returned = 0
         return grant
 
-    def grant_due(self, stalled: bool) -> bool:
+    def grant_due(self, stalled: bool, held: int = 0) -> bool:
         """Whether credits alone are worth a message: the peer may be stalled, or needs a
-        refill, or we are ``stalled`` (data waits for our last credit) and the peer holds none."""
+        refill, or we are ``stalled`` (data waits for our last credit) and the peer holds none.
+        ``held`` buffers hold data not yet read."""
         new = self.posted - self.granted
         if not new:
             return False
@@ -238,4 +245,15 @@ class Credits:
             # it gets one when that costs us no more than a last credit that data may not spend.
             return True
         new -= self.returned  # handing back what its own messages without data took is not news
-        return new > 0 and (peer <= 1 or (new >= 2 and peer <= min(self.target, self.window) // 4))
+        if new <= 0:
+            return False
+        window = min(self.target, self.window)
+        if peer <= 1:
+            # A stalled peer waits for the reader.  While unread data remains, the
+            # grant waits until it is worth a quarter of the window, as TCP's
+            # receiver holds back small window updates: a grant per read would cost
+            # the reader a message each time and keep it behind.  All read, it goes.
+            return not held or new >= window // 4
+        # A refill: the peer is down to a quarter of what can be posted now (buffers
+        # holding unread data cannot).
+        return new >= 2 and peer <= min(window, self.recv_credit_max - held) // 4

@@ -557,7 +557,7 @@ class SMBDirectProtocol:
             if count:
                 self._send_fragments(count, grant)
                 return  # a data message answers a request or keepalive, and grants all there was to grant
-        if self._response_owed or self._send_keepalive or credits.grant_due(bool(outgoing)):
+        if self._response_owed or self._send_keepalive or credits.grant_due(bool(outgoing), self._incoming.held):
             empty_grant = credits.take_empty()
             if empty_grant is not None:
                 self._send(empty_grant)

@@ -127,6 +127,25 @@ def test_a_refill_is_worth_a_message_at_a_quarter_of_the_window() -> None:
     assert c.grant_due(stalled=False) is True  # a quarter of the window
 
 
+def test_a_reader_behind_refills_at_a_quarter_of_what_it_can_post() -> None:
+    # 200 buffers hold unread data: 55 can be posted, and the peer holding 51 of
+    # them is not short; granted three at a time, each read would cost a message.
+    c = credits(posted=54, granted=51, target=255)
+    assert c.grant_due(stalled=False, held=200) is False
+    c.granted = 13  # a quarter of the 55
+    assert c.grant_due(stalled=False, held=200) is True
+    c.granted = 51
+    assert c.grant_due(stalled=False, held=0) is True  # all read: a quarter of 255 is 63
+
+
+def test_a_stalled_peer_is_granted_in_bursts_while_data_waits_to_be_read() -> None:
+    c = credits(posted=4, granted=1, target=255)
+    assert c.grant_due(stalled=False, held=248) is False  # three credits, a message a read
+    assert c.grant_due(stalled=False, held=0) is True  # all read: the reader waits for more
+    c.posted = 64
+    assert c.grant_due(stalled=False, held=184) is True  # a quarter of the window
+
+
 def test_before_negotiation_one_receive() -> None:
     c = Credits(255, 255)
     assert c.refill(held=0) == 1
@@ -266,11 +285,14 @@ class CreditMachine(RuleBasedStateMachine):
     @rule(stalled=st.booleans())
     def credit_only_message(self, stalled: bool) -> None:
         c = self.credits
-        if c.grant_due(stalled):
+        if c.grant_due(stalled, self.held):
             if c.ungranted == 1:
                 assert c.granted <= 1  # a lone credit only to a peer that may be stalled
             if c.ungranted >= 2 and c.granted > 1:
-                assert c.granted <= c.target // 4  # otherwise only a refill is worth a message
+                # Otherwise only a refill is worth a message: a quarter of what can be posted.
+                assert c.granted <= min(c.target, c.recv_credit_max - self.held) // 4
+            if c.granted == 1 and self.held:  # a stalled peer, while data waits to be read
+                assert c.ungranted - c.returned >= min(c.target, c.window) // 4
             before = c.send
             grant = c.take_empty()
             assert (grant is None) == (before == 0)  # a due grant goes whenever a credit is left
