@@ -70,7 +70,10 @@ The decisions, and why
     read, such a reader would spend a message per read and stay behind.
     Handing back the buffers that the peer's own messages without data took
     (``returned``) is not news: two peers that stopped reading would
-    otherwise hand each other one credit back and forth for ever.  Two
+    otherwise hand each other one credit back and forth for ever.  A reader
+    that has read everything does hand them back, to a peer holding at most
+    one credit, when it holds two or more itself: that peer's data may be
+    waiting for them, and it cannot hand them back in turn.  Two
     exceptions keep a connection alive: a peer holding no credit is granted
     one whenever that does not spend our last credit (else it could not
     answer a keepalive), and when our data waits for our last credit and the
@@ -244,7 +247,10 @@ class Credits:
             # A peer with no credit can neither answer a keepalive nor grant us more:
             # it gets one when that costs us no more than a last credit that data may not spend.
             return True
-        new -= self.returned  # handing back what its own messages without data took is not news
+        if held or peer > 1 or self.send < 2:
+            new -= self.returned  # handing back what its own messages without data took is not news
+        # (...but a reader that has read everything hands them back to a peer short of
+        # credits when it holds two or more: the peer's data may wait for them.)
         if new <= 0:
             return False
         window = min(self.target, self.window)

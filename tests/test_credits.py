@@ -14,7 +14,7 @@ import random
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -179,6 +179,17 @@ def test_handing_back_what_messages_without_data_took_is_not_news() -> None:
     arrive(c, data(c))
     c.refill(held=0)  # its data was read: that buffer is news
     assert c.grant_due(stalled=False)
+
+
+def test_a_reader_that_read_everything_hands_back_to_a_peer_short_of_credits() -> None:
+    # The peer's messages without data took two of our buffers; it holds one credit,
+    # which its data may not spend, and has nothing to grant us (we hold three).
+    c = credits(send=3, posted=3, granted=1, target=3)
+    c.returned = 2
+    assert c.grant_due(stalled=False, held=0)  # else its data would wait for ever
+    assert not c.grant_due(stalled=False, held=1)  # a reader that stopped: no exchange of hand-backs
+    c.send = 1
+    assert not c.grant_due(stalled=False, held=0)  # our last credit: the peer may hold it back too
 
 
 def test_a_stalled_sender_spends_its_last_credit_on_a_grant() -> None:
@@ -405,6 +416,11 @@ tight = st.builds(
 
 @settings(max_examples=80, deadline=None)
 @given(tight, tight, st.integers(0, 2**32 - 1))
+@example(  # once a deadlock: see test_a_reader_that_read_everything_hands_back_to_a_peer_short_of_credits
+    Parameters(recv_credit_max=21, send_credit_target=3, max_send_size=1364, max_recv_size=1364),
+    Parameters(recv_credit_max=3, send_credit_target=3, max_send_size=1364, max_recv_size=1364),
+    37,
+)
 def test_wire_follows_the_credit_rules_and_never_deadlocks(
     client_p: Parameters, server_p: Parameters, seed: int
 ) -> None:
