@@ -187,9 +187,13 @@ class Credits:
         self.send = state.send_credits
         self.target = state.receive_target
 
+    def postable(self, held: int) -> int:
+        """How many receives may be posted at once while ``held`` buffers hold unread data."""
+        return min(self.target, self.recv_credit_max - held, self.window)
+
     def refill(self, held: int) -> int:
         """How many receives to post now (counted as posted); ``held`` buffers hold unread data."""
-        more = min(self.target, self.recv_credit_max - held, self.window) - self.posted
+        more = self.postable(held) - self.posted
         if more <= 0:
             return 0
         self.posted += more
@@ -247,19 +251,18 @@ class Credits:
             # A peer with no credit can neither answer a keepalive nor grant us more:
             # it gets one when that costs us no more than a last credit that data may not spend.
             return True
+        # Handing back what its own messages without data took is not news, except from
+        # a reader that has read everything to a peer short of credits, when we hold two
+        # or more: the peer's data may wait for them.
         if held or peer > 1 or self.send < 2:
-            new -= self.returned  # handing back what its own messages without data took is not news
-        # (...but a reader that has read everything hands them back to a peer short of
-        # credits when it holds two or more: the peer's data may wait for them.)
+            new -= self.returned
         if new <= 0:
             return False
-        window = min(self.target, self.window)
         if peer <= 1:
             # A stalled peer waits for the reader.  While unread data remains, the
             # grant waits until it is worth a quarter of the window, as TCP's
             # receiver holds back small window updates: a grant per read would cost
             # the reader a message each time and keep it behind.  All read, it goes.
-            return not held or new >= window // 4
-        # A refill: the peer is down to a quarter of what can be posted now (buffers
-        # holding unread data cannot).
-        return new >= 2 and peer <= min(window, self.recv_credit_max - held) // 4
+            return not held or new >= self.postable(0) // 4
+        # A refill: the peer is down to a quarter of what can be posted now.
+        return new >= 2 and peer <= self.postable(held) // 4
